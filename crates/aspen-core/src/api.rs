@@ -1,0 +1,189 @@
+//! The client protocol's request and response types (ALPN [`CLIENT_ALPN`]).
+//!
+//! Each request travels on its own QUIC bi-stream as one length-prefixed postcard frame,
+//! so many requests pipeline on one connection. A watch keeps its stream open and the
+//! node sends [`WatchMessage`] frames until either side closes it.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Txn, WriteResult};
+use crate::error::AspenError;
+use crate::types::{Event, KeyValue, LeaseId};
+
+/// ALPN of the client protocol; the trailing number is the protocol version.
+pub const CLIENT_ALPN: &[u8] = b"aspen/client/1";
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// Linearizable: confirmed by the leader with a ReadIndex round.
+    #[default]
+    Linearizable,
+    /// Whatever the contacted node has applied; may be behind.
+    Stale,
+}
+
+/// A node's address as clients and peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// The node's iroh endpoint id (ed25519 public key).
+    pub endpoint_id: [u8; 32],
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    Get {
+        key: Vec<u8>,
+        consistency: ReadConsistency,
+    },
+    /// Keys in `[start, end)` in order, at most `limit`; empty `end` means no upper bound.
+    Scan {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: u32,
+        consistency: ReadConsistency,
+    },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    DeleteRange {
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
+    Txn(Txn),
+    LeaseGrant {
+        ttl_ms: u64,
+    },
+    LeaseKeepAlive {
+        id: LeaseId,
+    },
+    LeaseRevoke {
+        id: LeaseId,
+    },
+    LeaseList,
+    /// Streams events for keys starting with `prefix` from `start_revision` (0 = from now).
+    Watch {
+        prefix: Vec<u8>,
+        start_revision: u64,
+    },
+    /// Admin: initialize a cluster whose voters are this node and `members`.
+    Init {
+        members: Vec<(u64, NodeAddr)>,
+    },
+    AddLearner {
+        node_id: u64,
+        addr: NodeAddr,
+    },
+    Promote {
+        node_id: u64,
+    },
+    Remove {
+        node_id: u64,
+    },
+    TransferLeader {
+        node_id: u64,
+    },
+    TriggerSnapshot,
+    Status,
+    /// Returns a ticket naming every member of the cluster.
+    Ticket,
+    /// Who this node is, whether or not it is initialized.
+    NodeInfo,
+    /// A request another node forwarded to the leader; never forwarded again.
+    Forwarded(Box<ClientRequest>),
+}
+
+impl ClientRequest {
+    /// Short name used in logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientRequest::Get { .. } => "get",
+            ClientRequest::Scan { .. } => "scan",
+            ClientRequest::Put { .. } => "put",
+            ClientRequest::Delete { .. } => "delete",
+            ClientRequest::DeleteRange { .. } => "delete_range",
+            ClientRequest::Txn(_) => "txn",
+            ClientRequest::LeaseGrant { .. } => "lease_grant",
+            ClientRequest::LeaseKeepAlive { .. } => "lease_keepalive",
+            ClientRequest::LeaseRevoke { .. } => "lease_revoke",
+            ClientRequest::LeaseList => "lease_list",
+            ClientRequest::Watch { .. } => "watch",
+            ClientRequest::Init { .. } => "init",
+            ClientRequest::AddLearner { .. } => "add_learner",
+            ClientRequest::Promote { .. } => "promote",
+            ClientRequest::Remove { .. } => "remove",
+            ClientRequest::TransferLeader { .. } => "transfer_leader",
+            ClientRequest::TriggerSnapshot => "trigger_snapshot",
+            ClientRequest::Status => "status",
+            ClientRequest::Ticket => "ticket",
+            ClientRequest::NodeInfo => "node_info",
+            ClientRequest::Forwarded(inner) => inner.name(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Get { kv: Option<KeyValue>, revision: u64 },
+    Scan { kvs: Vec<KeyValue>, more: bool, revision: u64 },
+    Write(WriteResult),
+    Leases { leases: Vec<LeaseInfo> },
+    Status(ClusterStatus),
+    Ticket { ticket: String },
+    NodeInfo { node_id: u64, addr: NodeAddr, initialized: bool },
+    Done,
+    Error(AspenError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: LeaseId,
+    pub ttl_ms: u64,
+    pub remaining_ms: i64,
+}
+
+/// One frame on a watch stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchMessage {
+    /// The watch is registered; events from `start_revision` on follow.
+    Started { start_revision: u64 },
+    /// Events of one revision (or several), in revision order.
+    Events { events: Vec<Event> },
+    /// Sent after the last event of a revision, so idle watchers can record progress.
+    Progress { revision: u64 },
+    /// The watch ended; a client resumes from `resume_revision` if it wants more.
+    Error { error: AspenError },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node_id: u64,
+    pub addr: NodeAddr,
+    pub voter: bool,
+    /// Last log index this member is known to have, when the answering node leads.
+    pub matched_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub initialized: bool,
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub revision: u64,
+    pub members: Vec<MemberStatus>,
+    pub cluster_id: String,
+}

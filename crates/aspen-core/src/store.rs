@@ -1,0 +1,33 @@
+//! The storage interface the pure apply step runs against.
+//!
+//! `aspen-raft` implements it over a redb write transaction; [`crate::mem_store`]
+//! implements it over `BTreeMap`s for tests. The apply step sees nothing else, so the
+//! two cannot drift apart.
+
+use crate::error::AspenError;
+use crate::types::{KvEntry, LeaseId, LeaseRecord};
+
+pub trait KvStore {
+    fn get(&self, key: &[u8]) -> Result<Option<KvEntry>, AspenError>;
+    fn put(&mut self, key: &[u8], entry: &KvEntry) -> Result<(), AspenError>;
+    fn remove(&mut self, key: &[u8]) -> Result<Option<KvEntry>, AspenError>;
+    /// Keys in `[start, end)` in order (empty `end` = unbounded), at most `limit` of them.
+    fn range_keys(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, AspenError>;
+
+    fn lease(&self, id: LeaseId) -> Result<Option<LeaseRecord>, AspenError>;
+    fn put_lease(&mut self, lease: &LeaseRecord) -> Result<(), AspenError>;
+    fn remove_lease(&mut self, id: LeaseId) -> Result<(), AspenError>;
+    /// Every live lease; bounded by [`crate::limits::MAX_LEASES`].
+    fn leases(&self) -> Result<Vec<LeaseRecord>, AspenError>;
+    fn lease_count(&self) -> Result<u64, AspenError>;
+    fn attach(&mut self, id: LeaseId, key: &[u8]) -> Result<(), AspenError>;
+    fn detach(&mut self, id: LeaseId, key: &[u8]) -> Result<(), AspenError>;
+    fn attached_keys(&self, id: LeaseId) -> Result<Vec<Vec<u8>>, AspenError>;
+
+    /// The revision of the last change (0 for an empty store).
+    fn revision(&self) -> u64;
+    fn set_revision(&mut self, revision: u64);
+    /// The id the next granted lease gets; the store persists the counter.
+    fn next_lease_id(&self) -> u64;
+    fn set_next_lease_id(&mut self, next: u64);
+}
