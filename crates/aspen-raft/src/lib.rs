@@ -1,0 +1,15 @@
+//! Raft for Aspen: openraft's type configuration, the redb storage that holds the log,
+//! the vote and the state machine in one file, snapshots, the watch hub fed by the
+//! apply step, and the Raft network over one iroh ALPN.
+//!
+//! The KV semantics themselves live in `aspen_core::apply`; this crate only moves
+//! committed entries into redb through it and ships entries between peers.
+
+pub mod network;
+pub mod server;
+pub mod storage;
+pub mod types;
+pub mod watch;
+
+pub use storage::{KvReader, LogStore, StateMachine, open_storage};
+pub use types::{RAFT_ALPN, Raft, TypeConfig};

@@ -1,0 +1,141 @@
+//! The receiving side of Raft over iroh: the [`RAFT_ALPN`] protocol handler.
+//!
+//! Only members of the current configuration (voters and learners) may speak Raft to
+//! this node. A node with no membership yet (fresh, waiting to be initialized or
+//! added) accepts the first leader that contacts it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aspen_core::limits::MAX_RAFT_FRAME_BYTES;
+use aspen_net::frame::{decode_body, encode_frame_limited, read_frame_bytes_limited};
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use openraft::storage::Snapshot;
+use tokio::io::AsyncWriteExt;
+
+use crate::types::{RAFT_ALPN, Raft, RaftRequest, RaftResponse};
+
+#[derive(Clone)]
+pub struct RaftServer {
+    raft: Raft,
+    incoming_snapshot: PathBuf,
+    snapshot_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for RaftServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftServer").finish_non_exhaustive()
+    }
+}
+
+impl RaftServer {
+    pub fn new(raft: Raft, incoming_snapshot: PathBuf) -> Self {
+        RaftServer { raft, incoming_snapshot, snapshot_lock: Default::default() }
+    }
+
+    pub fn alpn() -> &'static [u8] {
+        RAFT_ALPN
+    }
+
+    /// Whether `peer` (an iroh endpoint id) may speak Raft to this node.
+    fn is_member(&self, peer: &[u8; 32]) -> bool {
+        let metrics = self.raft.metrics();
+        let m = openraft::async_runtime::watch::WatchReceiver::borrow_watched(&metrics);
+        let membership = m.membership_config.membership();
+        let mut nodes = membership.nodes().peekable();
+        if nodes.peek().is_none() {
+            return true;
+        }
+        nodes.any(|(_, n)| &n.endpoint_id == peer)
+    }
+
+    async fn handle_stream(&self, mut send: SendStream, mut recv: RecvStream) -> Result<(), String> {
+        let body = read_frame_bytes_limited(&mut recv, MAX_RAFT_FRAME_BYTES)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("stream closed before a request")?;
+        let request: RaftRequest = decode_body(&body).map_err(|e| format!("undecodable raft request: {e}"))?;
+        let response = match request {
+            RaftRequest::Append(rpc) => match self.raft.append_entries(rpc).await {
+                Ok(r) => RaftResponse::Append(r),
+                Err(e) => RaftResponse::Error(e.to_string()),
+            },
+            RaftRequest::Vote(rpc) => match self.raft.vote(rpc).await {
+                Ok(r) => RaftResponse::Vote(r),
+                Err(e) => RaftResponse::Error(e.to_string()),
+            },
+            RaftRequest::PreVote(rpc) => match self.raft.pre_vote(rpc).await {
+                Ok(r) => RaftResponse::Vote(r),
+                Err(e) => RaftResponse::Error(e.to_string()),
+            },
+            RaftRequest::TransferLeader(req) => match self.raft.handle_transfer_leader(req).await {
+                Ok(r) => RaftResponse::TransferLeader(r),
+                Err(e) => RaftResponse::Error(e.to_string()),
+            },
+            RaftRequest::Snapshot { vote, meta } => self.receive_snapshot(&mut recv, vote, meta).await,
+        };
+        let frame = encode_frame_limited(&response, MAX_RAFT_FRAME_BYTES).map_err(|e| e.to_string())?;
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    async fn receive_snapshot(
+        &self,
+        recv: &mut RecvStream,
+        vote: crate::types::Vote,
+        meta: crate::types::SnapshotMeta,
+    ) -> RaftResponse {
+        let _guard = self.snapshot_lock.lock().await;
+        let result = async {
+            let mut file = tokio::fs::File::create(&self.incoming_snapshot).await.map_err(|e| e.to_string())?;
+            loop {
+                let body = read_frame_bytes_limited(recv, MAX_RAFT_FRAME_BYTES)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("snapshot stream ended without its end marker")?;
+                let chunk: Vec<u8> = decode_body(&body).map_err(|e| e.to_string())?;
+                if chunk.is_empty() {
+                    break;
+                }
+                file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            }
+            file.sync_all().await.map_err(|e| e.to_string())?;
+            drop(file);
+            let file = tokio::fs::File::open(&self.incoming_snapshot).await.map_err(|e| e.to_string())?;
+            self.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: file }).await.map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(r) => RaftResponse::Snapshot(r),
+            Err(e) => {
+                tracing::warn!("snapshot install failed: {e}");
+                RaftResponse::Error(e)
+            }
+        }
+    }
+}
+
+impl ProtocolHandler for RaftServer {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let peer = *connection.remote_id().as_bytes();
+        if !self.is_member(&peer) {
+            tracing::warn!(peer = %connection.remote_id().fmt_short(), "refused raft connection from a non-member");
+            connection.close(1u32.into(), b"not a member of this cluster");
+            return Ok(());
+        }
+        loop {
+            let (send, recv) = match connection.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => return Ok(()),
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.handle_stream(send, recv).await {
+                    tracing::debug!("raft stream failed: {e}");
+                }
+            });
+        }
+    }
+}

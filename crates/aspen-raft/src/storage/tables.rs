@@ -1,0 +1,51 @@
+//! The redb tables and how their values are encoded.
+
+use redb::{Database, TableDefinition};
+
+/// Log index -> postcard(Entry).
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// "vote" | "committed" | "purged" -> postcard.
+pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// Key -> postcard(KvEntry).
+pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// Lease id -> postcard(LeaseRecord).
+pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
+/// lease id (8 bytes, big endian) ++ key -> ().
+pub const LEASE_KEYS: TableDefinition<&[u8], ()> = TableDefinition::new("lease_keys");
+/// "applied" | "membership" | "revision" | "next_lease" -> postcard.
+pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+
+pub const META_VOTE: &str = "vote";
+pub const META_COMMITTED: &str = "committed";
+pub const META_PURGED: &str = "purged";
+pub const SM_APPLIED: &str = "applied";
+pub const SM_MEMBERSHIP: &str = "membership";
+pub const SM_REVISION: &str = "revision";
+pub const SM_NEXT_LEASE: &str = "next_lease";
+
+pub fn ensure_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(RAFT_META)?;
+    txn.open_table(KV)?;
+    txn.open_table(LEASES)?;
+    txn.open_table(LEASE_KEYS)?;
+    txn.open_table(SM_META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+pub fn lease_key(id: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, std::io::Error> {
+    postcard::to_allocvec(value).map_err(super::io_err)
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
+    postcard::from_bytes(bytes).map_err(super::io_err)
+}
