@@ -1,0 +1,41 @@
+//! The node's settings: every one a flag with an environment-variable twin.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Directory holding the node's key, database, snapshots and ticket.
+    #[arg(long, env = "ASPEN_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// UDP socket the node's iroh endpoint binds.
+    #[arg(long, env = "ASPEN_BIND", default_value = "127.0.0.1:7700")]
+    pub bind: SocketAddr,
+    /// Address peers and clients use to reach this node (default: the bound address).
+    #[arg(long, env = "ASPEN_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<SocketAddr>,
+    /// Raft node id; chosen at random and persisted on first start when absent.
+    #[arg(long, env = "ASPEN_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Use iroh's public relays (needs internet access).
+    #[arg(long, env = "ASPEN_RELAYS", default_value_t = false)]
+    pub relays: bool,
+    /// On first start, join the cluster named in this ticket file.
+    #[arg(long, env = "ASPEN_JOIN_TICKET_FILE")]
+    pub join_ticket_file: Option<PathBuf>,
+    /// When joining: stay a learner or become a voter once caught up.
+    #[arg(long, env = "ASPEN_JOIN_AS", default_value = "voter", value_parser = ["learner", "voter"])]
+    pub join_as: String,
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, env = "ASPEN_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout lower bound, in milliseconds (upper bound is twice it).
+    #[arg(long, env = "ASPEN_ELECTION_TIMEOUT_MS", default_value_t = 600)]
+    pub election_timeout_ms: u64,
+    /// Log entries between automatic snapshots.
+    #[arg(long, env = "ASPEN_SNAPSHOT_EVERY", default_value_t = aspen_core::limits::SNAPSHOT_EVERY_ENTRIES)]
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot.
+    #[arg(long, env = "ASPEN_LOG_KEEP", default_value_t = aspen_core::limits::LOG_KEPT_AFTER_SNAPSHOT)]
+    pub log_keep: u64,
+}

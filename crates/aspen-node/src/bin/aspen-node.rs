@@ -1,0 +1,19 @@
+//! `aspen-node`: runs one Aspen node (the same as `aspen node`).
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "aspen-node", version, about = "Run one Aspen node")]
+struct Cli {
+    #[command(flatten)]
+    node: aspen_node::NodeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    aspen_node::run(Cli::parse().node).await
+}

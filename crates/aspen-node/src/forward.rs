@@ -1,0 +1,89 @@
+//! Forwarding client requests to the leader, over the client protocol, on one cached
+//! connection per leader.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse, NodeAddr};
+use aspen_core::error::AspenError;
+use aspen_core::limits::FORWARD_TIMEOUT_MS;
+use iroh::Endpoint;
+use iroh::endpoint::Connection;
+use tokio::sync::Mutex;
+
+pub struct Forwarder {
+    endpoint: Endpoint,
+    conns: Mutex<HashMap<[u8; 32], Connection>>,
+}
+
+impl Forwarder {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Forwarder { endpoint, conns: Mutex::new(HashMap::new()) }
+    }
+
+    async fn connection(&self, to: &NodeAddr) -> Result<Connection, AspenError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&to.endpoint_id)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let addr =
+            aspen_net::endpoint_addr(to).map_err(|e| AspenError::internal(format!("bad leader address: {e}")))?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), self.endpoint.connect(addr, CLIENT_ALPN))
+            .await
+            .map_err(|_| AspenError::Unavailable { reason: "connecting to the leader timed out".into() })?
+            .map_err(|e| AspenError::Unavailable { reason: format!("cannot reach the leader: {e}") })?;
+        conns.insert(to.endpoint_id, conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `request` to the leader, marked as forwarded so it is never forwarded on.
+    pub async fn forward(&self, to: &NodeAddr, request: ClientRequest, is_write: bool) -> ClientResponse {
+        self.call(to, ClientRequest::Forwarded(Box::new(request)), is_write).await
+    }
+
+    /// Sends `request` to `to` as is. Once a write has been sent, losing the answer
+    /// makes its outcome unknown; before that, the request certainly had no effect.
+    pub async fn call(&self, to: &NodeAddr, request: ClientRequest, is_write: bool) -> ClientResponse {
+        let conn = match self.connection(to).await {
+            Ok(c) => c,
+            Err(e) => return ClientResponse::Error(e),
+        };
+        let lost = |what: String| {
+            if is_write {
+                AspenError::OutcomeUnknown { reason: what }
+            } else {
+                AspenError::Unavailable { reason: what }
+            }
+        };
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.conns.lock().await.remove(&to.endpoint_id);
+                return ClientResponse::Error(AspenError::Unavailable { reason: format!("leader stream: {e}") });
+            }
+        };
+        let exchange = async {
+            aspen_net::write_frame(&mut send, &request)
+                .await
+                .map_err(|e| lost(format!("forwarding to the leader failed: {e}")))?;
+            let _ = send.finish();
+            aspen_net::read_frame::<ClientResponse>(&mut recv)
+                .await
+                .map_err(|e| lost(format!("the leader's answer was lost: {e}")))?
+                .ok_or_else(|| lost("the leader closed the stream without answering".into()))
+        };
+        match tokio::time::timeout(Duration::from_millis(FORWARD_TIMEOUT_MS), exchange).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                self.conns.lock().await.remove(&to.endpoint_id);
+                ClientResponse::Error(e)
+            }
+            Err(_) => {
+                self.conns.lock().await.remove(&to.endpoint_id);
+                ClientResponse::Error(lost(format!("the leader did not answer within {FORWARD_TIMEOUT_MS} ms")))
+            }
+        }
+    }
+}

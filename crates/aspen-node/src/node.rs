@@ -1,0 +1,181 @@
+//! Starting and stopping a node: identity, storage, endpoint, Raft, the protocol
+//! router, background duties, the readiness signal and a clean exit on SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse};
+use aspen_core::limits::MAX_RAFT_PAYLOAD_ENTRIES;
+use aspen_net::{ClusterTicket, EndpointConfig};
+use aspen_raft::network::NetworkFactory;
+use aspen_raft::server::RaftServer;
+use aspen_raft::{RAFT_ALPN, Raft};
+use openraft::{Config, SnapshotPolicy};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::NodeArgs;
+use crate::batcher::Batcher;
+use crate::forward::Forwarder;
+use crate::read_gate::ReadGate;
+use crate::service::ClientService;
+use crate::state::NodeState;
+
+/// The file a running node writes once it serves requests: a ticket naming itself.
+pub const READY_TICKET_FILE: &str = "node.ticket";
+
+fn node_id(args: &NodeArgs, data_dir: &Path) -> anyhow::Result<u64> {
+    let path = data_dir.join("node-id");
+    let stored = match std::fs::read_to_string(&path) {
+        Ok(s) => Some(s.trim().parse::<u64>().with_context(|| format!("{} does not hold a node id", path.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let id = match (stored, args.node_id) {
+        (Some(s), Some(a)) if s != a => {
+            bail!("data dir {} belongs to node {s}, but --node-id {a} was given", data_dir.display())
+        }
+        (Some(s), _) => s,
+        (None, Some(a)) => a,
+        (None, None) => loop {
+            let candidate: u64 = rand_u64();
+            if candidate != 0 {
+                break candidate;
+            }
+        },
+    };
+    if id == 0 {
+        bail!("node id 0 is reserved; pick another --node-id");
+    }
+    if stored.is_none() {
+        write_atomic(&path, id.to_string().as_bytes())?;
+    }
+    Ok(id)
+}
+
+fn rand_u64() -> u64 {
+    let key = iroh::SecretKey::generate();
+    u64::from_le_bytes(key.to_bytes()[..8].try_into().unwrap_or([1; 8])) >> 12
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
+}
+
+fn raft_config(args: &NodeArgs) -> anyhow::Result<Config> {
+    let config = Config {
+        cluster_name: "aspen".into(),
+        heartbeat_interval: args.heartbeat_ms,
+        election_timeout_min: args.election_timeout_ms,
+        election_timeout_max: args.election_timeout_ms * 2,
+        max_payload_entries: MAX_RAFT_PAYLOAD_ENTRIES,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(args.snapshot_every),
+        max_in_snapshot_log_to_keep: args.log_keep,
+        install_snapshot_timeout: 60_000,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    Ok(config.validate()?)
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let ready_file = data_dir.join(READY_TICKET_FILE);
+    let _ = std::fs::remove_file(&ready_file);
+    let node_id = node_id(&args, &data_dir)?;
+    let secret_key = aspen_net::identity::load_or_create_secret_key(&data_dir.join("node.key"))?;
+    let (log, sm, reader, hub) = aspen_raft::open_storage(&data_dir)?;
+    let incoming_snapshot = sm.incoming_snapshot_path();
+
+    let endpoint = aspen_net::bind_endpoint(EndpointConfig {
+        secret_key,
+        bind: args.bind,
+        alpns: vec![RAFT_ALPN.to_vec(), CLIENT_ALPN.to_vec()],
+        relays: args.relays,
+    })
+    .await?;
+    let advertise = args.advertise_addr.or((!args.bind.ip().is_unspecified()).then_some(args.bind));
+    let addr = aspen_net::endpoint::node_addr(&endpoint, advertise);
+    tracing::info!(node_id, endpoint = %endpoint.id(), addrs = ?addr.addrs, "node starting");
+
+    let config = Arc::new(raft_config(&args)?);
+    let raft: Raft = Raft::new(node_id, config, NetworkFactory::new(endpoint.clone()), log, sm).await?;
+    // No wait_for_recovery here: it needs a reachable leader. Linearizable reads wait
+    // for the apply index through ReadIndex; startup itself re-applies the log up to the
+    // persisted commit index.
+
+    let state = Arc::new(NodeState {
+        node_id,
+        addr: addr.clone(),
+        batcher: Batcher::start(raft.clone()),
+        reads: ReadGate::start(raft.clone()),
+        forwarder: Forwarder::new(endpoint.clone()),
+        raft: raft.clone(),
+        reader,
+        hub,
+    });
+    let router = iroh::protocol::Router::builder(endpoint.clone())
+        .accept(RAFT_ALPN, RaftServer::new(raft.clone(), incoming_snapshot))
+        .accept(CLIENT_ALPN, ClientService::new(state.clone()))
+        .spawn();
+    let lease_task = crate::leases::spawn(state.clone());
+
+    if let Some(ticket_file) = &args.join_ticket_file
+        && !state.is_initialized()
+    {
+        join(&state, ticket_file, args.join_as == "voter").await?;
+    }
+
+    let own = ClusterTicket { cluster_id: String::new(), nodes: vec![addr], token: None };
+    write_atomic(&ready_file, own.encode().as_bytes())?;
+    crate::notify::notify("READY=1");
+    tracing::info!(node_id, "node ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    crate::notify::notify("STOPPING=1");
+    let _ = std::fs::remove_file(&ready_file);
+    lease_task.abort();
+    let _ = router.shutdown().await;
+    let _ = raft.shutdown().await;
+    endpoint.close().await;
+    tracing::info!(node_id, "node stopped");
+    Ok(())
+}
+
+/// Joins the cluster named in `ticket_file`: asks it to add this node as a learner
+/// (which returns once the learner caught up) and then, if asked, to promote it.
+async fn join(state: &NodeState, ticket_file: &Path, as_voter: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(ticket_file).with_context(|| format!("reading {}", ticket_file.display()))?;
+    let ticket = ClusterTicket::decode(&text).with_context(|| format!("ticket in {}", ticket_file.display()))?;
+    let mut steps = vec![ClientRequest::AddLearner { node_id: state.node_id, addr: state.addr.clone() }];
+    if as_voter {
+        steps.push(ClientRequest::Promote { node_id: state.node_id });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    for step in steps {
+        let mut attempt = 0usize;
+        loop {
+            let to = &ticket.nodes[attempt % ticket.nodes.len()];
+            attempt += 1;
+            match state.forwarder.call(to, step.clone(), true).await {
+                ClientResponse::Done => break,
+                ClientResponse::Error(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!("join step {} not done yet: {e}; retrying", step.name());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => bail!("joining the cluster failed at {}: {other:?}", step.name()),
+            }
+        }
+    }
+    tracing::info!(node_id = state.node_id, as_voter, "joined the cluster");
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Keys and leases: reads (linearizable through the read gate, or stale by request)
+//! and writes (through the batcher into Raft).
+
+use aspen_core::api::{ClientRequest, ClientResponse, LeaseInfo, ReadConsistency};
+use aspen_core::command::WriteCommand;
+use aspen_core::error::AspenError;
+use aspen_core::validate;
+
+use super::Placement;
+use crate::batcher::now_ms;
+use crate::state::NodeState;
+
+pub fn placement(request: &ClientRequest) -> Option<Placement> {
+    Some(match request {
+        ClientRequest::Get { consistency, .. } | ClientRequest::Scan { consistency, .. } => match consistency {
+            ReadConsistency::Linearizable => Placement::Leader { is_write: false },
+            ReadConsistency::Stale => Placement::Local,
+        },
+        ClientRequest::LeaseList => Placement::Leader { is_write: false },
+        ClientRequest::Put { .. }
+        | ClientRequest::Delete { .. }
+        | ClientRequest::DeleteRange { .. }
+        | ClientRequest::Txn(_)
+        | ClientRequest::LeaseGrant { .. }
+        | ClientRequest::LeaseKeepAlive { .. }
+        | ClientRequest::LeaseRevoke { .. } => Placement::Leader { is_write: true },
+        _ => return None,
+    })
+}
+
+fn write_command(request: &ClientRequest) -> Option<WriteCommand> {
+    Some(match request.clone() {
+        ClientRequest::Put { key, value, lease } => WriteCommand::Put { key, value, lease },
+        ClientRequest::Delete { key } => WriteCommand::Delete { key },
+        ClientRequest::DeleteRange { start, end } => WriteCommand::DeleteRange { start, end },
+        ClientRequest::Txn(t) => WriteCommand::Txn(t),
+        ClientRequest::LeaseGrant { ttl_ms } => WriteCommand::LeaseGrant { ttl_ms },
+        ClientRequest::LeaseKeepAlive { id } => WriteCommand::LeaseKeepAlive { id },
+        ClientRequest::LeaseRevoke { id } => WriteCommand::LeaseRevoke { id },
+        _ => return None,
+    })
+}
+
+async fn linearize(state: &NodeState, consistency: ReadConsistency) -> Result<(), AspenError> {
+    if !state.is_initialized() {
+        return Err(AspenError::NotInitialized);
+    }
+    match consistency {
+        ReadConsistency::Linearizable => state.reads.wait().await,
+        ReadConsistency::Stale => Ok(()),
+    }
+}
+
+/// Serves a KV or lease request on this node; `None` if it is not one.
+pub async fn serve(state: &NodeState, request: &ClientRequest) -> Option<Result<ClientResponse, AspenError>> {
+    if let Some(command) = write_command(request) {
+        return Some(state.batcher.write(command).await.map(ClientResponse::Write));
+    }
+    Some(match request {
+        ClientRequest::Get { key, consistency } => {
+            async {
+                validate::key(key)?;
+                linearize(state, *consistency).await?;
+                let (kv, revision) = state.reader.get(key)?;
+                Ok(ClientResponse::Get { kv, revision })
+            }
+            .await
+        }
+        ClientRequest::Scan { start, end, limit, consistency } => {
+            async {
+                validate::range_bound(start)?;
+                validate::range_bound(end)?;
+                let limit = validate::scan_limit(*limit)?;
+                linearize(state, *consistency).await?;
+                let (kvs, more, revision) = state.reader.scan(start, end, limit)?;
+                Ok(ClientResponse::Scan { kvs, more, revision })
+            }
+            .await
+        }
+        ClientRequest::LeaseList => {
+            async {
+                linearize(state, ReadConsistency::Linearizable).await?;
+                let now = now_ms() as i64;
+                let leases = state
+                    .reader
+                    .leases()?
+                    .into_iter()
+                    .map(|l| LeaseInfo { id: l.id, ttl_ms: l.ttl_ms, remaining_ms: l.expires_at_ms as i64 - now })
+                    .collect();
+                Ok(ClientResponse::Leases { leases })
+            }
+            .await
+        }
+        _ => return None,
+    })
+}
