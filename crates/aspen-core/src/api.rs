@@ -26,7 +26,7 @@ pub enum ReadConsistency {
 }
 
 /// A node's address as clients and peers reach it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NodeAddr {
     /// The node's iroh endpoint id (ed25519 public key).
     pub endpoint_id: [u8; 32],

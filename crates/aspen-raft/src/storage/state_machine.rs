@@ -215,16 +215,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> Result<(), std::io::Error> {
         let db = self.db.clone();
         let meta2 = meta.clone();
-        let file = snapshot.into_std().await;
-        let revision =
-            tokio::task::spawn_blocking(move || install_snapshot_file(&db, file, &meta2)).await.map_err(io_err)??;
-        // Keep the installed snapshot as the current one, for followers we may serve later.
         let incoming = self.incoming_snapshot_path();
         let path = self.snap_dir.join(snapshot_file_name(meta));
-        if incoming.exists() {
+        let mut file = snapshot.into_std().await;
+        let revision = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            // The Raft server streams received snapshots to `incoming`; any other source
+            // is copied there first, so the installed snapshot is kept as this node's own.
+            if !incoming.exists() {
+                use std::io::Seek;
+                file.seek(std::io::SeekFrom::Start(0))?;
+                let mut staged = std::fs::File::create(&incoming)?;
+                std::io::copy(&mut file, &mut staged)?;
+                staged.sync_all()?;
+            }
+            let revision = install_snapshot_file(&db, std::fs::File::open(&incoming)?, &meta2)?;
             std::fs::rename(&incoming, &path)?;
-            remove_older_snapshots(&self.snap_dir, &path);
-        }
+            Ok(revision)
+        })
+        .await
+        .map_err(io_err)??;
+        remove_older_snapshots(&self.snap_dir, &self.snap_dir.join(snapshot_file_name(meta)));
         self.hub.reset(revision);
         tracing::info!(last_log_id = ?meta.last_log_id, revision, "installed snapshot");
         Ok(())
