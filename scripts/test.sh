@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs Aspen's whole test suite: formatting, lints, unit, property and multi-process
+# cluster tests (fault injection and the linearizability check included).
+#
+# Installs what the tests need first: iproute2 (ip, tc) for the network namespaces
+# the cluster tests partition. Partition tests need root; without it they are skipped
+# with a notice, and everything else runs on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/aspen/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "test.sh: need root (or sudo) to run: $*" >&2; return 1; fi
+}
+
+need_pkgs=()
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v tc >/dev/null || need_pkgs+=(iproute2)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need_pkgs[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+# Cluster tests start several node processes each; two at a time suit a 2-core machine.
+cargo test --workspace -- --test-threads "${ASPEN_TEST_THREADS:-2}"
