@@ -76,6 +76,12 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<Config> {
         max_in_snapshot_log_to_keep: args.log_keep,
         install_snapshot_timeout: 60_000,
         enable_pre_vote: Some(true),
+        // A restarted leader must win a new election. Restoring leadership without one
+        // would let it serve ReadIndex reads at its persisted commit index, which lags the
+        // real one (apply is not durable and the commit index is persisted with the next
+        // append), so a write acknowledged just before a whole-cluster crash could be
+        // missing from reads. Found by `killing_every_node_at_once_loses_no_acknowledged_write`.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Ok(config.validate()?)
