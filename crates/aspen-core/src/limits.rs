@@ -47,3 +47,7 @@ pub const MAX_RAFT_PAYLOAD_ENTRIES: u64 = 24;
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
 /// Log entries kept behind a snapshot so slightly slow followers need no snapshot.
 pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
+/// A QUIC connection with no traffic for this long is considered dead.
+pub const CONNECTION_IDLE_TIMEOUT_MS: u32 = 5_000;
+/// Keep-alive interval on every connection, well below the idle timeout.
+pub const CONNECTION_KEEPALIVE_MS: u64 = 1_000;

@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 
 use aspen_core::api::NodeAddr;
-use iroh::endpoint::{QuicTransportConfig, VarInt};
+use iroh::endpoint::{IdleTimeout, QuicTransportConfig, VarInt};
 use iroh::{Endpoint, EndpointAddr, PublicKey, RelayMode, SecretKey};
 
-use aspen_core::limits::MAX_STREAMS_PER_CONNECTION;
+use aspen_core::limits::{CONNECTION_IDLE_TIMEOUT_MS, CONNECTION_KEEPALIVE_MS, MAX_STREAMS_PER_CONNECTION};
 
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
@@ -32,7 +32,9 @@ pub enum EndpointError {
 pub async fn bind_endpoint(config: EndpointConfig) -> Result<Endpoint, EndpointError> {
     let transport = QuicTransportConfig::builder()
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
-        .keep_alive_interval(std::time::Duration::from_secs(2))
+        .keep_alive_interval(std::time::Duration::from_millis(CONNECTION_KEEPALIVE_MS))
+        // A dead peer is noticed within this bound, so clients and watches fail over.
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(CONNECTION_IDLE_TIMEOUT_MS))))
         .build();
     let mut builder = Endpoint::builder(iroh::endpoint::presets::Minimal)
         .secret_key(config.secret_key)

@@ -1,8 +1,8 @@
 //! openraft's own storage conformance suite, run against the redb log store and state
 //! machine.
 
-use aspen_raft::storage::{LogStore, StateMachine, open_storage};
 use aspen_raft::TypeConfig;
+use aspen_raft::storage::{LogStore, StateMachine, open_storage};
 use openraft::StorageError;
 use openraft::errors::ErrorSource;
 use openraft::testing::log::{StoreBuilder, Suite};

@@ -89,7 +89,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let table = txn.open_table(LOG).map_err(io_err)?;
         let last = match table.last().map_err(io_err)? {
             Some((_, v)) => Some(tables::decode::<Entry>(v.value())?.log_id()),
-            None => purged.clone(),
+            None => purged,
         };
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
@@ -129,7 +129,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             encoded.push((entry.log_id().index, tables::encode(&entry)?));
         }
-        let committed = self.committed.lock().map(|c| c.clone()).unwrap_or(None);
+        let committed = self.committed.lock().map(|c| *c).unwrap_or(None);
         let committed = committed.map(|c| tables::encode(&c)).transpose()?;
         let result = self
             .write(Durability::Immediate, move |txn| {

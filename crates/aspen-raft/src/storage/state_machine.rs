@@ -263,7 +263,7 @@ fn apply_entries(db: &Database, batch: Vec<EntryResponder<TypeConfig>>) -> std::
     {
         let mut kv = RedbKv::open(&txn).map_err(io_err)?;
         for (entry, _) in &batch {
-            last_applied = Some(entry.log_id.clone());
+            last_applied = Some(entry.log_id);
             match &entry.payload {
                 EntryPayload::Blank => results.push(BatchResult::default()),
                 EntryPayload::Normal(write) => {
@@ -272,7 +272,7 @@ fn apply_entries(db: &Database, batch: Vec<EntryResponder<TypeConfig>>) -> std::
                     events.append(&mut evs);
                 }
                 EntryPayload::Membership(m) => {
-                    membership = Some(OrStoredMembership::new(Some(entry.log_id.clone()), m.clone()));
+                    membership = Some(OrStoredMembership::new(Some(entry.log_id), m.clone()));
                     results.push(BatchResult::default());
                 }
             }
