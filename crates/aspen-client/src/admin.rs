@@ -1,0 +1,76 @@
+//! Typed cluster-administration calls: status, tickets, membership and snapshots.
+
+use aspen_core::api::{ClientRequest, ClientResponse, ClusterStatus, NodeAddr};
+
+use crate::client::Client;
+use crate::error::ClientError;
+
+/// Who a node is, whether or not it belongs to a cluster yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    pub addr: NodeAddr,
+    pub initialized: bool,
+}
+
+impl Client {
+    /// The answering node's view of the cluster.
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        match self.request(ClientRequest::Status).await? {
+            ClientResponse::Status(status) => Ok(status),
+            other => Err(ClientError::unexpected("status", &other)),
+        }
+    }
+
+    /// A ticket naming every member of the cluster.
+    pub async fn ticket(&self) -> Result<String, ClientError> {
+        match self.request(ClientRequest::Ticket).await? {
+            ClientResponse::Ticket { ticket } => Ok(ticket),
+            other => Err(ClientError::unexpected("ticket", &other)),
+        }
+    }
+
+    /// Who the answering node is.
+    pub async fn node_info(&self) -> Result<NodeInfo, ClientError> {
+        match self.request(ClientRequest::NodeInfo).await? {
+            ClientResponse::NodeInfo { node_id, addr, initialized } => Ok(NodeInfo { node_id, addr, initialized }),
+            other => Err(ClientError::unexpected("node_info", &other)),
+        }
+    }
+
+    /// Initializes a cluster whose voters are the answering node and `members`. Aim it at
+    /// one node with [`Client::for_node`].
+    pub async fn init(&self, members: Vec<(u64, NodeAddr)>) -> Result<(), ClientError> {
+        self.admin(ClientRequest::Init { members }).await
+    }
+
+    /// Adds a node as a learner: it receives the log but does not vote.
+    pub async fn add_learner(&self, node_id: u64, addr: NodeAddr) -> Result<(), ClientError> {
+        self.admin(ClientRequest::AddLearner { node_id, addr }).await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, node_id: u64) -> Result<(), ClientError> {
+        self.admin(ClientRequest::Promote { node_id }).await
+    }
+
+    /// Removes a node from the cluster.
+    pub async fn remove(&self, node_id: u64) -> Result<(), ClientError> {
+        self.admin(ClientRequest::Remove { node_id }).await
+    }
+
+    /// Asks the leader to hand leadership to `node_id`.
+    pub async fn transfer_leader(&self, node_id: u64) -> Result<(), ClientError> {
+        self.admin(ClientRequest::TransferLeader { node_id }).await
+    }
+
+    /// Asks the answering node to snapshot its state machine now.
+    pub async fn trigger_snapshot(&self) -> Result<(), ClientError> {
+        self.admin(ClientRequest::TriggerSnapshot).await
+    }
+
+    /// Admin answers carry nothing beyond success; errors were already turned into `Err`.
+    async fn admin(&self, req: ClientRequest) -> Result<(), ClientError> {
+        self.request(req).await.map(|_| ())
+    }
+}

@@ -1,0 +1,281 @@
+//! [`Client`]: a handle on a cluster, and the one generic [`Client::request`] every typed
+//! method wraps.
+//!
+//! Each request opens its own bi-stream on the shared connection, writes one
+//! [`ClientRequest`] frame, finishes its side and reads one [`ClientResponse`] frame, so
+//! concurrent requests pipeline. Failures are retried only when the retry cannot change
+//! the outcome (see [`crate::retry`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use aspen_core::AspenError;
+use aspen_core::api::{ClientRequest, ClientResponse, NodeAddr};
+use aspen_net::frame::{FrameError, encode_frame};
+use aspen_net::{ClusterTicket, EndpointConfig};
+use tokio::time::Instant;
+
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+use crate::pool::{ConnectFailure, Current, NodePool};
+use crate::retry::{Backoff, is_safe_to_repeat};
+
+/// How long closing the client waits for the endpoint to shut down cleanly. Open
+/// connections drain in a round trip; only handshakes to dead nodes take longer, and
+/// nobody waits on those.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A cluster client. Cheap to clone; clones share one connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pool: Arc<NodePool>,
+}
+
+/// What one attempt of a request came to.
+enum Attempt {
+    /// The node answered (maybe with an error).
+    Answer(ClientResponse),
+    /// The request certainly did not reach a node.
+    NotSent(Failure),
+    /// The request was sent, but no answer came back.
+    Lost(Failure),
+    /// Trying again cannot help.
+    Fatal(ClientError),
+}
+
+/// The last reason a request did not succeed, kept to report when retries run out.
+enum Failure {
+    Unreachable { tried: String },
+    Connection { node: String, reason: String },
+    NoAnswer { node: String, reason: String },
+    Cluster(AspenError),
+    Deadline,
+}
+
+impl Client {
+    /// Connects to the first reachable node named in `ticket`, failing over between them later.
+    pub async fn connect(ticket: &ClusterTicket) -> Result<Client, ClientError> {
+        Client::connect_with_config(ticket, ClientConfig::default()).await
+    }
+
+    /// Decodes `ticket` and connects as [`Client::connect`] does.
+    pub async fn from_ticket_str(ticket: &str) -> Result<Client, ClientError> {
+        Client::connect(&ClusterTicket::decode(ticket)?).await
+    }
+
+    /// [`Client::connect`] with explicit time bounds.
+    pub async fn connect_with_config(ticket: &ClusterTicket, config: ClientConfig) -> Result<Client, ClientError> {
+        Client::over_nodes(ticket.nodes.clone(), config).await
+    }
+
+    /// A client that talks to `node` only, never failing over: for admin commands aimed at
+    /// one node (`init`) and for tests.
+    pub async fn for_node(node: NodeAddr, config: ClientConfig) -> Result<Client, ClientError> {
+        Client::over_nodes(vec![node], config).await
+    }
+
+    /// A client over `nodes`, tried in this order, connected to the first that answers.
+    pub async fn over_nodes(nodes: Vec<NodeAddr>, config: ClientConfig) -> Result<Client, ClientError> {
+        if nodes.is_empty() {
+            return Err(ClientError::Config("no node to connect to".into()));
+        }
+        let endpoint = aspen_net::bind_endpoint(EndpointConfig {
+            secret_key: iroh::SecretKey::generate(),
+            bind: bind_addr_for(&nodes),
+            alpns: Vec::new(),
+            relays: false,
+        })
+        .await
+        .map_err(|e| ClientError::Endpoint(e.to_string()))?;
+        let client = Client { pool: Arc::new(NodePool::new(endpoint, nodes, config)) };
+        // Bound the first connect by one connect timeout per node.
+        let per_node = config.connect_timeout;
+        let n = u32::try_from(client.pool.nodes().len()).unwrap_or(u32::MAX);
+        let deadline = Instant::now() + per_node.saturating_mul(n);
+        match client.pool.connection(deadline).await {
+            Ok(_) => Ok(client),
+            Err(failure) => {
+                client.close().await;
+                Err(match failure {
+                    ConnectFailure::Unreachable { tried } => ClientError::Unreachable { tried },
+                    ConnectFailure::Deadline => ClientError::Unreachable { tried: "nothing (out of time)".into() },
+                })
+            }
+        }
+    }
+
+    /// The nodes this client knows, in failover order.
+    pub fn nodes(&self) -> &[NodeAddr] {
+        self.pool.nodes()
+    }
+
+    /// The client's time bounds.
+    pub fn config(&self) -> &ClientConfig {
+        self.pool.config()
+    }
+
+    /// Closes the connection and the endpoint. Requests still in flight fail.
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.pool.close()).await;
+    }
+
+    /// The endpoint's own id, for logs.
+    pub fn endpoint_id(&self) -> String {
+        self.pool.endpoint().id().to_string()
+    }
+
+    /// Sends `req` and returns the node's answer. `ClientResponse::Error` answers are
+    /// turned into `ClientError::Aspen`, so an `Ok` is always a success.
+    ///
+    /// Retries, with backoff and failover, until `request_timeout`: requests that never
+    /// left the client, answers that say the request had no effect (`NotLeader`,
+    /// `Unavailable`), and requests safe to repeat. A write that was sent and got no
+    /// answer fails with `AspenError::OutcomeUnknown` and is not resent.
+    pub async fn request(&self, req: ClientRequest) -> Result<ClientResponse, ClientError> {
+        let name = req.name();
+        let repeatable = is_safe_to_repeat(&req);
+        let frame = encode_frame(&req).map_err(|e| match e {
+            FrameError::TooLarge { len, max } => ClientError::Aspen(AspenError::FrameTooLarge { len, max }),
+            other => ClientError::Aspen(AspenError::invalid(format!("cannot encode request: {other}"))),
+        })?;
+        let timeout = self.pool.config().request_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::default();
+        loop {
+            let failure = match self.attempt(&frame, deadline, repeatable).await {
+                Attempt::Answer(ClientResponse::Error(e)) if e.is_retryable_without_effect() => Failure::Cluster(e),
+                Attempt::Answer(ClientResponse::Error(e)) => return Err(ClientError::Aspen(e)),
+                Attempt::Answer(resp) => return Ok(resp),
+                Attempt::NotSent(f) => f,
+                Attempt::Lost(f) if repeatable => f,
+                Attempt::Lost(f) => {
+                    return Err(ClientError::Aspen(AspenError::OutcomeUnknown {
+                        reason: format!("{name} was sent but {}", f.describe()),
+                    }));
+                }
+                Attempt::Fatal(e) => return Err(e),
+            };
+            match backoff.next_delay(Instant::now(), deadline) {
+                Some(delay) => {
+                    tracing::debug!(request = name, reason = %failure.describe(), ?delay, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(failure.into_error(name, timeout)),
+            }
+        }
+    }
+
+    /// One try: a stream on the current connection, the request out, one answer in.
+    async fn attempt(&self, frame: &[u8], deadline: Instant, repeatable: bool) -> Attempt {
+        let current = match self.pool.connection(deadline).await {
+            Ok(c) => c,
+            Err(ConnectFailure::Unreachable { tried }) => return Attempt::NotSent(Failure::Unreachable { tried }),
+            Err(ConnectFailure::Deadline) => return Attempt::NotSent(Failure::Deadline),
+        };
+        let (mut send, mut recv) = match tokio::time::timeout_at(deadline, current.conn.open_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => return self.not_sent(&current, format!("cannot open a stream: {e}")).await,
+            Err(_) => return Attempt::NotSent(Failure::Deadline),
+        };
+        // A failed write left the frame incomplete at the node, which then cannot act on it.
+        match tokio::time::timeout_at(deadline, send.write_all(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return self.not_sent(&current, format!("cannot send: {e}")).await,
+            Err(_) => return Attempt::NotSent(Failure::Deadline),
+        }
+        if let Err(e) = send.finish() {
+            return self.lost(&current, format!("cannot finish the request stream: {e}")).await;
+        }
+        let answer_deadline =
+            if repeatable { deadline.min(Instant::now() + self.pool.config().read_attempt_timeout) } else { deadline };
+        match tokio::time::timeout_at(answer_deadline, aspen_net::read_frame::<ClientResponse>(&mut recv)).await {
+            Ok(Ok(Some(resp))) => {
+                if let ClientResponse::Error(AspenError::Unavailable { .. }) = &resp
+                    && self.pool.nodes().len() > 1
+                {
+                    // This node cannot reach a working leader; another one may.
+                    self.pool.mark_failed(current.generation).await;
+                }
+                Attempt::Answer(resp)
+            }
+            Ok(Ok(None)) => self.lost(&current, "the node closed the stream without answering".into()).await,
+            Ok(Err(FrameError::Decode(e))) => {
+                Attempt::Fatal(ClientError::Protocol { node: current.node, reason: format!("undecodable answer: {e}") })
+            }
+            Ok(Err(FrameError::TooLarge { len, max })) => {
+                Attempt::Fatal(ClientError::Aspen(AspenError::FrameTooLarge { len, max }))
+            }
+            Ok(Err(e)) => self.lost(&current, e.to_string()).await,
+            Err(_) => self.lost(&current, "no answer in time".into()).await,
+        }
+    }
+
+    async fn not_sent(&self, current: &Current, reason: String) -> Attempt {
+        self.pool.mark_failed(current.generation).await;
+        Attempt::NotSent(Failure::Connection { node: current.node.clone(), reason })
+    }
+
+    async fn lost(&self, current: &Current, reason: String) -> Attempt {
+        self.pool.mark_failed(current.generation).await;
+        Attempt::Lost(Failure::NoAnswer { node: current.node.clone(), reason })
+    }
+
+    /// Opens a raw bi-stream on the current connection (for watches), reporting failures
+    /// to the pool so the next call fails over.
+    pub(crate) async fn open_stream(
+        &self,
+        deadline: Instant,
+    ) -> Result<(iroh::endpoint::SendStream, iroh::endpoint::RecvStream, Current), ClientError> {
+        let current = self.pool.connection(deadline).await.map_err(|f| match f {
+            ConnectFailure::Unreachable { tried } => ClientError::Unreachable { tried },
+            ConnectFailure::Deadline => {
+                ClientError::Aspen(AspenError::Timeout { what: "waiting for a connection".into() })
+            }
+        })?;
+        match tokio::time::timeout_at(deadline, current.conn.open_bi()).await {
+            Ok(Ok((send, recv))) => Ok((send, recv, current)),
+            Ok(Err(e)) => {
+                self.pool.mark_failed(current.generation).await;
+                Err(ClientError::Connection { node: current.node, reason: format!("cannot open a stream: {e}") })
+            }
+            Err(_) => Err(ClientError::Aspen(AspenError::Timeout { what: "opening a stream".into() })),
+        }
+    }
+
+    pub(crate) async fn mark_failed(&self, current: &Current) {
+        self.pool.mark_failed(current.generation).await;
+    }
+}
+
+impl Failure {
+    fn describe(&self) -> String {
+        match self {
+            Failure::Unreachable { tried } => format!("no node is reachable (tried {tried})"),
+            Failure::Connection { node, reason } => format!("the connection to node {node} failed: {reason}"),
+            Failure::NoAnswer { node, reason } => format!("node {node} did not answer: {reason}"),
+            Failure::Cluster(e) => e.to_string(),
+            Failure::Deadline => "the request ran out of time".into(),
+        }
+    }
+
+    fn into_error(self, name: &str, timeout: std::time::Duration) -> ClientError {
+        match self {
+            Failure::Unreachable { tried } => ClientError::Unreachable { tried },
+            Failure::Connection { node, reason } => ClientError::Connection { node, reason },
+            Failure::Cluster(e) => ClientError::Aspen(e),
+            Failure::NoAnswer { node, reason } => ClientError::Aspen(AspenError::Timeout {
+                what: format!("{name} got no answer within {timeout:?} (last from node {node}: {reason})"),
+            }),
+            Failure::Deadline => {
+                ClientError::Aspen(AspenError::Timeout { what: format!("{name} got no answer within {timeout:?}") })
+            }
+        }
+    }
+}
+
+/// The socket a client binds: IPv4 unless the nodes can only be reached over IPv6.
+fn bind_addr_for(nodes: &[NodeAddr]) -> SocketAddr {
+    let any_v4 = nodes.iter().flat_map(|n| &n.addrs).any(SocketAddr::is_ipv4);
+    let any_v6 = nodes.iter().flat_map(|n| &n.addrs).any(SocketAddr::is_ipv6);
+    if any_v6 && !any_v4 { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0, 0, 0, 0], 0)) }
+}

@@ -1,0 +1,179 @@
+//! The one connection a client keeps, and failover between the nodes it knows.
+//!
+//! The client talks to one node at a time over one QUIC connection that every request
+//! shares. When that connection is reported broken, the next node in the list is tried,
+//! round-robin. A generation number makes sure that many requests failing on the same
+//! broken connection move the client on by one node, not by one node each.
+
+use std::net::SocketAddr;
+
+use aspen_core::api::{CLIENT_ALPN, NodeAddr};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use iroh::Endpoint;
+use iroh::endpoint::Connection;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::ClientConfig;
+
+/// The connection in use, as handed to one request.
+/// How long a connect attempt runs alone before the next node is tried alongside it.
+pub const CONNECT_STAGGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    pub(crate) conn: Connection,
+    /// Identifies this connection for [`NodePool::mark_failed`].
+    pub(crate) generation: u64,
+    /// The node's address, for messages.
+    pub(crate) node: String,
+}
+
+#[derive(Debug)]
+struct State {
+    current: Option<(usize, Current)>,
+    /// Index of the node tried first on the next connect.
+    next: usize,
+    generation: u64,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, Clone)]
+pub(crate) enum ConnectFailure {
+    /// Every node tried refused or did not answer in time.
+    Unreachable { tried: String },
+    /// The deadline passed while waiting for another request's connect attempt.
+    Deadline,
+}
+
+/// The endpoint, the known nodes and the current connection.
+#[derive(Debug)]
+pub(crate) struct NodePool {
+    endpoint: Endpoint,
+    nodes: Vec<NodeAddr>,
+    config: ClientConfig,
+    state: Mutex<State>,
+}
+
+impl NodePool {
+    /// A pool over `nodes` (which must not be empty), connecting lazily.
+    pub(crate) fn new(endpoint: Endpoint, nodes: Vec<NodeAddr>, config: ClientConfig) -> Self {
+        NodePool { endpoint, nodes, config, state: Mutex::new(State { current: None, next: 0, generation: 0 }) }
+    }
+
+    pub(crate) fn nodes(&self) -> &[NodeAddr] {
+        &self.nodes
+    }
+
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The current connection, or a new one to the first node that answers, trying each
+    /// node at most once and giving up at `deadline`.
+    pub(crate) async fn connection(&self, deadline: Instant) -> Result<Current, ConnectFailure> {
+        let mut state =
+            tokio::time::timeout_at(deadline, self.state.lock()).await.map_err(|_| ConnectFailure::Deadline)?;
+        if let Some((index, current)) = &state.current {
+            if current.conn.close_reason().is_none() {
+                return Ok(current.clone());
+            }
+            tracing::debug!(node = %current.node, "connection closed; trying the next node");
+            state.next = (index + 1) % self.nodes.len();
+            state.current = None;
+        }
+        // Happy eyeballs: try the next node first, and start on the one after it whenever
+        // the attempts under way have not succeeded within CONNECT_STAGGER, so a dead node
+        // delays a connect by the stagger, not by a whole connect timeout.
+        let n = self.nodes.len();
+        let mut attempts = FuturesUnordered::new();
+        let mut started = 0;
+        let mut tried = Vec::new();
+        loop {
+            if started < n && Instant::now() < deadline {
+                let index = (state.next + started) % n;
+                started += 1;
+                let attempt_deadline = deadline.min(Instant::now() + self.config.connect_timeout);
+                attempts.push(async move {
+                    let node = &self.nodes[index];
+                    let result = match tokio::time::timeout_at(attempt_deadline, self.connect(node)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("no answer within {:?}", self.config.connect_timeout)),
+                    };
+                    (index, result)
+                });
+            }
+            let more_to_start = started < n;
+            let next = if more_to_start {
+                match tokio::time::timeout(CONNECT_STAGGER, attempts.next()).await {
+                    Ok(next) => next,
+                    Err(_) => continue,
+                }
+            } else {
+                attempts.next().await
+            };
+            match next {
+                Some((index, Ok(conn))) => {
+                    let node = &self.nodes[index];
+                    state.generation += 1;
+                    let current = Current { conn, generation: state.generation, node: describe(node) };
+                    state.next = index;
+                    state.current = Some((index, current.clone()));
+                    tracing::debug!(node = %current.node, "connected");
+                    return Ok(current);
+                }
+                Some((index, Err(reason))) => tried.push(format!("{} ({reason})", describe(&self.nodes[index]))),
+                None if more_to_start => {}
+                None => break,
+            }
+            if !more_to_start && attempts.is_empty() {
+                break;
+            }
+            if more_to_start && Instant::now() >= deadline && attempts.is_empty() {
+                tried.push(format!("{} more not tried: out of time", n - started));
+                break;
+            }
+        }
+        Err(ConnectFailure::Unreachable { tried: tried.join(", ") })
+    }
+
+    async fn connect(&self, node: &NodeAddr) -> Result<Connection, String> {
+        let addr = aspen_net::endpoint_addr(node).map_err(|e| format!("invalid endpoint id: {e}"))?;
+        self.endpoint.connect(addr, CLIENT_ALPN).await.map_err(|e| e.to_string())
+    }
+
+    /// Reports that the connection of `generation` is broken or unresponsive: the next
+    /// request connects to the next node. Later reports about the same connection are ignored.
+    pub(crate) async fn mark_failed(&self, generation: u64) {
+        let mut state = self.state.lock().await;
+        if let Some((index, current)) = &state.current
+            && current.generation == generation
+        {
+            tracing::debug!(node = %current.node, "dropping connection; the next request tries the next node");
+            state.next = (index + 1) % self.nodes.len();
+            state.current = None;
+        }
+    }
+
+    /// Closes the current connection and the endpoint.
+    pub(crate) async fn close(&self) {
+        if let Some((_, current)) = self.state.lock().await.current.take() {
+            current.conn.close(0u32.into(), b"client closed");
+        }
+        self.endpoint.close().await;
+    }
+}
+
+/// A node as people read it: its socket addresses, or its endpoint id when it has none.
+pub fn describe(node: &NodeAddr) -> String {
+    if node.addrs.is_empty() {
+        let hex: String = node.endpoint_id.iter().take(5).map(|b| format!("{b:02x}")).collect();
+        return format!("{hex}…");
+    }
+    node.addrs.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join("|")
+}
