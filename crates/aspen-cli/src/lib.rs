@@ -1,0 +1,91 @@
+//! The `aspen` command line: key-value commands, leases, watches, cluster administration,
+//! a local-cluster launcher, an in-process node and a benchmark.
+//!
+//! Everything that talks to a cluster goes through `aspen-client`; this crate only parses
+//! arguments, resolves the ticket and prints results (text, or JSON with `--json`).
+
+pub mod cli;
+pub mod cmd;
+pub mod context;
+pub mod duration;
+pub mod local_cluster;
+pub mod output;
+pub mod ticket_source;
+pub mod txn_parse;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::cmd::cluster::ClusterCommand;
+use crate::context::{AlreadyReported, Ctx};
+
+/// Parses the command line, runs the command and turns failure into `error: ...` on stderr
+/// and exit status 1 (clap's own usage errors exit with 2).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Node(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Do not wait for tasks stuck on the network (a watch, a dead node).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<AlreadyReported>() => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; a node logs at `info`, the other commands only warnings and errors
+/// (unless `RUST_LOG` says otherwise). A command's own transport noise is hidden: QUIC
+/// path warnings, and iroh's complaint when a close gives up on a dead node's handshake.
+fn init_tracing(is_node: bool) {
+    let default = if is_node { "info" } else { "warn,iroh=error,iroh::socket=off,noq=error,noq_proto=error" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx::new(cli.json, cli.timeout, cli.ticket, cli.ticket_file);
+    match cli.command {
+        Command::Node(cmd) => cmd::node::run(cmd).await,
+        Command::Cluster(ClusterCommand::Up(args)) => cmd::cluster::up(&ctx, args).await,
+        Command::Cluster(ClusterCommand::Init { members }) => cmd::cluster::init(&ctx, members).await,
+        Command::Bench(cmd) => cmd::bench::run(&ctx, cmd).await,
+        Command::Kv(cmd) => {
+            let client = ctx.client().await?;
+            let result = cmd::kv::run(&ctx, &client, cmd).await;
+            client.close().await;
+            result
+        }
+        Command::Lease(cmd) => {
+            let client = ctx.client().await?;
+            let result = cmd::lease::run(&ctx, &client, cmd).await;
+            client.close().await;
+            result
+        }
+        Command::Watch(args) => {
+            let client = ctx.client().await?;
+            let result = cmd::watch::run(&ctx, &client, args).await;
+            client.close().await;
+            result
+        }
+        Command::Cluster(cmd) => {
+            let client = ctx.client().await?;
+            let result = cmd::cluster::run(&ctx, &client, cmd).await;
+            client.close().await;
+            result
+        }
+    }
+}

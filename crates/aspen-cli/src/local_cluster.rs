@@ -1,0 +1,349 @@
+//! A cluster of node processes on this machine, as `aspen cluster up` and
+//! `aspen bench kv --start-cluster` run it.
+//!
+//! Node `i` (from 1) runs as `<this executable> node --data-dir <dir>/n<i> --bind
+//! 127.0.0.1:<port> --node-id <i>`, logging to `<dir>/n<i>/node.log`, and announces that it
+//! serves by writing `<dir>/n<i>/node.ticket`. A fresh cluster is initialized through node
+//! 1 with the others as voters; a restarted one (same data dirs) just comes back up.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use aspen_client::{AspenError, Client, ClientConfig, ClientError, ClusterTicket, NodeAddr};
+use indicatif::ProgressBar;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::ticket_source::read_ticket_file;
+
+/// Longest wait for a node to write its ticket, and for the cluster to elect a leader.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long stopping waits after SIGTERM before it sends SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// File each node writes once it serves requests.
+pub const NODE_TICKET_FILE: &str = "node.ticket";
+/// File receiving each node's output.
+pub const NODE_LOG_FILE: &str = "node.log";
+/// File the cluster's ticket is written to, in the cluster's directory.
+pub const CLUSTER_TICKET_FILE: &str = "cluster.ticket";
+/// Most nodes a local cluster may have.
+pub const MAX_LOCAL_NODES: u32 = 64;
+/// Log lines quoted when a node fails to start.
+const LOG_TAIL_LINES: usize = 20;
+/// How often readiness is polled.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LocalClusterSpec {
+    /// Holds `n<i>/` per node and `cluster.ticket`.
+    pub dir: PathBuf,
+    /// UDP port of each node, node 1 first.
+    pub ports: Vec<u16>,
+    /// The `aspen` executable to run nodes with.
+    pub exe: PathBuf,
+}
+
+/// One running node process.
+#[derive(Debug)]
+struct LocalNode {
+    id: u64,
+    dir: PathBuf,
+    child: Child,
+    exited: Option<ExitStatus>,
+}
+
+/// The running node processes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    dir: PathBuf,
+    nodes: Vec<LocalNode>,
+}
+
+impl LocalClusterSpec {
+    /// `count` nodes on consecutive ports from `base_port`.
+    pub fn consecutive(dir: PathBuf, count: u32, base_port: u16, exe: PathBuf) -> anyhow::Result<Self> {
+        if count == 0 || count > MAX_LOCAL_NODES {
+            bail!("--nodes must be between 1 and {MAX_LOCAL_NODES}");
+        }
+        let ports = (0..count)
+            .map(|i| u16::try_from(u32::from(base_port) + i).ok().filter(|p| *p != 0))
+            .collect::<Option<Vec<u16>>>()
+            .with_context(|| format!("ports {base_port}.. run past 65535; pick a lower --base-port"))?;
+        Ok(LocalClusterSpec { dir, ports, exe })
+    }
+}
+
+impl LocalCluster {
+    /// Starts every node and waits until each serves (or one fails).
+    pub async fn start(spec: &LocalClusterSpec, progress: &ProgressBar) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(&spec.dir).with_context(|| format!("cannot create {}", spec.dir.display()))?;
+        let dir = std::path::absolute(&spec.dir).with_context(|| format!("bad directory {}", spec.dir.display()))?;
+        let mut cluster = LocalCluster { dir: dir.clone(), nodes: Vec::new() };
+        for (i, port) in spec.ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            progress.set_message(format!("starting node {id} on 127.0.0.1:{port}"));
+            match spawn_node(&spec.exe, &dir, id, *port) {
+                Ok(node) => cluster.nodes.push(node),
+                Err(e) => {
+                    cluster.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+        progress.set_message(format!("waiting for {} nodes to serve", cluster.nodes.len()));
+        if let Err(e) = cluster.wait_ready().await {
+            cluster.stop().await;
+            return Err(e);
+        }
+        Ok(cluster)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut waiting = Vec::new();
+            for node in &mut self.nodes {
+                if node.dir.join(NODE_TICKET_FILE).is_file() {
+                    continue;
+                }
+                if let Some(status) = node.child.try_wait().context("cannot check a node process")? {
+                    node.exited = Some(status);
+                    bail!(
+                        "node {} exited ({status}) before it served; last lines of {}:\n{}",
+                        node.id,
+                        node.log().display(),
+                        log_tail(&node.log())
+                    );
+                }
+                waiting.push(node);
+            }
+            let Some(first) = waiting.first() else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "node {} did not serve within {READY_TIMEOUT:?}; last lines of {}:\n{}",
+                    first.id,
+                    first.log().display(),
+                    log_tail(&first.log())
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The node ids and addresses, from each node's ticket.
+    fn members(&self) -> anyhow::Result<Vec<(u64, NodeAddr)>> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let path = node.dir.join(NODE_TICKET_FILE);
+                let text = read_ticket_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let ticket =
+                    ClusterTicket::decode(&text).with_context(|| format!("bad ticket in {}", path.display()))?;
+                let addr = ticket.nodes.into_iter().next().context("node ticket names no node")?;
+                Ok((node.id, addr))
+            })
+            .collect()
+    }
+
+    /// Initializes the cluster through node 1 unless it already is, waits for a leader,
+    /// writes `cluster.ticket` and returns the ticket.
+    pub async fn bootstrap(&self, progress: &ProgressBar) -> anyhow::Result<String> {
+        let members = self.members()?;
+        let Some(((_, first_addr), others)) = members.split_first() else {
+            bail!("the cluster has no node");
+        };
+        let config = ClientConfig::default();
+        let first = Client::for_node(first_addr.clone(), config).await.context("cannot reach node 1")?;
+        let result = self.bootstrap_through(&first, others, progress).await;
+        first.close().await;
+        result
+    }
+
+    async fn bootstrap_through(
+        &self,
+        first: &Client,
+        others: &[(u64, NodeAddr)],
+        progress: &ProgressBar,
+    ) -> anyhow::Result<String> {
+        if !first.node_info().await?.initialized {
+            progress.set_message("initializing the cluster");
+            match first.init(others.to_vec()).await {
+                Ok(()) | Err(ClientError::Aspen(AspenError::AlreadyInitialized)) => {}
+                Err(e) => return Err(e).context("cannot initialize the cluster"),
+            }
+        }
+        progress.set_message("waiting for a leader");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match first.status().await {
+                Ok(status) if status.leader.is_some() => break,
+                Ok(_) => {}
+                Err(e) if Instant::now() >= deadline => return Err(e).context("no leader elected"),
+                Err(e) => tracing::debug!(%e, "status while waiting for a leader"),
+            }
+            if Instant::now() >= deadline {
+                bail!("no leader elected within {READY_TIMEOUT:?}; see the node.log files in {}", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ticket = first.ticket().await.context("cannot get the cluster ticket")?;
+        let path = self.dir.join(CLUSTER_TICKET_FILE);
+        write_atomically(&path, ticket.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(ticket)
+    }
+
+    /// The file holding the cluster ticket once bootstrapped.
+    pub fn ticket_path(&self) -> PathBuf {
+        self.dir.join(CLUSTER_TICKET_FILE)
+    }
+
+    /// Reports nodes that exited since the last call: `(id, status, log path)`.
+    pub fn newly_exited(&mut self) -> Vec<(u64, ExitStatus, PathBuf)> {
+        let mut out = Vec::new();
+        for node in &mut self.nodes {
+            if node.exited.is_some() {
+                continue;
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                node.exited = Some(status);
+                out.push((node.id, status, node.log()));
+            }
+        }
+        out
+    }
+
+    /// True when no node process is left running.
+    pub fn all_exited(&self) -> bool {
+        self.nodes.iter().all(|n| n.exited.is_some())
+    }
+
+    /// SIGTERM to every node, then SIGKILL to those still running after [`STOP_GRACE`].
+    pub async fn stop(&mut self) {
+        for node in &self.nodes {
+            if node.exited.is_none() {
+                node.signal(libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for node in &mut self.nodes {
+            if node.exited.is_some() {
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, node.child.wait()).await {
+                Ok(Ok(status)) => node.exited = Some(status),
+                Ok(Err(e)) => tracing::warn!(node = node.id, %e, "cannot wait for node"),
+                Err(_) => {
+                    eprintln!("node {} did not stop within {STOP_GRACE:?}; killing it", node.id);
+                    node.signal(libc::SIGKILL);
+                    if let Ok(status) = node.child.wait().await {
+                        node.exited = Some(status);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl LocalNode {
+    fn log(&self) -> PathBuf {
+        self.dir.join(NODE_LOG_FILE)
+    }
+
+    /// Signals the node's process group (it leads its own group).
+    fn signal(&self, signal: libc::c_int) {
+        let Some(pid) = self.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) else {
+            return;
+        };
+        // SAFETY: plain kill(2) on the process group of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(-pid, signal);
+        }
+    }
+}
+
+fn spawn_node(exe: &Path, cluster_dir: &Path, id: u64, port: u16) -> anyhow::Result<LocalNode> {
+    let dir = cluster_dir.join(format!("n{id}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A ticket left by an earlier run would make the node look ready before it is.
+    match std::fs::remove_file(dir.join(NODE_TICKET_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove the stale ticket in {}", dir.display())),
+    }
+    let log_path = dir.join(NODE_LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_for_stdout = log.try_clone().with_context(|| format!("cannot open {}", log_path.display()))?;
+    let bind = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--bind")
+        .arg(bind.to_string())
+        .arg("--node-id")
+        .arg(id.to_string())
+        .env_remove("ASPEN_JOIN_TICKET_FILE")
+        .env_remove("ASPEN_ADVERTISE_ADDR")
+        .stdin(Stdio::null())
+        .stdout(log_for_stdout)
+        .stderr(log)
+        .kill_on_drop(true)
+        // Its own process group, so a Ctrl-C at the terminal reaches only us and we stop
+        // the nodes in order.
+        .process_group(0);
+    // SAFETY: the hook only makes the async-signal-safe prctl(2) call. It asks the kernel
+    // to SIGTERM the node if this process dies without stopping it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("cannot start {} node", exe.display()))?;
+    Ok(LocalNode { id, dir, child, exited: None })
+}
+
+/// The last lines of a log file, reading at most its last 64 KiB.
+pub fn log_tail(path: &Path) -> String {
+    const MAX_BYTES: u64 = 64 * 1024;
+    let read = || -> std::io::Result<String> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(MAX_BYTES)))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        Ok(lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n"))
+    };
+    read().unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `count` UDP ports on 127.0.0.1 that were free a moment ago.
+pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let sockets = (0..count)
+        .map(|_| std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free ports")?;
+    sockets.iter().map(|s| Ok(s.local_addr()?.port())).collect::<std::io::Result<Vec<u16>>>().map_err(Into::into)
+}
