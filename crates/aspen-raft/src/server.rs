@@ -120,16 +120,21 @@ impl RaftServer {
 impl ProtocolHandler for RaftServer {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
         let peer = *connection.remote_id().as_bytes();
-        if !self.is_member(&peer) {
-            tracing::warn!(peer = %connection.remote_id().fmt_short(), "refused raft connection from a non-member");
-            connection.close(1u32.into(), b"not a member of this cluster");
-            return Ok(());
-        }
         loop {
+            // Checked per stream, not once per connection: a node removed from the
+            // membership is refused from its next RPC on, even on a connection it already has.
+            if !self.is_member(&peer) {
+                tracing::warn!(peer = %connection.remote_id().fmt_short(), "refused raft traffic from a non-member");
+                connection.close(1u32.into(), b"not a member of this cluster");
+                return Ok(());
+            }
             let (send, recv) = match connection.accept_bi().await {
                 Ok(s) => s,
                 Err(_) => return Ok(()),
             };
+            if !self.is_member(&peer) {
+                continue;
+            }
             let this = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = this.handle_stream(send, recv).await {
