@@ -104,3 +104,38 @@ mod tests {
         assert!(matches!(encode_frame(&big), Err(FrameError::TooLarge { .. })));
     }
 }
+
+#[cfg(test)]
+mod decode_properties {
+    use aspen_core::api::{ClientRequest, ClientResponse, WatchMessage};
+    use proptest::prelude::*;
+
+    use super::decode_body;
+
+    proptest! {
+        /// Any bytes decode to a message or to an error; never a panic, and never an
+        /// allocation beyond what the (already bounded) frame holds.
+        #[test]
+        fn arbitrary_frames_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_body::<ClientRequest>(&body);
+            let _ = decode_body::<ClientResponse>(&body);
+            let _ = decode_body::<WatchMessage>(&body);
+        }
+
+        /// A valid request with trailing garbage or a flipped variant tag still never panics.
+        #[test]
+        fn mutated_requests_never_panic(key in proptest::collection::vec(any::<u8>(), 0..64), flip in any::<u8>(), at in any::<usize>()) {
+            let mut body = postcard::to_allocvec(&ClientRequest::Put { key, value: b"v".to_vec(), lease: None }).unwrap();
+            let i = at % body.len();
+            body[i] ^= flip;
+            let _ = decode_body::<ClientRequest>(&body);
+        }
+    }
+
+    #[test]
+    fn an_unknown_request_variant_is_a_decode_error() {
+        // Variant tags are varints; 200 is far beyond the last request variant.
+        let err = decode_body::<ClientRequest>(&[200, 1]).unwrap_err();
+        assert!(err.to_string().contains("malformed frame"), "{err}");
+    }
+}

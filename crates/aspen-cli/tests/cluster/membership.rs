@@ -88,3 +88,20 @@ async fn a_new_node_joins_on_first_start_from_a_ticket_file() {
     assert_eq!(status.members.len(), 4);
     c.wait_for_value_on(new, "join/before", Some(b"1")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_transfers_to_the_named_voter() {
+    let c = TestCluster::start(3).await;
+    let client = c.client().await;
+    let old = c.wait_for_leader().await;
+    let target = (old + 1) % 3;
+    client.transfer_leader(c.nodes.node_id(target)).await.unwrap();
+    eventually("the named voter leads", || async {
+        let s = client.status().await.ok()?;
+        (s.leader == Some(c.nodes.node_id(target))).then_some(())
+    })
+    .await;
+    client.put("after/transfer", "ok").await.unwrap();
+    let err = client.transfer_leader(99).await.unwrap_err();
+    assert!(err.to_string().contains("not a voter"), "{err}");
+}
