@@ -82,6 +82,9 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<Config> {
         // append), so a write acknowledged just before a whole-cluster crash could be
         // missing from reads. Found by `killing_every_node_at_once_loses_no_acknowledged_write`.
         enable_leader_restore: Some(false),
+        // Replicate entries as soon as `append` makes them visible, while this node's own
+        // fsync runs in the log flusher; the leader counts itself only once flushed.
+        broadcast_submitted_on_append: Some(true),
         ..Default::default()
     };
     Ok(config.validate()?)

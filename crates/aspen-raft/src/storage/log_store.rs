@@ -1,4 +1,12 @@
 //! openraft's log storage over the `raft_log` and `raft_meta` tables.
+//!
+//! `append` commits entries without fsync, which makes them visible to replication at
+//! once, and hands the flush callback to the [`Flusher`] thread. The flusher group-commits:
+//! one empty durable commit persists every append before it, then it reports them all
+//! flushed. So the leader replicates while its own fsync runs, and openraft counts an
+//! entry as stored here only once it is on disk. Vote, truncation and purge are durable
+//! before they return, and wait for earlier appends' flushes first, so callbacks are
+//! reported in log order.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -13,9 +21,67 @@ use super::io_err;
 use super::tables::{self, LOG, RAFT_META};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
+/// Work for the flusher thread.
+enum FlushWork {
+    /// Report this append flushed once it is durable.
+    Append(IOFlushed<TypeConfig>),
+    /// Answer once every earlier append is durable and reported.
+    Barrier(std::sync::mpsc::SyncSender<Result<(), String>>),
+}
+
+/// The thread that makes non-durable log appends durable, many per fsync.
+struct Flusher {
+    tx: std::sync::mpsc::Sender<FlushWork>,
+}
+
+impl Flusher {
+    fn start(db: Arc<Database>, fsyncs: Arc<AtomicU64>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<FlushWork>();
+        let spawned = std::thread::Builder::new().name("aspen-log-flush".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut work = vec![first];
+                work.extend(rx.try_iter());
+                let result = durable_commit(&db).map_err(|e| e.to_string());
+                fsyncs.fetch_add(1, Ordering::Relaxed);
+                for item in work {
+                    match item {
+                        FlushWork::Append(cb) => cb.io_completed(result.clone().map_err(std::io::Error::other)),
+                        FlushWork::Barrier(done) => {
+                            let _ = done.send(result.clone());
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the log flusher thread: {e}");
+        }
+        Flusher { tx }
+    }
+
+    fn flush_later(&self, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error> {
+        self.tx.send(FlushWork::Append(callback)).map_err(|_| io_err("log flusher stopped"))
+    }
+
+    /// Waits until every append handed over before this call is durable and reported.
+    fn barrier(&self) -> Result<(), std::io::Error> {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        self.tx.send(FlushWork::Barrier(done)).map_err(|_| io_err("log flusher stopped"))?;
+        wait.recv().map_err(|_| io_err("log flusher stopped"))?.map_err(std::io::Error::other)
+    }
+}
+
+/// An empty durable commit: persists every earlier non-durable commit of the file.
+fn durable_commit(db: &Database) -> Result<(), std::io::Error> {
+    let mut txn = db.begin_write().map_err(io_err)?;
+    txn.set_durability(Durability::Immediate).map_err(io_err)?;
+    txn.commit().map_err(io_err)
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    flusher: Arc<Flusher>,
     /// Latest committed log id openraft told us; persisted with the next append.
     committed: Arc<std::sync::Mutex<Option<LogId>>>,
     appends: Arc<AtomicU64>,
@@ -23,10 +89,12 @@ pub struct LogStore {
 
 impl LogStore {
     pub(super) fn new(db: Arc<Database>) -> Self {
-        LogStore { db, committed: Default::default(), appends: Default::default() }
+        let appends = Arc::new(AtomicU64::new(0));
+        let flusher = Arc::new(Flusher::start(db.clone(), appends.clone()));
+        LogStore { db, flusher, committed: Default::default(), appends }
     }
 
-    /// Number of durable append commits so far (one fsync each).
+    /// Number of log fsyncs so far (each covers every append before it).
     pub fn append_count(&self) -> u64 {
         self.appends.load(Ordering::Relaxed)
     }
@@ -40,19 +108,21 @@ impl LogStore {
         }
     }
 
+    /// Runs one write transaction; a durable one first waits for earlier appends to be
+    /// flushed and reported, so flush reports never cross a truncation or purge.
     async fn write<F>(&self, durability: Durability, f: F) -> Result<(), std::io::Error>
     where
-        F: FnOnce(&redb::WriteTransaction) -> Result<(), std::io::Error> + Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<(), std::io::Error>,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut txn = db.begin_write().map_err(io_err)?;
+        tokio::task::block_in_place(|| {
+            if matches!(durability, Durability::Immediate) {
+                self.flusher.barrier()?;
+            }
+            let mut txn = self.db.begin_write().map_err(io_err)?;
             txn.set_durability(durability).map_err(io_err)?;
             f(&txn)?;
             txn.commit().map_err(io_err)
         })
-        .await
-        .map_err(io_err)?
     }
 }
 
@@ -131,30 +201,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let committed = self.committed.lock().map(|c| *c).unwrap_or(None);
         let committed = committed.map(|c| tables::encode(&c)).transpose()?;
-        let result = self
-            .write(Durability::Immediate, move |txn| {
-                let mut t = txn.open_table(LOG).map_err(io_err)?;
-                for (index, bytes) in &encoded {
-                    t.insert(*index, bytes.as_slice()).map_err(io_err)?;
-                }
-                if let Some(c) = committed {
-                    let mut m = txn.open_table(RAFT_META).map_err(io_err)?;
-                    m.insert(tables::META_COMMITTED, c.as_slice()).map_err(io_err)?;
-                }
-                Ok(())
-            })
-            .await;
-        self.appends.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
+        // Visible to readers (replication) now; durable when the flusher reports it.
+        self.write(Durability::None, move |txn| {
+            let mut t = txn.open_table(LOG).map_err(io_err)?;
+            for (index, bytes) in &encoded {
+                t.insert(*index, bytes.as_slice()).map_err(io_err)?;
             }
-            Err(e) => {
-                callback.io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
+            if let Some(c) = committed {
+                let mut m = txn.open_table(RAFT_META).map_err(io_err)?;
+                m.insert(tables::META_COMMITTED, c.as_slice()).map_err(io_err)?;
             }
-        }
+            Ok(())
+        })
+        .await?;
+        self.flusher.flush_later(callback)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
