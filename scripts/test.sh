@@ -24,7 +24,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
 fi
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null; then
+    rustup component add clippy rustfmt
+  else
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rust-clippy rustfmt
+  fi
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
