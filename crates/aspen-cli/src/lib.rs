@@ -26,7 +26,12 @@ use crate::context::{AlreadyReported, Ctx};
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Node(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A node picks its own runtime (`--worker-threads`); the other commands are clients.
+    let runtime = match &cli.command {
+        Command::Node(cmd) => cmd.args.runtime(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

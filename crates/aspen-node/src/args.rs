@@ -35,7 +35,41 @@ pub struct NodeArgs {
     /// Log entries between automatic snapshots.
     #[arg(long, env = "ASPEN_SNAPSHOT_EVERY", default_value_t = aspen_core::limits::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every: u64,
+    /// Async worker threads. 1 (the default) runs the node on a single-threaded runtime:
+    /// Raft's core and the storage writes are serial anyway, and on a small machine, or
+    /// with several nodes on one machine, handing work between threads costs more than
+    /// it gains (measured in docs/benchmarks.md). More threads help a node that serves
+    /// many reads on a machine of its own.
+    #[arg(long, env = "ASPEN_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: u16,
+    /// Watch events kept in memory for watchers that resume from an older revision; a
+    /// watch from before them gets a `compacted` error. History starts afresh at each
+    /// restart (with the entries the restart replays).
+    #[arg(long, env = "ASPEN_WATCH_HISTORY", default_value_t = aspen_core::limits::WATCH_HISTORY_EVENTS, value_parser = parse_positive)]
+    pub watch_history: usize,
     /// Log entries kept after a snapshot.
     #[arg(long, env = "ASPEN_LOG_KEEP", default_value_t = aspen_core::limits::LOG_KEPT_AFTER_SNAPSHOT)]
     pub log_keep: u64,
+}
+
+impl NodeArgs {
+    /// The async runtime this node runs on: current-thread for one worker, else multi-threaded.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = if self.worker_threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(self.worker_threads));
+            b
+        };
+        builder.enable_all().build()
+    }
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

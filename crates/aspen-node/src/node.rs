@@ -98,6 +98,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node_id = node_id(&args, &data_dir)?;
     let secret_key = aspen_net::identity::load_or_create_secret_key(&data_dir.join("node.key"))?;
     let (log, sm, reader, hub) = aspen_raft::open_storage(&data_dir)?;
+    hub.set_history_limit(args.watch_history);
     let incoming_snapshot = sm.incoming_snapshot_path();
 
     let endpoint = aspen_net::bind_endpoint(EndpointConfig {

@@ -23,12 +23,21 @@ struct HubInner {
     history: VecDeque<Event>,
     /// Events at or below this revision are no longer retained.
     compacted: u64,
+    /// Most events kept in `history`.
+    limit: usize,
 }
 
 impl WatchHub {
     pub fn new(current_revision: u64) -> Self {
         let (tx, _) = broadcast::channel(WATCH_CHANNEL_EVENTS);
-        WatchHub { inner: Mutex::new(HubInner { history: VecDeque::new(), compacted: current_revision }), tx }
+        WatchHub {
+            inner: Mutex::new(HubInner {
+                history: VecDeque::new(),
+                compacted: current_revision,
+                limit: WATCH_HISTORY_EVENTS,
+            }),
+            tx,
+        }
     }
 
     pub fn publish(&self, events: Vec<Event>) {
@@ -37,7 +46,7 @@ impl WatchHub {
         }
         let Ok(mut inner) = self.inner.lock() else { return };
         inner.history.extend(events.iter().cloned());
-        while inner.history.len() > WATCH_HISTORY_EVENTS {
+        while inner.history.len() > inner.limit {
             let Some(front) = inner.history.pop_front() else { break };
             let rev = front.revision();
             // Drop whole revisions, never half of one.
@@ -48,6 +57,13 @@ impl WatchHub {
         }
         // No receivers is fine: nobody watches.
         let _ = self.tx.send(Arc::new(events));
+    }
+
+    /// Keeps at most `events` events of history (at least one).
+    pub fn set_history_limit(&self, events: usize) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.limit = events.max(1);
+        }
     }
 
     /// Forgets history (after a snapshot replaced the state).

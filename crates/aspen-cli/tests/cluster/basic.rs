@@ -129,7 +129,8 @@ async fn lease_expiry_deletes_attached_keys_and_keepalive_holds_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_replays_from_a_revision_then_follows_and_reports_compaction() {
-    let mut c = TestCluster::start(3).await;
+    // A short history, so compaction is reached by a handful of writes.
+    let mut c = TestCluster::start_with(3, vec!["--watch-history".into(), "8".into()]).await;
     let client = c.client().await;
     let first = client.put("w/a", "1").await.unwrap();
     client.put("other/x", "1").await.unwrap();
@@ -144,12 +145,20 @@ async fn watch_replays_from_a_revision_then_follows_and_reports_compaction() {
     assert_eq!((e3.kv.key.as_slice(), e3.kv.mod_revision), (&b"w/b"[..], live.revision));
     drop(watch);
 
-    // A restarted node keeps no history from before its restart: older revisions are
-    // compacted there, with an error that says so.
+    // A restarted node rebuilds its history from what it applies; once more than the
+    // history holds has been written, the oldest revisions are compacted, with an error
+    // that says so, and a recent revision still replays.
     c.nodes.restart(2).await.unwrap();
+    let mut last = live;
+    for i in 0..12 {
+        last = client.put(format!("w/n{i:02}"), "x").await.unwrap();
+    }
+    c.wait_for_value_on(2, "w/n11", Some(b"x")).await;
     let restarted = c.node_client(2).await;
-    c.wait_for_value_on(2, "w/b", Some(b"2")).await;
     let mut old = restarted.watch("w/", first.revision);
     let err = old.next().await.unwrap().unwrap_err();
     assert!(err.is_compacted(), "{err}");
+    let mut recent = restarted.watch("w/", last.revision);
+    let e = recent.next().await.unwrap().unwrap();
+    assert_eq!((e.kv.key.as_slice(), e.kv.mod_revision), (&b"w/n11"[..], last.revision));
 }

@@ -45,6 +45,13 @@ impl TestCluster {
         let members = (1..n).map(|i| (cluster.nodes.node_id(i), cluster.node_addr(i))).collect();
         first.init(members).await.expect("init cluster");
         cluster.wait_for_leader().await;
+        // Every node must know the membership and its leader before a test talks to it:
+        // a node that has not heard from the leader yet answers `not_initialized`.
+        for i in 0..n {
+            let c = cluster.node_client(i).await;
+            eventually(&format!("node {i} knows the leader"), || async { c.status().await.ok()?.leader.map(drop) })
+                .await;
+        }
         cluster
     }
 

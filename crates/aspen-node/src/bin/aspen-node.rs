@@ -14,11 +14,12 @@ struct Cli {
     node: aspen_node::NodeArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    aspen_node::run(Cli::parse().node).await
+    let args = Cli::parse().node;
+    let runtime = args.runtime().map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(aspen_node::run(args))
 }

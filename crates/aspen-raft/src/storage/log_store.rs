@@ -17,8 +17,8 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
-use super::io_err;
 use super::tables::{self, LOG, RAFT_META};
+use super::{durable_commit, io_err};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Work for the flusher thread.
@@ -71,16 +71,11 @@ impl Flusher {
     }
 }
 
-/// An empty durable commit: persists every earlier non-durable commit of the file.
-fn durable_commit(db: &Database) -> Result<(), std::io::Error> {
-    let mut txn = db.begin_write().map_err(io_err)?;
-    txn.set_durability(Durability::Immediate).map_err(io_err)?;
-    txn.commit().map_err(io_err)
-}
-
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The state machine's file, made durable before any purge.
+    state_db: Arc<Database>,
     flusher: Arc<Flusher>,
     /// Latest committed log id openraft told us; persisted with the next append.
     committed: Arc<std::sync::Mutex<Option<LogId>>>,
@@ -88,10 +83,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<Database>) -> Self {
+    pub(super) fn new(db: Arc<Database>, state_db: Arc<Database>) -> Self {
         let appends = Arc::new(AtomicU64::new(0));
         let flusher = Arc::new(Flusher::start(db.clone(), appends.clone()));
-        LogStore { db, flusher, committed: Default::default(), appends }
+        LogStore { db, state_db, flusher, committed: Default::default(), appends }
     }
 
     /// Number of log fsyncs so far (each covers every append before it).
@@ -114,7 +109,7 @@ impl LogStore {
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), std::io::Error>,
     {
-        tokio::task::block_in_place(|| {
+        super::blocking(|| {
             if matches!(durability, Durability::Immediate) {
                 self.flusher.barrier()?;
             }
@@ -230,8 +225,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         let upto = log_id.index;
         let bytes = tables::encode(&log_id)?;
-        // Durable: this commit also persists every earlier non-durable state machine
-        // commit, so the purged prefix is never needed for replay.
+        // openraft purges only what a snapshot covers, so the state machine has applied
+        // it; making that durable first means the purged prefix is never needed for replay.
+        let state_db = self.state_db.clone();
+        super::blocking(|| durable_commit(&state_db))?;
         self.write(Durability::Immediate, move |txn| {
             let mut t = txn.open_table(LOG).map_err(io_err)?;
             t.retain_in::<u64, _>(..=upto, |_, _| false).map_err(io_err)?;

@@ -1,5 +1,7 @@
 //! openraft's state machine: committed entries go through `aspen_core::apply` into the
-//! redb KV tables, one non-durable transaction per `apply` call.
+//! redb KV tables, one transaction per `apply` call. Those commits skip the fsync,
+//! except the first one after [`DURABLE_EVERY`] has passed: that bounds both the log a
+//! restart replays and the pages redb holds back until a durable commit.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,15 +23,19 @@ use super::tables::{self, KV, LEASE_KEYS, LEASES, SM_META};
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::watch::WatchHub;
 
+/// How long applied entries may stay non-durable.
+pub const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct StateMachine {
     db: Arc<Database>,
     snap_dir: PathBuf,
     hub: Arc<WatchHub>,
+    last_durable: std::time::Instant,
 }
 
 impl StateMachine {
     pub(super) fn new(db: Arc<Database>, snap_dir: PathBuf, hub: Arc<WatchHub>) -> Self {
-        StateMachine { db, snap_dir, hub }
+        StateMachine { db, snap_dir, hub, last_durable: std::time::Instant::now() }
     }
 
     /// Where a received snapshot is staged before it is installed.
@@ -197,8 +203,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let db = self.db.clone();
-        // Non-durable commit: cheap, but it may wait for the log flusher's fsync.
-        let (batch, results, events) = tokio::task::block_in_place(|| apply_entries(&db, batch))?;
+        let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
+        let (batch, results, events) = if durable {
+            self.last_durable = std::time::Instant::now();
+            // A durable commit writes every page dirtied since the last one: run it off
+            // the async threads, so the node keeps replicating and serving meanwhile.
+            tokio::task::spawn_blocking(move || apply_entries(&db, batch, Durability::Immediate))
+                .await
+                .map_err(io_err)??
+        } else {
+            super::blocking(|| apply_entries(&db, batch, Durability::None))?
+        };
         for ((_, responder), result) in batch.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(result);
@@ -253,9 +268,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 type Applied = (Vec<EntryResponder<TypeConfig>>, Vec<BatchResult>, Vec<Event>);
 
-fn apply_entries(db: &Database, batch: Vec<EntryResponder<TypeConfig>>) -> std::io::Result<Applied> {
+fn apply_entries(
+    db: &Database,
+    batch: Vec<EntryResponder<TypeConfig>>,
+    durability: Durability,
+) -> std::io::Result<Applied> {
     let mut txn = db.begin_write().map_err(io_err)?;
-    txn.set_durability(Durability::None).map_err(io_err)?;
+    txn.set_durability(durability).map_err(io_err)?;
     let mut results = Vec::with_capacity(batch.len());
     let mut events = Vec::new();
     let mut last_applied = None;

@@ -23,10 +23,18 @@ pub const SM_MEMBERSHIP: &str = "membership";
 pub const SM_REVISION: &str = "revision";
 pub const SM_NEXT_LEASE: &str = "next_lease";
 
-pub fn ensure_tables(db: &Database) -> Result<(), redb::Error> {
+/// Creates the log file's tables.
+pub fn ensure_log_tables(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(LOG)?;
     txn.open_table(RAFT_META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Creates the state machine file's tables.
+pub fn ensure_state_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
     txn.open_table(KV)?;
     txn.open_table(LEASES)?;
     txn.open_table(LEASE_KEYS)?;
