@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use aspen_core::limits::MAX_RAFT_FRAME_BYTES;
 use aspen_net::frame::{decode_body, encode_frame_limited, read_frame_bytes_limited};
+use futures::StreamExt;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
+use openraft::raft::AppendEntriesRequest;
 use openraft::storage::Snapshot;
 use tokio::io::AsyncWriteExt;
 
-use crate::types::{RAFT_ALPN, Raft, RaftRequest, RaftResponse};
+use crate::types::{RAFT_ALPN, Raft, RaftRequest, RaftResponse, StreamAppendReply, TypeConfig};
 
 #[derive(Clone)]
 pub struct RaftServer {
@@ -50,13 +52,14 @@ impl RaftServer {
         nodes.any(|(_, n)| &n.endpoint_id == peer)
     }
 
-    async fn handle_stream(&self, mut send: SendStream, mut recv: RecvStream) -> Result<(), String> {
+    async fn handle_stream(&self, mut send: SendStream, mut recv: RecvStream, peer: [u8; 32]) -> Result<(), String> {
         let body = read_frame_bytes_limited(&mut recv, MAX_RAFT_FRAME_BYTES)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("stream closed before a request")?;
         let request: RaftRequest = decode_body(&body).map_err(|e| format!("undecodable raft request: {e}"))?;
         let response = match request {
+            RaftRequest::StreamAppend => return self.serve_append_stream(send, recv, peer).await,
             RaftRequest::Append(rpc) => match self.raft.append_entries(rpc).await {
                 Ok(r) => RaftResponse::Append(r),
                 Err(e) => RaftResponse::Error(e.to_string()),
@@ -81,6 +84,53 @@ impl RaftServer {
         Ok(())
     }
 
+    /// Feeds a pipelined append stream into Raft and writes each answer back, in order.
+    /// The sender's membership is checked for every request, as for separate RPCs.
+    async fn serve_append_stream(&self, mut send: SendStream, recv: RecvStream, peer: [u8; 32]) -> Result<(), String> {
+        let this = self.clone();
+        let requests = futures::stream::unfold(recv, move |mut recv| {
+            let this = this.clone();
+            async move {
+                let body = match read_frame_bytes_limited(&mut recv, MAX_RAFT_FRAME_BYTES).await {
+                    Ok(Some(body)) => body,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::debug!("append stream read failed: {e}");
+                        return None;
+                    }
+                };
+                if !this.is_member(&peer) {
+                    tracing::warn!("ended an append stream from a node that is no longer a member");
+                    return None;
+                }
+                match decode_body::<AppendEntriesRequest<TypeConfig>>(&body) {
+                    Ok(request) => Some((request, recv)),
+                    Err(e) => {
+                        tracing::warn!("undecodable append on an append stream: {e}");
+                        None
+                    }
+                }
+            }
+        });
+        let mut answers = std::pin::pin!(self.raft.stream_append(requests));
+        while let Some(answer) = answers.next().await {
+            let (reply, last) = match answer {
+                Ok(result) => {
+                    let last = result.is_err();
+                    (StreamAppendReply::Result(result), last)
+                }
+                Err(fatal) => (StreamAppendReply::Fatal(fatal.to_string()), true),
+            };
+            let frame = encode_frame_limited(&reply, MAX_RAFT_FRAME_BYTES).map_err(|e| e.to_string())?;
+            send.write_all(&frame).await.map_err(|e| e.to_string())?;
+            if last {
+                break;
+            }
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+
     async fn receive_snapshot(
         &self,
         recv: &mut RecvStream,
@@ -95,7 +145,7 @@ impl RaftServer {
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or("snapshot stream ended without its end marker")?;
-                let chunk: Vec<u8> = decode_body(&body).map_err(|e| e.to_string())?;
+                let chunk: serde_bytes::ByteBuf = decode_body(&body).map_err(|e| e.to_string())?;
                 if chunk.is_empty() {
                     break;
                 }
@@ -137,7 +187,7 @@ impl ProtocolHandler for RaftServer {
             }
             let this = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = this.handle_stream(send, recv).await {
+                if let Err(e) = this.handle_stream(send, recv, peer).await {
                     tracing::debug!("raft stream failed: {e}");
                 }
             });

@@ -34,6 +34,17 @@ pub enum RaftRequest {
         meta: SnapshotMeta,
     },
     TransferLeader(openraft::raft::TransferLeaderRequest<TypeConfig>),
+    /// Opens a pipelined append stream: followed on the same stream by
+    /// `AppendEntriesRequest` frames, each answered in order by a [`StreamAppendReply`].
+    StreamAppend,
+}
+
+/// One answer on a pipelined append stream, in request order.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum StreamAppendReply {
+    Result(openraft::raft::StreamAppendResult<TypeConfig>),
+    /// The peer's Raft stopped; the stream ends after this.
+    Fatal(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
