@@ -36,26 +36,34 @@ pub struct NodeAddr {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         consistency: ReadConsistency,
     },
     /// Keys in `[start, end)` in order, at most `limit`; empty `end` means no upper bound.
     Scan {
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         end: Vec<u8>,
         limit: u32,
         consistency: ReadConsistency,
     },
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         lease: Option<LeaseId>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     DeleteRange {
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         end: Vec<u8>,
     },
     Txn(Txn),
@@ -71,6 +79,7 @@ pub enum ClientRequest {
     LeaseList,
     /// Streams events for keys starting with `prefix` from `start_revision` (0 = from now).
     Watch {
+        #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
         start_revision: u64,
     },

@@ -27,16 +27,21 @@ impl std::fmt::Display for WriteBatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteCommand {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         lease: Option<LeaseId>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Deletes every key in `[start, end)`; an empty `end` means "to the end of the keyspace".
     DeleteRange {
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         end: Vec<u8>,
     },
     Txn(Txn),
@@ -68,6 +73,7 @@ pub struct Txn {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub op: CompareOp,
     pub target: CompareTarget,
@@ -85,7 +91,7 @@ pub enum CompareOp {
 /// no lease, and no value: any value compare on it is false.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Version(u64),
     CreateRevision(u64),
     ModRevision(u64),
@@ -94,9 +100,21 @@ pub enum CompareTarget {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: Vec<u8>, value: Vec<u8>, lease: Option<LeaseId> },
-    Delete { key: Vec<u8> },
-    Get { key: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// The result of one [`WriteCommand`].

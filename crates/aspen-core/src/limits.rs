@@ -45,6 +45,9 @@ pub const MAX_RAFT_FRAME_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_RAFT_PAYLOAD_ENTRIES: u64 = 24;
 /// Log entries between automatic snapshots.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
+/// Log bytes appended since the last snapshot that also trigger one: with large batches
+/// the entry count alone would let the log grow to gigabytes.
+pub const SNAPSHOT_EVERY_LOG_BYTES: u64 = 256 * 1024 * 1024;
 /// Log entries kept behind a snapshot so slightly slow followers need no snapshot.
 pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 /// A QUIC connection with no traffic for this long is considered dead.

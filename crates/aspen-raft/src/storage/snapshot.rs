@@ -26,11 +26,11 @@ pub struct SnapshotHeader {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SnapshotRecord {
     /// Key and its encoded `KvEntry`.
-    Kv(Vec<u8>, Vec<u8>),
+    Kv(#[serde(with = "serde_bytes")] Vec<u8>, #[serde(with = "serde_bytes")] Vec<u8>),
     /// Lease id and its encoded `LeaseRecord`.
-    Lease(u64, Vec<u8>),
+    Lease(u64, #[serde(with = "serde_bytes")] Vec<u8>),
     /// A `lease_keys` table key.
-    LeaseKey(Vec<u8>),
+    LeaseKey(#[serde(with = "serde_bytes")] Vec<u8>),
     End,
 }
 
