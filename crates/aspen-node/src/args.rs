@@ -35,6 +35,10 @@ pub struct NodeArgs {
     /// Log entries between automatic snapshots.
     #[arg(long, env = "ASPEN_SNAPSHOT_EVERY", default_value_t = aspen_core::limits::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every: u64,
+    /// Log bytes appended between automatic snapshots (a snapshot comes at whichever of
+    /// this and `--snapshot-every` is reached first).
+    #[arg(long, env = "ASPEN_SNAPSHOT_EVERY_BYTES", default_value_t = aspen_core::limits::SNAPSHOT_EVERY_LOG_BYTES)]
+    pub snapshot_every_bytes: u64,
     /// Async worker threads. 1 (the default) runs the node on a single-threaded runtime:
     /// Raft's core and the storage writes are serial anyway, and on a small machine, or
     /// with several nodes on one machine, handing work between threads costs more than

@@ -113,7 +113,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     tracing::info!(node_id, endpoint = %endpoint.id(), addrs = ?addr.addrs, "node starting");
 
     let config = Arc::new(raft_config(&args)?);
+    let log_bytes = log.clone();
     let raft: Raft = Raft::new(node_id, config, NetworkFactory::new(endpoint.clone()), log, sm).await?;
+    let snapshot_task = tokio::spawn(snapshot_by_log_bytes(raft.clone(), log_bytes, args.snapshot_every_bytes.max(1)));
     // No wait_for_recovery here: it needs a reachable leader. Linearizable reads wait
     // for the apply index through ReadIndex; startup itself re-applies the log up to the
     // persisted commit index.
@@ -154,11 +156,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::notify::notify("STOPPING=1");
     let _ = std::fs::remove_file(&ready_file);
     lease_task.abort();
+    snapshot_task.abort();
     let _ = router.shutdown().await;
     let _ = raft.shutdown().await;
     endpoint.close().await;
     tracing::info!(node_id, "node stopped");
     Ok(())
+}
+
+/// Triggers a snapshot (and so a log purge) whenever `every` bytes of log were appended
+/// since the last trigger; openraft's own policy counts only entries.
+async fn snapshot_by_log_bytes(raft: Raft, log: aspen_raft::LogStore, every: u64) {
+    let mut last = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = log.appended_bytes();
+        if now - last >= every {
+            last = now;
+            tracing::info!(log_bytes = now, "log grew past the byte threshold: snapshot");
+            if let Err(e) = raft.trigger().snapshot().await {
+                tracing::warn!("cannot trigger a snapshot: {e}");
+            }
+        }
+    }
 }
 
 /// Joins the cluster named in `ticket_file`: asks it to add this node as a learner

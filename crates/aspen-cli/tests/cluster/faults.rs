@@ -165,3 +165,26 @@ async fn a_far_behind_follower_catches_up_from_a_streamed_snapshot() {
     let s = c.node_client(follower).await.status().await.unwrap();
     assert!(s.snapshot_index.is_some(), "the follower must have installed a snapshot: {s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_large_entries_is_snapshotted_by_size_before_the_entry_count() {
+    // Entry count far away; 40 values of 16 KiB are well over the 256 KiB byte threshold.
+    let args = ["--snapshot-every", "1000000", "--snapshot-every-bytes", "262144", "--log-keep", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let c = TestCluster::start_with(3, args).await;
+    let client = c.client().await;
+    for i in 0..40 {
+        client.put(format!("big/{i:02}"), vec![i as u8; 16 * 1024]).await.unwrap();
+    }
+    let leader = c.wait_for_leader().await;
+    let status = eventually("the leader snapshots by log size and purges", || async {
+        let s = c.node_client(leader).await.status().await.ok()?;
+        (s.snapshot_index.is_some() && s.purged_index.is_some()).then_some(s)
+    })
+    .await;
+    assert!(status.last_log_index.unwrap_or(0) < 1_000_000, "{status:?}");
+    let kv = client.get("big/39", ReadConsistency::Linearizable).await.unwrap().unwrap();
+    assert_eq!(kv.value, vec![39u8; 16 * 1024]);
+}

@@ -80,18 +80,25 @@ pub struct LogStore {
     /// Latest committed log id openraft told us; persisted with the next append.
     committed: Arc<std::sync::Mutex<Option<LogId>>>,
     appends: Arc<AtomicU64>,
+    /// Encoded bytes of every entry appended since this process started.
+    appended_bytes: Arc<AtomicU64>,
 }
 
 impl LogStore {
     pub(super) fn new(db: Arc<Database>, state_db: Arc<Database>) -> Self {
         let appends = Arc::new(AtomicU64::new(0));
         let flusher = Arc::new(Flusher::start(db.clone(), appends.clone()));
-        LogStore { db, state_db, flusher, committed: Default::default(), appends }
+        LogStore { db, state_db, flusher, committed: Default::default(), appends, appended_bytes: Default::default() }
     }
 
     /// Number of log fsyncs so far (each covers every append before it).
     pub fn append_count(&self) -> u64 {
         self.appends.load(Ordering::Relaxed)
+    }
+
+    /// Encoded bytes of every entry appended since this process started.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes.load(Ordering::Relaxed)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, std::io::Error> {
@@ -103,21 +110,31 @@ impl LogStore {
         }
     }
 
-    /// Runs one write transaction; a durable one first waits for earlier appends to be
-    /// flushed and reported, so flush reports never cross a truncation or purge.
+    /// Runs one write transaction. A non-durable one (an append) runs inline: it is short.
+    /// A durable one (vote, truncation, purge) first waits for earlier appends to be
+    /// flushed and reported, so flush reports never cross it, and runs on a blocking
+    /// thread, so its fsync never stalls the node's async thread.
     async fn write<F>(&self, durability: Durability, f: F) -> Result<(), std::io::Error>
     where
-        F: FnOnce(&redb::WriteTransaction) -> Result<(), std::io::Error>,
+        F: FnOnce(&redb::WriteTransaction) -> Result<(), std::io::Error> + Send + 'static,
     {
-        super::blocking(|| {
-            if matches!(durability, Durability::Immediate) {
-                self.flusher.barrier()?;
-            }
-            let mut txn = self.db.begin_write().map_err(io_err)?;
+        let db = self.db.clone();
+        let run = move |db: &Database| {
+            let mut txn = db.begin_write().map_err(io_err)?;
             txn.set_durability(durability).map_err(io_err)?;
             f(&txn)?;
             txn.commit().map_err(io_err)
+        };
+        if matches!(durability, Durability::None) {
+            return super::blocking(|| run(&db));
+        }
+        let flusher = self.flusher.clone();
+        tokio::task::spawn_blocking(move || {
+            flusher.barrier()?;
+            run(&db)
         })
+        .await
+        .map_err(io_err)?
     }
 }
 
@@ -194,6 +211,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             encoded.push((entry.log_id().index, tables::encode(&entry)?));
         }
+        let bytes: usize = encoded.iter().map(|(_, b)| b.len()).sum();
+        self.appended_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         let committed = self.committed.lock().map(|c| *c).unwrap_or(None);
         let committed = committed.map(|c| tables::encode(&c)).transpose()?;
         // Visible to readers (replication) now; durable when the flusher reports it.
@@ -228,7 +247,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // openraft purges only what a snapshot covers, so the state machine has applied
         // it; making that durable first means the purged prefix is never needed for replay.
         let state_db = self.state_db.clone();
-        super::blocking(|| durable_commit(&state_db))?;
+        tokio::task::spawn_blocking(move || durable_commit(&state_db)).await.map_err(io_err)??;
         self.write(Durability::Immediate, move |txn| {
             let mut t = txn.open_table(LOG).map_err(io_err)?;
             t.retain_in::<u64, _>(..=upto, |_, _| false).map_err(io_err)?;

@@ -5,7 +5,7 @@
 //!   a flusher thread makes many appends durable with one fsync; openraft counts an
 //!   entry as stored only then.
 //! - `state.redb` holds the state machine: the KV, leases and the applied log id. Applying
-//!   commits without fsync; about once a second an apply commits durably instead.
+//!   commits without fsync; every few seconds an apply commits durably instead.
 //!
 //! Two files, because a redb durable commit writes every page dirtied since the last
 //! one: with one file, each log fsync also carried the state machine's pages (twice the
