@@ -79,14 +79,7 @@ impl Client {
         if nodes.is_empty() {
             return Err(ClientError::Config("no node to connect to".into()));
         }
-        let endpoint = aspen_net::bind_endpoint(EndpointConfig {
-            secret_key: iroh::SecretKey::generate(),
-            bind: bind_addr_for(&nodes),
-            alpns: Vec::new(),
-            relays: false,
-        })
-        .await
-        .map_err(|e| ClientError::Endpoint(e.to_string()))?;
+        let endpoint = bind_client_endpoint(&nodes).await.map_err(|e| ClientError::Endpoint(e.to_string()))?;
         let client = Client { pool: Arc::new(NodePool::new(endpoint, nodes, config)) };
         // Bound the first connect by one connect timeout per node.
         let per_node = config.connect_timeout;
@@ -117,6 +110,13 @@ impl Client {
     /// Closes the connection and the endpoint. Requests still in flight fail.
     pub async fn close(&self) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.pool.close()).await;
+    }
+
+    /// Closes the QUIC endpoint without closing the client, as a dying socket driver
+    /// would: for tests of the client's recovery. Not for other use.
+    #[doc(hidden)]
+    pub async fn break_endpoint_for_tests(&self) {
+        self.pool.endpoint().close().await;
     }
 
     /// The endpoint's own id, for logs.
@@ -271,6 +271,17 @@ impl Failure {
             }
         }
     }
+}
+
+/// A client's endpoint: a fresh identity, no relays, on an ephemeral port.
+pub(crate) async fn bind_client_endpoint(nodes: &[NodeAddr]) -> Result<iroh::Endpoint, aspen_net::EndpointError> {
+    aspen_net::bind_endpoint(EndpointConfig {
+        secret_key: iroh::SecretKey::generate(),
+        bind: bind_addr_for(nodes),
+        alpns: Vec::new(),
+        relays: false,
+    })
+    .await
 }
 
 /// The socket a client binds: IPv4 unless the nodes can only be reached over IPv6.

@@ -4,6 +4,12 @@
 //! shares. When that connection is reported broken, the next node in the list is tried,
 //! round-robin. A generation number makes sure that many requests failing on the same
 //! broken connection move the client on by one node, not by one node each.
+//!
+//! The QUIC endpoint itself can die under the client: its socket driver stops at the
+//! first I/O error, which a network change can cause (seen in tests, where network
+//! namespaces come and go beside the client). Every connect then fails at once with
+//! "endpoint stopping". The pool notices that and binds a fresh endpoint, unless the
+//! client was closed on purpose.
 
 use std::net::SocketAddr;
 
@@ -11,7 +17,7 @@ use aspen_core::api::{CLIENT_ALPN, NodeAddr};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use iroh::Endpoint;
-use iroh::endpoint::Connection;
+use iroh::endpoint::{ConnectError, ConnectWithOptsError, Connection, QuicConnectError};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -50,7 +56,10 @@ pub(crate) enum ConnectFailure {
 /// The endpoint, the known nodes and the current connection.
 #[derive(Debug)]
 pub(crate) struct NodePool {
-    endpoint: Endpoint,
+    /// Replaced when it dies (see the module docs).
+    endpoint: std::sync::Mutex<Endpoint>,
+    /// Set by [`NodePool::close`]: a closed endpoint then stays closed.
+    closed: std::sync::atomic::AtomicBool,
     nodes: Vec<NodeAddr>,
     config: ClientConfig,
     state: Mutex<State>,
@@ -59,7 +68,13 @@ pub(crate) struct NodePool {
 impl NodePool {
     /// A pool over `nodes` (which must not be empty), connecting lazily.
     pub(crate) fn new(endpoint: Endpoint, nodes: Vec<NodeAddr>, config: ClientConfig) -> Self {
-        NodePool { endpoint, nodes, config, state: Mutex::new(State { current: None, next: 0, generation: 0 }) }
+        NodePool {
+            endpoint: std::sync::Mutex::new(endpoint),
+            closed: Default::default(),
+            nodes,
+            config,
+            state: Mutex::new(State { current: None, next: 0, generation: 0 }),
+        }
     }
 
     pub(crate) fn nodes(&self) -> &[NodeAddr] {
@@ -70,8 +85,29 @@ impl NodePool {
         &self.config
     }
 
-    pub(crate) fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+    pub(crate) fn endpoint(&self) -> Endpoint {
+        match self.endpoint.lock() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Binds a fresh endpoint in place of one whose driver died.
+    async fn rebind(&self) {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        match crate::client::bind_client_endpoint(&self.nodes).await {
+            Ok(fresh) => {
+                tracing::warn!("the client's QUIC endpoint stopped; bound a new one");
+                let old = match self.endpoint.lock() {
+                    Ok(mut e) => std::mem::replace(&mut *e, fresh),
+                    Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), fresh),
+                };
+                old.close().await;
+            }
+            Err(e) => tracing::warn!("the client's QUIC endpoint stopped and a new one cannot be bound: {e}"),
+        }
     }
 
     /// The current connection, or a new one to the first node that answers, trying each
@@ -94,6 +130,7 @@ impl NodePool {
         let mut attempts = FuturesUnordered::new();
         let mut started = 0;
         let mut tried = Vec::new();
+        let mut endpoint_dead = false;
         loop {
             if started < n && Instant::now() < deadline {
                 let index = (state.next + started) % n;
@@ -103,7 +140,10 @@ impl NodePool {
                     let node = &self.nodes[index];
                     let result = match tokio::time::timeout_at(attempt_deadline, self.connect(node)).await {
                         Ok(r) => r,
-                        Err(_) => Err(format!("no answer within {:?}", self.config.connect_timeout)),
+                        Err(_) => Err(AttemptFailure {
+                            reason: format!("no answer within {:?}", self.config.connect_timeout),
+                            endpoint_dead: false,
+                        }),
                     };
                     (index, result)
                 });
@@ -127,7 +167,10 @@ impl NodePool {
                     tracing::debug!(node = %current.node, "connected");
                     return Ok(current);
                 }
-                Some((index, Err(reason))) => tried.push(format!("{} ({reason})", describe(&self.nodes[index]))),
+                Some((index, Err(failure))) => {
+                    endpoint_dead |= failure.endpoint_dead;
+                    tried.push(format!("{} ({})", describe(&self.nodes[index]), failure.reason));
+                }
                 None if more_to_start => {}
                 None => break,
             }
@@ -139,12 +182,20 @@ impl NodePool {
                 break;
             }
         }
+        if endpoint_dead {
+            // The request's retry loop tries again, on the fresh endpoint.
+            self.rebind().await;
+        }
         Err(ConnectFailure::Unreachable { tried: tried.join(", ") })
     }
 
-    async fn connect(&self, node: &NodeAddr) -> Result<Connection, String> {
-        let addr = aspen_net::endpoint_addr(node).map_err(|e| format!("invalid endpoint id: {e}"))?;
-        self.endpoint.connect(addr, CLIENT_ALPN).await.map_err(|e| e.to_string())
+    async fn connect(&self, node: &NodeAddr) -> Result<Connection, AttemptFailure> {
+        let addr = aspen_net::endpoint_addr(node)
+            .map_err(|e| AttemptFailure { reason: format!("invalid endpoint id: {e}"), endpoint_dead: false })?;
+        self.endpoint()
+            .connect(addr, CLIENT_ALPN)
+            .await
+            .map_err(|e| AttemptFailure { endpoint_dead: is_endpoint_dead(&e), reason: error_chain(&e) })
     }
 
     /// Reports that the connection of `generation` is broken or unresponsive: the next
@@ -165,8 +216,42 @@ impl NodePool {
         if let Some((_, current)) = self.state.lock().await.current.take() {
             current.conn.close(0u32.into(), b"client closed");
         }
-        self.endpoint.close().await;
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.endpoint().close().await;
     }
+}
+
+/// Why one connect attempt failed.
+struct AttemptFailure {
+    reason: String,
+    /// The local endpoint can no longer connect anywhere.
+    endpoint_dead: bool,
+}
+
+fn is_endpoint_dead(e: &ConnectError) -> bool {
+    matches!(
+        e,
+        ConnectError::Connect {
+            source: ConnectWithOptsError::Noq { source: QuicConnectError::EndpointStopping, .. }
+                | ConnectWithOptsError::EndpointClosed { .. },
+            ..
+        }
+    )
+}
+
+/// An error with its causes, outermost first: "a: b: c".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// A node as people read it: its socket addresses, or its endpoint id when it has none.

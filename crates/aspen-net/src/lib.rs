@@ -10,6 +10,6 @@ pub mod frame;
 pub mod identity;
 pub mod ticket;
 
-pub use endpoint::{EndpointConfig, bind_endpoint, endpoint_addr};
+pub use endpoint::{EndpointConfig, EndpointError, bind_endpoint, endpoint_addr};
 pub use frame::{FrameError, read_frame, write_frame};
 pub use ticket::{ClusterTicket, TicketError};

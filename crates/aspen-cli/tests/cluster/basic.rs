@@ -162,3 +162,16 @@ async fn watch_replays_from_a_revision_then_follows_and_reports_compaction() {
     let e = recent.next().await.unwrap().unwrap();
     assert_eq!((e.kv.key.as_slice(), e.kv.mod_revision), (&b"w/n11"[..], last.revision));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_endpoint_stopped_binds_a_new_one_and_carries_on() {
+    let c = TestCluster::start(1).await;
+    let client = c.client().await;
+    client.put("ep/k", "v").await.unwrap();
+    let before = client.endpoint_id();
+    client.break_endpoint_for_tests().await;
+    let kv = client.get("ep/k", ReadConsistency::Linearizable).await.unwrap().unwrap();
+    assert_eq!(kv.value, b"v");
+    assert_ne!(client.endpoint_id(), before, "a new endpoint was bound");
+    client.put("ep/k", "w").await.unwrap();
+}
