@@ -9,7 +9,9 @@ pub mod endpoint;
 pub mod frame;
 pub mod identity;
 pub mod ticket;
+pub mod token;
 
 pub use endpoint::{EndpointConfig, EndpointError, bind_endpoint, endpoint_addr};
 pub use frame::{FrameError, read_frame, write_frame};
 pub use ticket::{ClusterTicket, TicketError};
+pub use token::{Token, TokenError};
