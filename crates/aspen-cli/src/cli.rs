@@ -17,7 +17,8 @@ use crate::duration::parse_duration;
 ///
 /// Commands that talk to a cluster find its ticket in, in order: --ticket, --ticket-file,
 /// $ASPEN_TICKET, $ASPEN_TICKET_FILE, then ./.aspen/cluster/cluster.ticket (written by
-/// `aspen cluster up`).
+/// `aspen cluster up`). The capability token comes from --token, --token-file, $ASPEN_TOKEN,
+/// $ASPEN_TOKEN_FILE, or else from the ticket (`cluster up` puts the root token in its ticket).
 #[derive(Debug, Parser)]
 #[command(name = "aspen", version, propagate_version = true)]
 pub struct Cli {
@@ -27,6 +28,12 @@ pub struct Cli {
     /// File holding the cluster ticket (also $ASPEN_TICKET_FILE).
     #[arg(long, global = true, help_heading = "Global options", value_name = "PATH")]
     pub ticket_file: Option<PathBuf>,
+    /// Capability token to present (also $ASPEN_TOKEN).
+    #[arg(long, global = true, help_heading = "Global options", value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// File holding the capability token (also $ASPEN_TOKEN_FILE).
+    #[arg(long, global = true, help_heading = "Global options", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// Print machine-readable JSON. Keys and values are UTF-8 strings, or base64 in a
     /// `<field>_base64` field when they are not UTF-8.
     #[arg(long, global = true, help_heading = "Global options")]

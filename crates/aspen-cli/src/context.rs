@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aspen_client::{Client, ClientConfig, ClusterTicket};
+use aspen_net::token::Token;
 
 use crate::ticket_source::TicketInputs;
 
@@ -17,11 +18,38 @@ pub struct Ctx {
     pub timeout: Duration,
     ticket: Option<String>,
     ticket_file: Option<PathBuf>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
 }
 
 impl Ctx {
     pub fn new(json: bool, timeout: Duration, ticket: Option<String>, ticket_file: Option<PathBuf>) -> Self {
-        Ctx { json, timeout, ticket, ticket_file }
+        Ctx { json, timeout, ticket, ticket_file, token: None, token_file: None }
+    }
+
+    /// Sets the explicit token sources (`--token`, `--token-file`).
+    pub fn with_token(mut self, token: Option<String>, token_file: Option<PathBuf>) -> Self {
+        self.token = token;
+        self.token_file = token_file;
+        self
+    }
+
+    /// The token to present: --token, --token-file, $ASPEN_TOKEN, $ASPEN_TOKEN_FILE, in
+    /// that order; `None` leaves the ticket's own token (if any) in use.
+    pub fn token(&self) -> anyhow::Result<Option<Token>> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let (text, source) = if let Some(t) = &self.token {
+            (t.clone(), "--token".to_string())
+        } else if let Some(path) = &self.token_file {
+            (read_token_file(path)?, format!("--token-file {}", path.display()))
+        } else if let Some(t) = env("ASPEN_TOKEN") {
+            (t, "$ASPEN_TOKEN".to_string())
+        } else if let Some(path) = env("ASPEN_TOKEN_FILE") {
+            (read_token_file(std::path::Path::new(&path))?, format!("$ASPEN_TOKEN_FILE {path}"))
+        } else {
+            return Ok(None);
+        };
+        Token::decode(&text).map(Some).with_context(|| format!("bad token in {source}"))
     }
 
     /// Client time bounds from `--timeout`.
@@ -39,9 +67,16 @@ impl Ctx {
 
     /// A client for the cluster named by the ticket.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let ticket = self.ticket()?;
+        let mut ticket = self.ticket()?;
+        if let Some(token) = self.token()? {
+            ticket.token = Some(token.to_bytes());
+        }
         Client::connect_with_config(&ticket, self.client_config()).await.context("cannot connect to the cluster")
     }
+}
+
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))
 }
 
 /// An error whose message was already printed (for example a failed compare shown as

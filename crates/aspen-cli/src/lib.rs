@@ -62,7 +62,7 @@ fn init_tracing(is_node: bool) {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx::new(cli.json, cli.timeout, cli.ticket, cli.ticket_file);
+    let ctx = Ctx::new(cli.json, cli.timeout, cli.ticket, cli.ticket_file).with_token(cli.token, cli.token_file);
     match cli.command {
         Command::Node(cmd) => cmd::node::run(cmd).await,
         Command::Cluster(ClusterCommand::Up(args)) => cmd::cluster::up(&ctx, args).await,

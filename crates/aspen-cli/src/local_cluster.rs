@@ -14,9 +14,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use aspen_client::{AspenError, Client, ClientConfig, ClientError, ClusterTicket, NodeAddr};
+use aspen_net::token::Token;
 use indicatif::ProgressBar;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+
+/// Where the initializing node writes the root token (see `aspen-node`).
+const ROOT_TOKEN_FILE: &str = "root.token";
 
 use crate::ticket_source::read_ticket_file;
 
@@ -175,10 +179,20 @@ impl LocalCluster {
         if !first.node_info().await?.initialized {
             progress.set_message("initializing the cluster");
             match first.init(others.to_vec()).await {
-                Ok(()) | Err(ClientError::Aspen(AspenError::AlreadyInitialized)) => {}
+                Ok(_) | Err(ClientError::Aspen(AspenError::AlreadyInitialized)) => {}
                 Err(e) => return Err(e).context("cannot initialize the cluster"),
             }
         }
+        // Node 1 initialized the cluster and holds its root token; the local ticket
+        // carries it, so commands run here need no --token.
+        let token_path = self.dir.join("n1").join(ROOT_TOKEN_FILE);
+        let text = std::fs::read_to_string(&token_path)
+            .with_context(|| format!("cannot read the root token {}", token_path.display()))?;
+        let token = Token::decode(&text).with_context(|| format!("bad root token in {}", token_path.display()))?;
+        let first =
+            &Client::for_node_with_token(first.nodes()[0].clone(), ClientConfig::default(), Some(token.clone()))
+                .await
+                .context("cannot reach node 1 with the root token")?;
         progress.set_message("waiting for a leader");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -194,8 +208,13 @@ impl LocalCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let ticket = first.ticket().await.context("cannot get the cluster ticket")?;
+        let mut ticket = ClusterTicket::decode(&ticket).context("the node sent a bad ticket")?;
+        ticket.token = Some(token.to_bytes());
+        let ticket = ticket.encode();
         let path = self.dir.join(CLUSTER_TICKET_FILE);
-        write_atomically(&path, ticket.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        aspen_net::identity::write_secret_file(&path, ticket.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        first.close().await;
         Ok(ticket)
     }
 

@@ -40,8 +40,13 @@ impl Client {
 
     /// Initializes a cluster whose voters are the answering node and `members`. Aim it at
     /// one node with [`Client::for_node`].
-    pub async fn init(&self, members: Vec<(u64, NodeAddr)>) -> Result<(), ClientError> {
-        self.admin(ClientRequest::Init { members }).await
+    pub async fn init(&self, members: Vec<(u64, NodeAddr)>) -> Result<Initialized, ClientError> {
+        match self.request(ClientRequest::Init { members }).await? {
+            ClientResponse::Initialized { cluster_id, root_token_file } => {
+                Ok(Initialized { cluster_id, root_token_file })
+            }
+            other => Err(ClientError::unexpected("init", &other)),
+        }
     }
 
     /// Adds a node as a learner: it receives the log but does not vote.
@@ -73,4 +78,13 @@ impl Client {
     async fn admin(&self, req: ClientRequest) -> Result<(), ClientError> {
         self.request(req).await.map(|_| ())
     }
+}
+
+/// What `init` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Initialized {
+    /// The new cluster's id (derived from its root key).
+    pub cluster_id: String,
+    /// Where the initializing node wrote the root token (mode 0600), on its own machine.
+    pub root_token_file: String,
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use aspen_core::AspenError;
 use aspen_core::api::{ClientRequest, ClientResponse, NodeAddr};
 use aspen_net::frame::{FrameError, encode_frame};
+use aspen_net::token::Token;
 use aspen_net::{ClusterTicket, EndpointConfig};
 use tokio::time::Instant;
 
@@ -63,9 +64,15 @@ impl Client {
         Client::connect(&ClusterTicket::decode(ticket)?).await
     }
 
-    /// [`Client::connect`] with explicit time bounds.
+    /// [`Client::connect`] with explicit time bounds. Presents the ticket's token, if any.
     pub async fn connect_with_config(ticket: &ClusterTicket, config: ClientConfig) -> Result<Client, ClientError> {
-        Client::over_nodes(ticket.nodes.clone(), config).await
+        let token = match &ticket.token {
+            Some(bytes) => {
+                Some(Token::from_bytes(bytes).map_err(|e| ClientError::Config(format!("ticket token: {e}")))?)
+            }
+            None => None,
+        };
+        Client::over_nodes_with_token(ticket.nodes.clone(), config, token).await
     }
 
     /// A client that talks to `node` only, never failing over: for admin commands aimed at
@@ -74,13 +81,34 @@ impl Client {
         Client::over_nodes(vec![node], config).await
     }
 
+    /// [`Client::for_node`], presenting `token`.
+    pub async fn for_node_with_token(
+        node: NodeAddr,
+        config: ClientConfig,
+        token: Option<Token>,
+    ) -> Result<Client, ClientError> {
+        Client::over_nodes_with_token(vec![node], config, token).await
+    }
+
     /// A client over `nodes`, tried in this order, connected to the first that answers.
+    /// It presents no token: only `NodeInfo` and `Init` work without one.
     pub async fn over_nodes(nodes: Vec<NodeAddr>, config: ClientConfig) -> Result<Client, ClientError> {
+        Client::over_nodes_with_token(nodes, config, None).await
+    }
+
+    /// A client over `nodes` that presents `token` on every connection it opens.
+    pub async fn over_nodes_with_token(
+        nodes: Vec<NodeAddr>,
+        config: ClientConfig,
+        token: Option<Token>,
+    ) -> Result<Client, ClientError> {
         if nodes.is_empty() {
             return Err(ClientError::Config("no node to connect to".into()));
         }
         let endpoint = bind_client_endpoint(&nodes).await.map_err(|e| ClientError::Endpoint(e.to_string()))?;
-        let client = Client { pool: Arc::new(NodePool::new(endpoint, nodes, config)) };
+        // The holder secret (for offline delegation) never leaves the client.
+        let token = token.map(|t| t.without_secret().to_bytes());
+        let client = Client { pool: Arc::new(NodePool::new(endpoint, nodes, config, token)) };
         // Bound the first connect by one connect timeout per node.
         let per_node = config.connect_timeout;
         let n = u32::try_from(client.pool.nodes().len()).unwrap_or(u32::MAX);
@@ -92,6 +120,7 @@ impl Client {
                 Err(match failure {
                     ConnectFailure::Unreachable { tried } => ClientError::Unreachable { tried },
                     ConnectFailure::Deadline => ClientError::Unreachable { tried: "nothing (out of time)".into() },
+                    ConnectFailure::Refused(e) => ClientError::Aspen(e),
                 })
             }
         }
@@ -171,6 +200,7 @@ impl Client {
             Ok(c) => c,
             Err(ConnectFailure::Unreachable { tried }) => return Attempt::NotSent(Failure::Unreachable { tried }),
             Err(ConnectFailure::Deadline) => return Attempt::NotSent(Failure::Deadline),
+            Err(ConnectFailure::Refused(e)) => return Attempt::Fatal(ClientError::Aspen(e)),
         };
         let (mut send, mut recv) = match tokio::time::timeout_at(deadline, current.conn.open_bi()).await {
             Ok(Ok(streams)) => streams,
@@ -228,6 +258,7 @@ impl Client {
     ) -> Result<(iroh::endpoint::SendStream, iroh::endpoint::RecvStream, Current), ClientError> {
         let current = self.pool.connection(deadline).await.map_err(|f| match f {
             ConnectFailure::Unreachable { tried } => ClientError::Unreachable { tried },
+            ConnectFailure::Refused(e) => ClientError::Aspen(e),
             ConnectFailure::Deadline => {
                 ClientError::Aspen(AspenError::Timeout { what: "waiting for a connection".into() })
             }

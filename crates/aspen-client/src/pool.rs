@@ -13,7 +13,8 @@
 
 use std::net::SocketAddr;
 
-use aspen_core::api::{CLIENT_ALPN, NodeAddr};
+use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse, NodeAddr};
+use aspen_core::error::AspenError;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use iroh::Endpoint;
@@ -51,6 +52,8 @@ pub(crate) enum ConnectFailure {
     Unreachable { tried: String },
     /// The deadline passed while waiting for another request's connect attempt.
     Deadline,
+    /// A node refused this client's token: no other node will accept it either.
+    Refused(AspenError),
 }
 
 /// The endpoint, the known nodes and the current connection.
@@ -62,17 +65,20 @@ pub(crate) struct NodePool {
     closed: std::sync::atomic::AtomicBool,
     nodes: Vec<NodeAddr>,
     config: ClientConfig,
+    /// The encoded token presented on every new connection.
+    token: Option<Vec<u8>>,
     state: Mutex<State>,
 }
 
 impl NodePool {
     /// A pool over `nodes` (which must not be empty), connecting lazily.
-    pub(crate) fn new(endpoint: Endpoint, nodes: Vec<NodeAddr>, config: ClientConfig) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, nodes: Vec<NodeAddr>, config: ClientConfig, token: Option<Vec<u8>>) -> Self {
         NodePool {
             endpoint: std::sync::Mutex::new(endpoint),
             closed: Default::default(),
             nodes,
             config,
+            token,
             state: Mutex::new(State { current: None, next: 0, generation: 0 }),
         }
     }
@@ -140,10 +146,9 @@ impl NodePool {
                     let node = &self.nodes[index];
                     let result = match tokio::time::timeout_at(attempt_deadline, self.connect(node)).await {
                         Ok(r) => r,
-                        Err(_) => Err(AttemptFailure {
-                            reason: format!("no answer within {:?}", self.config.connect_timeout),
-                            endpoint_dead: false,
-                        }),
+                        Err(_) => {
+                            Err(AttemptFailure::new(format!("no answer within {:?}", self.config.connect_timeout)))
+                        }
                     };
                     (index, result)
                 });
@@ -167,6 +172,7 @@ impl NodePool {
                     tracing::debug!(node = %current.node, "connected");
                     return Ok(current);
                 }
+                Some((_, Err(AttemptFailure { refused: Some(e), .. }))) => return Err(ConnectFailure::Refused(e)),
                 Some((index, Err(failure))) => {
                     endpoint_dead |= failure.endpoint_dead;
                     tried.push(format!("{} ({})", describe(&self.nodes[index]), failure.reason));
@@ -190,12 +196,17 @@ impl NodePool {
     }
 
     async fn connect(&self, node: &NodeAddr) -> Result<Connection, AttemptFailure> {
-        let addr = aspen_net::endpoint_addr(node)
-            .map_err(|e| AttemptFailure { reason: format!("invalid endpoint id: {e}"), endpoint_dead: false })?;
-        self.endpoint()
-            .connect(addr, CLIENT_ALPN)
-            .await
-            .map_err(|e| AttemptFailure { endpoint_dead: is_endpoint_dead(&e), reason: error_chain(&e) })
+        let addr =
+            aspen_net::endpoint_addr(node).map_err(|e| AttemptFailure::new(format!("invalid endpoint id: {e}")))?;
+        let conn = self.endpoint().connect(addr, CLIENT_ALPN).await.map_err(|e| AttemptFailure {
+            endpoint_dead: is_endpoint_dead(&e),
+            reason: error_chain(&e),
+            refused: None,
+        })?;
+        if let Some(token) = &self.token {
+            authenticate(&conn, token).await?;
+        }
+        Ok(conn)
     }
 
     /// Reports that the connection of `generation` is broken or unresponsive: the next
@@ -226,6 +237,40 @@ struct AttemptFailure {
     reason: String,
     /// The local endpoint can no longer connect anywhere.
     endpoint_dead: bool,
+    /// The node refused the token: final, unlike the other failures.
+    refused: Option<AspenError>,
+}
+
+impl AttemptFailure {
+    fn new(reason: String) -> Self {
+        AttemptFailure { reason, endpoint_dead: false, refused: None }
+    }
+}
+
+/// Presents the token as the first request on a new connection.
+async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), AttemptFailure> {
+    let request = ClientRequest::Authenticate { token: token.to_vec() };
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("cannot open a stream: {e}"))?;
+        aspen_net::write_frame(&mut send, &request).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        aspen_net::read_frame::<ClientResponse>(&mut recv)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the node closed the stream without answering".to_string())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await {
+        Ok(Ok(ClientResponse::Done)) => Ok(()),
+        Ok(Ok(ClientResponse::Error(e))) if e.is_retryable_without_effect() => {
+            Err(AttemptFailure::new(format!("token not checked: {e}")))
+        }
+        Ok(Ok(ClientResponse::Error(e))) => {
+            Err(AttemptFailure { reason: e.to_string(), endpoint_dead: false, refused: Some(e) })
+        }
+        Ok(Ok(other)) => Err(AttemptFailure::new(format!("unexpected answer to authenticate: {other:?}"))),
+        Ok(Err(e)) => Err(AttemptFailure::new(format!("authenticate failed: {e}"))),
+        Err(_) => Err(AttemptFailure::new("authenticate got no answer within 5s".into())),
+    }
 }
 
 fn is_endpoint_dead(e: &ConnectError) -> bool {

@@ -26,7 +26,10 @@ pub fn is_safe_to_repeat(req: &ClientRequest) -> bool {
         | ClientRequest::Ticket
         | ClientRequest::NodeInfo
         // Refreshing a lease twice leaves it exactly as refreshing it once.
-        | ClientRequest::LeaseKeepAlive { .. } => true,
+        | ClientRequest::LeaseKeepAlive { .. }
+        | ClientRequest::Authenticate { .. }
+        | ClientRequest::RevokeToken { .. }
+        | ClientRequest::SetClusterRoot { .. } => true,
         ClientRequest::Txn(txn) => {
             let read_only = |ops: &[TxnOp]| ops.iter().all(|op| matches!(op, TxnOp::Get { .. }));
             read_only(&txn.success) && read_only(&txn.failure)

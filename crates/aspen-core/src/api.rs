@@ -108,6 +108,21 @@ pub enum ClientRequest {
     NodeInfo,
     /// A request another node forwarded to the leader; never forwarded again.
     Forwarded(Box<ClientRequest>),
+    /// Presents a capability token for this connection; later requests on it are
+    /// checked against it. Sent first on every connection.
+    Authenticate {
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+    },
+    /// Admin: revokes every token whose chain contains the link with this hash.
+    RevokeToken {
+        id: [u8; 32],
+    },
+    /// Records the cluster root public key. Accepted only from a member node (the one
+    /// that ran `init` and holds the key), forwarded to the leader.
+    SetClusterRoot {
+        public_key: [u8; 32],
+    },
 }
 
 impl ClientRequest {
@@ -135,19 +150,43 @@ impl ClientRequest {
             ClientRequest::Ticket => "ticket",
             ClientRequest::NodeInfo => "node_info",
             ClientRequest::Forwarded(inner) => inner.name(),
+            ClientRequest::Authenticate { .. } => "authenticate",
+            ClientRequest::RevokeToken { .. } => "revoke_token",
+            ClientRequest::SetClusterRoot { .. } => "set_cluster_root",
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
-    Get { kv: Option<KeyValue>, revision: u64 },
-    Scan { kvs: Vec<KeyValue>, more: bool, revision: u64 },
+    Get {
+        kv: Option<KeyValue>,
+        revision: u64,
+    },
+    Scan {
+        kvs: Vec<KeyValue>,
+        more: bool,
+        revision: u64,
+    },
     Write(WriteResult),
-    Leases { leases: Vec<LeaseInfo> },
+    Leases {
+        leases: Vec<LeaseInfo>,
+    },
     Status(ClusterStatus),
-    Ticket { ticket: String },
-    NodeInfo { node_id: u64, addr: NodeAddr, initialized: bool },
+    Ticket {
+        ticket: String,
+    },
+    NodeInfo {
+        node_id: u64,
+        addr: NodeAddr,
+        initialized: bool,
+    },
+    /// The cluster was initialized: its id, and where the initializing node wrote the
+    /// root token (mode 0600).
+    Initialized {
+        cluster_id: String,
+        root_token_file: String,
+    },
     Done,
     Error(AspenError),
 }

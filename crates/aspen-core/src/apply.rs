@@ -119,6 +119,18 @@ fn apply_command<S: KvStore>(
             }
             Ok(WriteResult::LeasesExpired { revision: store.revision(), expired })
         }
+        WriteCommand::SetClusterRoot { public_key } => match store.cluster_root()? {
+            None => {
+                store.set_cluster_root(*public_key)?;
+                Ok(WriteResult::Done)
+            }
+            Some(existing) if existing == *public_key => Ok(WriteResult::Done),
+            Some(_) => Err(AspenError::AlreadyInitialized),
+        },
+        WriteCommand::RevokeToken { id } => {
+            store.revoke(*id)?;
+            Ok(WriteResult::Done)
+        }
         WriteCommand::LeaseRefreshAll => {
             for mut lease in store.leases()? {
                 let floor = now_ms.saturating_add(lease.ttl_ms);

@@ -148,9 +148,9 @@ impl Need<'_> {
     }
 }
 
-/// What `request` needs: one entry per key it touches. `None` for requests a client may
-/// not send at all (`Forwarded`, which only member nodes send) and for `Init`, which an
-/// uninitialized node decides on its own.
+/// What `request` needs: one entry per key it touches. `None` for requests that are not
+/// checked against capabilities: `Forwarded` (only member nodes may send it), `Init`
+/// (only an uninitialized node accepts it) and `Authenticate` (it presents the token).
 pub fn required(request: &ClientRequest) -> Option<Vec<Need<'_>>> {
     use ClientRequest as R;
     Some(match request {
@@ -174,11 +174,14 @@ pub fn required(request: &ClientRequest) -> Option<Vec<Need<'_>>> {
         // Revoking a lease deletes every key attached to it, whoever attached them.
         R::LeaseRevoke { .. } => vec![Need::DeleteRange(b"", b"")],
         R::Watch { prefix, .. } => vec![Need::Watch(prefix)],
-        R::AddLearner { .. } | R::Promote { .. } | R::Remove { .. } | R::TransferLeader { .. } | R::TriggerSnapshot => {
-            vec![Need::Admin]
-        }
+        R::AddLearner { .. }
+        | R::Promote { .. }
+        | R::Remove { .. }
+        | R::TransferLeader { .. }
+        | R::TriggerSnapshot
+        | R::RevokeToken { .. } => vec![Need::Admin],
         R::Status | R::Ticket | R::NodeInfo => vec![Need::Authenticated],
-        R::Init { .. } | R::Forwarded(_) => return None,
+        R::Init { .. } | R::Forwarded(_) | R::Authenticate { .. } | R::SetClusterRoot { .. } => return None,
     })
 }
 

@@ -58,6 +58,15 @@ pub enum WriteCommand {
     LeaseExpire {
         ids: Vec<LeaseId>,
     },
+    /// Records the cluster's root public key, proposed once after `init`. The first one
+    /// applied wins; a different key later is refused.
+    SetClusterRoot {
+        public_key: [u8; 32],
+    },
+    /// Revokes every token whose chain contains the link with this hash.
+    RevokeToken {
+        id: [u8; 32],
+    },
     /// Proposed once by a new leader: pushes every lease's expiry to at least
     /// `leader_time_ms + ttl`, so a leader change never expires a lease early.
     LeaseRefreshAll,

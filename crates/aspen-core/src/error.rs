@@ -28,6 +28,8 @@ pub enum ErrorCode {
     Membership,
     Storage,
     Internal,
+    Unauthenticated,
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -56,6 +58,8 @@ impl ErrorCode {
             ErrorCode::Membership => "membership",
             ErrorCode::Storage => "storage",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }
@@ -115,6 +119,10 @@ pub enum AspenError {
     Storage { reason: String },
     #[error("internal error: {reason}")]
     Internal { reason: String },
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: String },
+    #[error("permission denied: {reason}")]
+    PermissionDenied { reason: String },
 }
 
 impl AspenError {
@@ -143,6 +151,8 @@ impl AspenError {
             AspenError::Membership { .. } => ErrorCode::Membership,
             AspenError::Storage { .. } => ErrorCode::Storage,
             AspenError::Internal { .. } => ErrorCode::Internal,
+            AspenError::Unauthenticated { .. } => ErrorCode::Unauthenticated,
+            AspenError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
         }
     }
 

@@ -15,6 +15,8 @@ pub struct MemStore {
     pub attached: BTreeSet<(LeaseId, Vec<u8>)>,
     pub revision: u64,
     pub next_lease_id: u64,
+    pub cluster_root: Option<[u8; 32]>,
+    pub revoked: BTreeSet<[u8; 32]>,
 }
 
 impl MemStore {
@@ -84,5 +86,16 @@ impl KvStore for MemStore {
     }
     fn set_next_lease_id(&mut self, next: u64) {
         self.next_lease_id = next;
+    }
+    fn cluster_root(&self) -> Result<Option<[u8; 32]>, AspenError> {
+        Ok(self.cluster_root)
+    }
+    fn set_cluster_root(&mut self, key: [u8; 32]) -> Result<(), AspenError> {
+        self.cluster_root = Some(key);
+        Ok(())
+    }
+    fn revoke(&mut self, id: [u8; 32]) -> Result<(), AspenError> {
+        self.revoked.insert(id);
+        Ok(())
     }
 }

@@ -30,4 +30,10 @@ pub trait KvStore {
     /// The id the next granted lease gets; the store persists the counter.
     fn next_lease_id(&self) -> u64;
     fn set_next_lease_id(&mut self, next: u64);
+
+    /// The cluster root public key, once recorded.
+    fn cluster_root(&self) -> Result<Option<[u8; 32]>, AspenError>;
+    fn set_cluster_root(&mut self, key: [u8; 32]) -> Result<(), AspenError>;
+    /// Records a revoked token link hash.
+    fn revoke(&mut self, id: [u8; 32]) -> Result<(), AspenError>;
 }

@@ -104,9 +104,11 @@ pub fn command(c: &WriteCommand) -> Result<(), AspenError> {
         }
         WriteCommand::Txn(t) => txn(t),
         WriteCommand::LeaseGrant { ttl_ms } => lease_ttl(*ttl_ms),
-        WriteCommand::LeaseKeepAlive { .. } | WriteCommand::LeaseRevoke { .. } | WriteCommand::LeaseRefreshAll => {
-            Ok(())
-        }
+        WriteCommand::LeaseKeepAlive { .. }
+        | WriteCommand::LeaseRevoke { .. }
+        | WriteCommand::LeaseRefreshAll
+        | WriteCommand::SetClusterRoot { .. }
+        | WriteCommand::RevokeToken { .. } => Ok(()),
         WriteCommand::LeaseExpire { ids } => {
             if ids.len() > MAX_EXPIRE_PER_ENTRY {
                 return Err(AspenError::BatchTooLarge {

@@ -42,3 +42,14 @@ pub fn load_or_create_secret_key(path: &Path) -> Result<SecretKey, IdentityError
         Err(source) => Err(IdentityError::Read { path: path.display().to_string(), source }),
     }
 }
+
+/// Writes a secret (a token, a key) to `path` with mode 0600, atomically.
+pub fn write_secret_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}

@@ -46,10 +46,39 @@ impl Forwarder {
     /// Sends `request` to `to` as is. Once a write has been sent, losing the answer
     /// makes its outcome unknown; before that, the request certainly had no effect.
     pub async fn call(&self, to: &NodeAddr, request: ClientRequest, is_write: bool) -> ClientResponse {
+        self.call_as(to, request, is_write, None).await
+    }
+
+    /// [`Forwarder::call`], first presenting `token` on the connection (a joining node,
+    /// which is not a member yet, asks with the token its join ticket carries).
+    pub async fn call_as(
+        &self,
+        to: &NodeAddr,
+        request: ClientRequest,
+        is_write: bool,
+        token: Option<&[u8]>,
+    ) -> ClientResponse {
         let conn = match self.connection(to).await {
             Ok(c) => c,
             Err(e) => return ClientResponse::Error(e),
         };
+        if let Some(token) = token {
+            let auth = ClientRequest::Authenticate { token: token.to_vec() };
+            match self.exchange(&conn, to, &auth, false).await {
+                ClientResponse::Done => {}
+                other => return other,
+            }
+        }
+        self.exchange(&conn, to, &request, is_write).await
+    }
+
+    async fn exchange(
+        &self,
+        conn: &Connection,
+        to: &NodeAddr,
+        request: &ClientRequest,
+        is_write: bool,
+    ) -> ClientResponse {
         let lost = |what: String| {
             if is_write {
                 AspenError::OutcomeUnknown { reason: what }
@@ -65,7 +94,7 @@ impl Forwarder {
             }
         };
         let exchange = async {
-            aspen_net::write_frame(&mut send, &request)
+            aspen_net::write_frame(&mut send, request)
                 .await
                 .map_err(|e| lost(format!("forwarding to the leader failed: {e}")))?;
             let _ = send.finish();

@@ -5,12 +5,14 @@
 //! `aspen-client`.
 
 mod args;
+mod auth;
 mod batcher;
 mod forward;
 mod leases;
 mod node;
 mod notify;
 mod read_gate;
+mod root;
 mod service;
 mod state;
 

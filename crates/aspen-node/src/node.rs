@@ -97,7 +97,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&ready_file);
     let node_id = node_id(&args, &data_dir)?;
     let secret_key = aspen_net::identity::load_or_create_secret_key(&data_dir.join("node.key"))?;
-    let (log, sm, reader, hub) = aspen_raft::open_storage(&data_dir)?;
+    let aspen_raft::Storage { log, state_machine: sm, reader, hub, security } = aspen_raft::open_storage(&data_dir)?;
     hub.set_history_limit(args.watch_history);
     let incoming_snapshot = sm.incoming_snapshot_path();
 
@@ -129,12 +129,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         raft: raft.clone(),
         reader,
         hub,
+        security,
+        data_dir: data_dir.clone(),
     });
     let router = iroh::protocol::Router::builder(endpoint.clone())
         .accept(RAFT_ALPN, RaftServer::new(raft.clone(), incoming_snapshot))
         .accept(CLIENT_ALPN, ClientService::new(state.clone()))
         .spawn();
     let lease_task = crate::leases::spawn(state.clone());
+    let root_task = crate::root::spawn_if_pending(state.clone());
 
     if let Some(ticket_file) = &args.join_ticket_file
         && !state.is_initialized()
@@ -156,6 +159,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::notify::notify("STOPPING=1");
     let _ = std::fs::remove_file(&ready_file);
     lease_task.abort();
+    if let Some(t) = root_task {
+        t.abort();
+    }
     snapshot_task.abort();
     let _ = router.shutdown().await;
     let _ = raft.shutdown().await;
@@ -186,6 +192,10 @@ async fn snapshot_by_log_bytes(raft: Raft, log: aspen_raft::LogStore, every: u64
 async fn join(state: &NodeState, ticket_file: &Path, as_voter: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(ticket_file).with_context(|| format!("reading {}", ticket_file.display()))?;
     let ticket = ClusterTicket::decode(&text).with_context(|| format!("ticket in {}", ticket_file.display()))?;
+    // A join ticket carries a token allowed to change the membership.
+    let token = ticket.token.as_ref().map(|t| {
+        aspen_net::token::Token::from_bytes(t).map(|t| t.without_secret().to_bytes()).unwrap_or_else(|_| t.clone())
+    });
     let mut steps = vec![ClientRequest::AddLearner { node_id: state.node_id, addr: state.addr.clone() }];
     if as_voter {
         steps.push(ClientRequest::Promote { node_id: state.node_id });
@@ -196,7 +206,7 @@ async fn join(state: &NodeState, ticket_file: &Path, as_voter: bool) -> anyhow::
         loop {
             let to = &ticket.nodes[attempt % ticket.nodes.len()];
             attempt += 1;
-            match state.forwarder.call(to, step.clone(), true).await {
+            match state.forwarder.call_as(to, step.clone(), true, token.as_deref()).await {
                 ClientResponse::Done => break,
                 ClientResponse::Error(e) if tokio::time::Instant::now() < deadline => {
                     tracing::info!("join step {} not done yet: {e}; retrying", step.name());

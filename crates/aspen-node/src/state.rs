@@ -23,6 +23,9 @@ pub struct NodeState {
     pub batcher: Batcher,
     pub reads: ReadGate,
     pub forwarder: Forwarder,
+    /// The replicated root key and revocations, as this node has applied them.
+    pub security: Arc<aspen_raft::SecurityView>,
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Where a request should be served.
@@ -36,6 +39,21 @@ impl NodeState {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         m.membership_config.membership().nodes().next().is_some()
+    }
+
+    /// The cluster id (from its root key), or empty before the root key is known.
+    pub fn cluster_id(&self) -> String {
+        match self.security.root().map(|r| iroh::PublicKey::from_bytes(&r)) {
+            Some(Ok(pk)) => aspen_net::token::cluster_id_text(&aspen_net::token::cluster_id(&pk)),
+            _ => String::new(),
+        }
+    }
+
+    /// Whether an iroh key belongs to a member (voter or learner) of the cluster.
+    pub fn is_member_key(&self, key: &[u8; 32]) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().nodes().any(|(_, n)| &n.endpoint_id == key)
     }
 
     pub fn member_addr(&self, node_id: u64) -> Option<NodeAddr> {

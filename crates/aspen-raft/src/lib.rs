@@ -6,10 +6,12 @@
 //! committed entries into redb through it and ships entries between peers.
 
 pub mod network;
+pub mod security;
 pub mod server;
 pub mod storage;
 pub mod types;
 pub mod watch;
 
-pub use storage::{KvReader, LogStore, StateMachine, open_storage};
+pub use security::SecurityView;
+pub use storage::{KvReader, LogStore, StateMachine, Storage, open_storage};
 pub use types::{RAFT_ALPN, Raft, TypeConfig};

@@ -13,8 +13,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let fail = |e: String| StorageError::read(ErrorSource::from_string(e));
         let dir = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
-        let (log, sm, _reader, _hub) = open_storage(dir.path()).map_err(|e| fail(e.to_string()))?;
-        Ok((dir, log, sm))
+        let storage = open_storage(dir.path()).map_err(|e| fail(e.to_string()))?;
+        Ok((dir, storage.log, storage.state_machine))
     }
 }
 

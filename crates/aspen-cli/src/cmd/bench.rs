@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use aspen_client::{Client, ClientError, ClusterTicket, ReadConsistency};
 use aspen_core::limits::MAX_VALUE_BYTES;
+use aspen_net::token::Token;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, RngCore, SeedableRng};
@@ -141,13 +142,19 @@ fn check_args(args: &BenchKvArgs) -> anyhow::Result<()> {
 }
 
 async fn run_against(ctx: &Ctx, args: &BenchKvArgs, ticket: ClusterTicket) -> anyhow::Result<()> {
+    let token = match ctx.token()? {
+        Some(t) => Some(t),
+        None => ticket.token.as_deref().map(Token::from_bytes).transpose().context("bad token in the ticket")?,
+    };
     let connections = args.connections.min(args.clients);
     let mut clients = Vec::with_capacity(connections);
     for i in 0..connections {
         let mut nodes = ticket.nodes.clone();
         let shift = i % nodes.len().max(1);
         nodes.rotate_left(shift);
-        let client = Client::over_nodes(nodes, ctx.client_config()).await.context("cannot connect to the cluster")?;
+        let client = Client::over_nodes_with_token(nodes, ctx.client_config(), token.clone())
+            .await
+            .context("cannot connect to the cluster")?;
         clients.push(client);
     }
     let result = measure(ctx, args, &clients).await;

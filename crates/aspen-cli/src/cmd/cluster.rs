@@ -8,7 +8,6 @@ use aspen_client::{Client, ClusterStatus, ClusterTicket, NodeAddr};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::time::Instant;
 
 use crate::context::Ctx;
 use crate::local_cluster::{LocalCluster, LocalClusterSpec};
@@ -161,36 +160,22 @@ pub async fn init(ctx: &Ctx, members: Vec<String>) -> anyhow::Result<()> {
 async fn init_through(ctx: &Ctx, client: &Client, members: Vec<(u64, NodeAddr)>) -> anyhow::Result<()> {
     let me = client.node_info().await?;
     let mut voters: Vec<u64> = std::iter::once(me.node_id).chain(members.iter().map(|(id, _)| *id)).collect();
-    client.init(members).await.context("cannot initialize the cluster")?;
     voters.sort_unstable();
-    let progress = spinner("waiting for a leader");
-    let deadline = Instant::now() + ctx.timeout;
-    let leader = loop {
-        if let Ok(status) = client.status().await
-            && let Some(leader) = status.leader
-        {
-            break Some(leader);
-        }
-        if Instant::now() >= deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    progress.finish_and_clear();
-    let ticket = match leader {
-        Some(_) => client.ticket().await.ok(),
-        None => None,
-    };
+    // The node answers once the cluster has a leader and has recorded its root key.
+    let done = client.init(members).await.context("cannot initialize the cluster")?;
     if ctx.json {
-        output::print_json(&json!({"initialized": true, "voters": voters, "leader": leader, "ticket": ticket}))?;
+        output::print_json(&json!({
+            "initialized": true,
+            "voters": voters,
+            "cluster_id": done.cluster_id,
+            "root_token_file": done.root_token_file,
+        }))?;
         return Ok(());
     }
     let list: Vec<String> = voters.iter().map(u64::to_string).collect();
-    println!("cluster initialized; voters: {}", list.join(", "));
-    match ticket {
-        Some(t) => println!("ticket:\n{t}"),
-        None => println!("no leader yet; `aspen cluster status` shows when there is one"),
-    }
+    println!("cluster {} initialized; voters: {}", done.cluster_id, list.join(", "));
+    println!("root token (every right; keep it secret) written on node {} to {}", me.node_id, done.root_token_file);
+    println!("use it with --token-file {} or ASPEN_TOKEN_FILE", done.root_token_file);
     Ok(())
 }
 

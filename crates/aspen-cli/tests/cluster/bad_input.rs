@@ -61,10 +61,17 @@ async fn a_node_that_is_not_initialized_says_so() {
     let err = client.get("k", ReadConsistency::Linearizable).await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::NotInitialized), "{err}");
     assert!(!client.node_info().await.unwrap().initialized);
-    // Initializing it alone makes it a working single-node cluster.
-    client.init(vec![]).await.unwrap();
+    // Initializing it alone makes it a working single-node cluster, for holders of its
+    // root token; without a token only node info and init are answered.
+    let done = client.init(vec![]).await.unwrap();
     let err = client.init(vec![]).await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::AlreadyInitialized), "{err}");
+    let err = client.put("k", "v").await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::Unauthenticated), "{err}");
+    assert!(err.to_string().contains("no token presented"), "{err}");
+    let token = aspen_net::token::Token::decode(&std::fs::read_to_string(&done.root_token_file).unwrap()).unwrap();
+    let client =
+        Client::for_node_with_token(ticket.nodes[0].clone(), ClientConfig::default(), Some(token)).await.unwrap();
     crate::common::eventually("the single node serves writes", || async { client.put("k", "v").await.ok() }).await;
     assert_eq!(client.get("k", ReadConsistency::Linearizable).await.unwrap().unwrap().value, b"v");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use aspen_client::{Client, ClientConfig};
 use aspen_core::api::{NodeAddr, ReadConsistency};
 use aspen_net::ClusterTicket;
+use aspen_net::token::Token;
 use aspen_testkit::{ClusterOptions, NodeSpec, ProcessCluster};
 
 /// Generous bound for anything a healthy or healing cluster must reach.
@@ -13,6 +14,8 @@ pub const CONVERGE: Duration = Duration::from_secs(60);
 
 pub struct TestCluster {
     pub nodes: ProcessCluster,
+    /// The root token `init` wrote: every test client presents it.
+    pub token: Token,
 }
 
 fn bin() -> &'static str {
@@ -40,10 +43,20 @@ impl TestCluster {
             .collect();
         let mut nodes = ProcessCluster::with_specs(bin(), specs, ClusterOptions::default()).expect("create cluster");
         nodes.start_all().await.expect("start nodes");
-        let cluster = TestCluster { nodes };
-        let first = cluster.node_client(0).await;
-        let members = (1..n).map(|i| (cluster.nodes.node_id(i), cluster.node_addr(i))).collect();
-        first.init(members).await.expect("init cluster");
+        let first_addr =
+            ClusterTicket::decode(&nodes.node_ticket(0).expect("node ticket")).expect("ticket").nodes.remove(0);
+        let first = Client::for_node(first_addr, ClientConfig::default()).await.expect("client for node 0");
+        let members = (1..n)
+            .map(|i| {
+                let t = ClusterTicket::decode(&nodes.node_ticket(i).expect("node ticket")).expect("ticket");
+                (nodes.node_id(i), t.nodes[0].clone())
+            })
+            .collect();
+        let done = first.init(members).await.expect("init cluster");
+        first.close().await;
+        let text = std::fs::read_to_string(&done.root_token_file).expect("root token file");
+        let token = Token::decode(&text).expect("root token");
+        let cluster = TestCluster { nodes, token };
         cluster.wait_for_leader().await;
         // Every node must know the membership and its leader before a test talks to it:
         // a node that has not heard from the leader yet answers `not_initialized`.
@@ -55,6 +68,16 @@ impl TestCluster {
         cluster
     }
 
+    /// A client bound to `addr` only, presenting the root token.
+    pub async fn for_node(&self, addr: NodeAddr, config: ClientConfig) -> Client {
+        Client::for_node_with_token(addr, config, Some(self.token.clone())).await.expect("client for node")
+    }
+
+    /// A client over `addrs` with failover, presenting the root token.
+    pub async fn over(&self, addrs: Vec<NodeAddr>, config: ClientConfig) -> Client {
+        Client::over_nodes_with_token(addrs, config, Some(self.token.clone())).await.expect("cluster client")
+    }
+
     pub fn node_addr(&self, i: usize) -> NodeAddr {
         let ticket = self.nodes.node_ticket(i).expect("node ticket");
         ClusterTicket::decode(&ticket).expect("valid node ticket").nodes.remove(0)
@@ -62,13 +85,13 @@ impl TestCluster {
 
     /// A client bound to node `i` only (no failover).
     pub async fn node_client(&self, i: usize) -> Client {
-        Client::for_node(self.node_addr(i), ClientConfig::default()).await.expect("client for node")
+        self.for_node(self.node_addr(i), ClientConfig::default()).await
     }
 
     /// A client over every node, with failover.
     pub async fn client(&self) -> Client {
         let nodes = (0..self.nodes.len()).filter(|i| self.nodes.is_running(*i)).map(|i| self.node_addr(i)).collect();
-        Client::over_nodes(nodes, ClientConfig::default()).await.expect("cluster client")
+        self.over(nodes, ClientConfig::default()).await
     }
 
     /// Index of the current leader, as seen by a running node.
@@ -78,9 +101,12 @@ impl TestCluster {
                 if !self.nodes.is_running(i) {
                     continue;
                 }
-                let Ok(c) =
-                    Client::for_node(self.node_addr(i), ClientConfig::with_request_timeout(Duration::from_secs(2)))
-                        .await
+                let Ok(c) = Client::for_node_with_token(
+                    self.node_addr(i),
+                    ClientConfig::with_request_timeout(Duration::from_secs(2)),
+                    Some(self.token.clone()),
+                )
+                .await
                 else {
                     continue;
                 };

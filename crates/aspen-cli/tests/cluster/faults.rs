@@ -64,7 +64,7 @@ async fn a_paused_leader_is_replaced_and_rejoins_as_follower() {
     c.nodes.pause(old).unwrap();
     // The survivors elect a leader among themselves and keep accepting writes.
     let survivor = (old + 1) % 3;
-    let via_survivor = Client::for_node(c.node_addr(survivor), ClientConfig::default()).await.unwrap();
+    let via_survivor = c.for_node(c.node_addr(survivor), ClientConfig::default()).await;
     put_all(&via_survivor, "pz", 10..30).await;
     c.nodes.resume(old).unwrap();
     assert_all_on(&c, old, "pz", 30).await;
@@ -84,15 +84,13 @@ async fn an_isolated_leader_commits_nothing_and_the_majority_side_moves_on() {
 
     // The minority side (the old leader alone) can neither commit a write nor confirm a
     // linearizable read.
-    let minority =
-        Client::for_node(c.node_addr(old), ClientConfig::with_request_timeout(Duration::from_secs(3))).await.unwrap();
+    let minority = c.for_node(c.node_addr(old), ClientConfig::with_request_timeout(Duration::from_secs(3))).await;
     let lost = minority.put("pt/minority", "never").await;
     assert!(lost.is_err(), "a write on the minority side must not be acknowledged");
     assert!(minority.get("pt/0", ReadConsistency::Linearizable).await.is_err());
 
     // The majority side elects a leader and keeps serving.
-    let majority_client =
-        Client::over_nodes(majority.iter().map(|i| c.node_addr(*i)).collect(), ClientConfig::default()).await.unwrap();
+    let majority_client = c.over(majority.iter().map(|i| c.node_addr(*i)).collect(), ClientConfig::default()).await;
     put_all(&majority_client, "pt", 10..30).await;
 
     c.nodes.heal().unwrap();
@@ -115,8 +113,7 @@ async fn a_follower_cut_off_from_its_peers_catches_up_when_the_partition_heals()
     let follower = (leader + 1) % 3;
     let rest: Vec<usize> = (0..3).filter(|i| *i != follower).collect();
     c.nodes.partition(&[&[follower], &rest]).unwrap();
-    let majority =
-        Client::over_nodes(rest.iter().map(|i| c.node_addr(*i)).collect(), ClientConfig::default()).await.unwrap();
+    let majority = c.over(rest.iter().map(|i| c.node_addr(*i)).collect(), ClientConfig::default()).await;
     put_all(&majority, "pf", 0..25).await;
     c.nodes.heal().unwrap();
     assert_all_on(&c, follower, "pf", 25).await;

@@ -72,7 +72,9 @@ async fn a_new_node_joins_on_first_start_from_a_ticket_file() {
     let mut c = TestCluster::start(3).await;
     let client = c.client().await;
     client.put("join/before", "1").await.unwrap();
-    let ticket = client.ticket().await.unwrap();
+    let mut ticket = aspen_net::ClusterTicket::decode(&client.ticket().await.unwrap()).unwrap();
+    ticket.token = Some(c.token.to_bytes());
+    let ticket = ticket.encode();
     let ticket_file = c.nodes.data_dir(0).parent().unwrap().join("cluster.ticket");
     std::fs::write(&ticket_file, ticket).unwrap();
     let mut spec = NodeSpec::new(5);

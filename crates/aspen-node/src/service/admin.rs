@@ -2,14 +2,18 @@
 //! status and tickets.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use aspen_core::api::{ClientRequest, ClientResponse, ClusterStatus, MemberStatus};
 use aspen_core::error::AspenError;
 use aspen_net::ClusterTicket;
+use aspen_net::token::{Token, cluster_id, cluster_id_text};
 use openraft::ChangeMembers;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use super::Placement;
+use crate::batcher::now_ms;
+use crate::root::{CLUSTER_KEY_FILE, ROOT_TOKEN_FILE};
 use crate::state::NodeState;
 
 pub fn placement(request: &ClientRequest) -> Option<Placement> {
@@ -44,13 +48,26 @@ pub async fn serve(state: &NodeState, request: ClientRequest) -> Result<ClientRe
                     return Err(AspenError::invalid(format!("node id {id} appears twice in the member list")));
                 }
             }
+            // The root key stays on this node; every node learns its public half
+            // through the log. The root token goes next to it, for the operator.
+            let key = aspen_net::identity::load_or_create_secret_key(&state.data_dir.join(CLUSTER_KEY_FILE))
+                .map_err(|e| AspenError::storage(e.to_string()))?;
+            let token_file = state.data_dir.join(ROOT_TOKEN_FILE);
+            let token = Token::root(&key, now_ms()).encode();
+            aspen_net::identity::write_secret_file(&token_file, token.as_bytes())
+                .map_err(|e| AspenError::storage(format!("cannot write {}: {e}", token_file.display())))?;
             state.raft.initialize(all).await.map_err(|e| match e {
                 openraft::errors::RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_)) => {
                     AspenError::AlreadyInitialized
                 }
                 other => membership_error(other),
             })?;
-            Ok(ClientResponse::Done)
+            let public = *key.public().as_bytes();
+            crate::root::announce(state, public, Duration::from_secs(30)).await?;
+            Ok(ClientResponse::Initialized {
+                cluster_id: cluster_id_text(&cluster_id(&key.public())),
+                root_token_file: token_file.display().to_string(),
+            })
         }
         ClientRequest::AddLearner { node_id, addr } => {
             state.raft.add_learner(node_id, addr, true).await.map_err(membership_error)?;
@@ -101,7 +118,7 @@ pub async fn serve(state: &NodeState, request: ClientRequest) -> Result<ClientRe
                 nodes.push(state.addr.clone());
             }
             Ok(ClientResponse::Ticket {
-                ticket: ClusterTicket { cluster_id: String::new(), nodes, token: None }.encode(),
+                ticket: ClusterTicket { cluster_id: state.cluster_id(), nodes, token: None }.encode(),
             })
         }
         ClientRequest::NodeInfo => Ok(ClientResponse::NodeInfo {
@@ -139,6 +156,6 @@ fn status(state: &NodeState) -> Result<ClusterStatus, AspenError> {
         purged_index: m.purged.as_ref().map(|l| l.index),
         revision: state.reader.revision()?,
         members,
-        cluster_id: String::new(),
+        cluster_id: state.cluster_id(),
     })
 }

@@ -23,7 +23,9 @@ pub fn placement(request: &ClientRequest) -> Option<Placement> {
         | ClientRequest::Txn(_)
         | ClientRequest::LeaseGrant { .. }
         | ClientRequest::LeaseKeepAlive { .. }
-        | ClientRequest::LeaseRevoke { .. } => Placement::Leader { is_write: true },
+        | ClientRequest::LeaseRevoke { .. }
+        | ClientRequest::RevokeToken { .. }
+        | ClientRequest::SetClusterRoot { .. } => Placement::Leader { is_write: true },
         _ => return None,
     })
 }
@@ -37,6 +39,8 @@ fn write_command(request: &ClientRequest) -> Option<WriteCommand> {
         ClientRequest::LeaseGrant { ttl_ms } => WriteCommand::LeaseGrant { ttl_ms },
         ClientRequest::LeaseKeepAlive { id } => WriteCommand::LeaseKeepAlive { id },
         ClientRequest::LeaseRevoke { id } => WriteCommand::LeaseRevoke { id },
+        ClientRequest::RevokeToken { id } => WriteCommand::RevokeToken { id },
+        ClientRequest::SetClusterRoot { public_key } => WriteCommand::SetClusterRoot { public_key },
         _ => return None,
     })
 }

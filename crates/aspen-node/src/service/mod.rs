@@ -13,6 +13,7 @@ use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use tracing::Instrument;
 
+use crate::auth::ConnAuth;
 use crate::state::{NodeState, Route};
 
 #[derive(Clone)]
@@ -31,7 +32,7 @@ impl ClientService {
         ClientService { state }
     }
 
-    async fn serve_stream(&self, mut send: SendStream, mut recv: RecvStream) {
+    async fn serve_stream(&self, auth: &ConnAuth, mut send: SendStream, mut recv: RecvStream) {
         let request = match aspen_net::read_frame::<ClientRequest>(&mut recv).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
@@ -46,6 +47,21 @@ impl ClientService {
                 return;
             }
         };
+        if let ClientRequest::Authenticate { token } = &request {
+            let response = match auth.present(&self.state, token) {
+                Ok(()) => ClientResponse::Done,
+                Err(e) => ClientResponse::Error(e),
+            };
+            let _ = aspen_net::write_frame(&mut send, &response).await;
+            let _ = send.finish();
+            return;
+        }
+        if let Err(e) = auth.authorize(&self.state, &request) {
+            tracing::debug!(op = request.name(), "refused: {e}");
+            let _ = aspen_net::write_frame(&mut send, &ClientResponse::Error(e)).await;
+            let _ = send.finish();
+            return;
+        }
         if let ClientRequest::Watch { prefix, start_revision } = request {
             watch::serve(&self.state, send, recv, prefix, start_revision).await;
             return;
@@ -59,13 +75,15 @@ impl ClientService {
 
 impl ProtocolHandler for ClientService {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let auth = Arc::new(ConnAuth::new(*connection.remote_id().as_bytes()));
         loop {
             let (send, recv) = match connection.accept_bi().await {
                 Ok(s) => s,
                 Err(_) => return Ok(()),
             };
             let this = self.clone();
-            tokio::spawn(async move { this.serve_stream(send, recv).await });
+            let auth = auth.clone();
+            tokio::spawn(async move { this.serve_stream(&auth, send, recv).await });
         }
     }
 }

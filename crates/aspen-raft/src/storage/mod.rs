@@ -22,15 +22,17 @@ mod reader;
 mod redb_kv;
 mod snapshot;
 mod state_machine;
-mod tables;
+pub(crate) mod tables;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use log_store::LogStore;
 pub use reader::KvReader;
+pub(crate) use redb_kv::{SecurityChanges, read_cluster_root};
 pub use state_machine::StateMachine;
 
+use crate::security::SecurityView;
 use crate::watch::WatchHub;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +60,17 @@ fn open_db(
     Ok(Arc::new(db))
 }
 
+/// A node's opened storage and the views of it the node serves from.
+pub struct Storage {
+    pub log: LogStore,
+    pub state_machine: StateMachine,
+    pub reader: KvReader,
+    pub hub: Arc<WatchHub>,
+    pub security: Arc<SecurityView>,
+}
+
 /// Opens (or creates) the node's storage under `data_dir`.
-pub fn open_storage(data_dir: &Path) -> Result<(LogStore, StateMachine, KvReader, Arc<WatchHub>), OpenError> {
+pub fn open_storage(data_dir: &Path) -> Result<Storage, OpenError> {
     let old = data_dir.join(OLD_SINGLE_FILE);
     if old.exists() && !data_dir.join(LOG_FILE).exists() {
         return Err(OpenError::Database {
@@ -77,9 +88,14 @@ pub fn open_storage(data_dir: &Path) -> Result<(LogStore, StateMachine, KvReader
     let state_db = open_db(&data_dir.join(STATE_FILE), tables::ensure_state_tables)?;
     let reader = KvReader::new(state_db.clone());
     let hub = Arc::new(WatchHub::new(reader.revision().unwrap_or(0)));
+    let security = Arc::new(SecurityView::default());
+    security.reload(&state_db).map_err(|e| OpenError::Database {
+        path: data_dir.join(STATE_FILE).display().to_string(),
+        reason: e.to_string(),
+    })?;
     let log = LogStore::new(log_db, state_db.clone());
-    let sm = StateMachine::new(state_db, snap_dir, hub.clone());
-    Ok((log, sm, reader, hub))
+    let state_machine = StateMachine::new(state_db, snap_dir, hub.clone(), security.clone());
+    Ok(Storage { log, state_machine, reader, hub, security })
 }
 
 /// An empty durable commit: persists every earlier non-durable commit of the file.

@@ -5,14 +5,36 @@ use aspen_core::store::KvStore;
 use aspen_core::types::{KvEntry, LeaseId, LeaseRecord};
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
-use super::tables::{self, KV, LEASE_KEYS, LEASES, SM_META};
+use super::tables::{self, KV, LEASE_KEYS, LEASES, REVOKED, SM_META};
 
 pub struct RedbKv<'txn> {
     kv: Table<'txn, &'static [u8], &'static [u8]>,
     leases: Table<'txn, u64, &'static [u8]>,
     lease_keys: Table<'txn, &'static [u8], ()>,
+    revoked: Table<'txn, &'static [u8], ()>,
     revision: u64,
     next_lease_id: u64,
+    cluster_root: Option<[u8; 32]>,
+    cluster_root_set: bool,
+    /// What this transaction changed that the node's security view must learn.
+    pub changes: SecurityChanges,
+}
+
+/// Security state an apply changed.
+#[derive(Debug, Default, Clone)]
+pub struct SecurityChanges {
+    pub cluster_root: Option<[u8; 32]>,
+    pub revoked: Vec<[u8; 32]>,
+}
+
+/// The cluster root key recorded in a state machine meta table.
+pub fn read_cluster_root(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<[u8; 32]>, AspenError> {
+    match table.get(tables::SM_CLUSTER_ROOT).map_err(st)? {
+        Some(v) => Ok(Some(v.value().try_into().map_err(|_| AspenError::storage("bad cluster root key"))?)),
+        None => Ok(None),
+    }
 }
 
 fn st(e: impl std::fmt::Display) -> AspenError {
@@ -24,22 +46,34 @@ impl<'txn> RedbKv<'txn> {
         let meta = txn.open_table(SM_META).map_err(st)?;
         let revision = read_u64(&meta, tables::SM_REVISION)?.unwrap_or(0);
         let next_lease_id = read_u64(&meta, tables::SM_NEXT_LEASE)?.unwrap_or(1);
+        let cluster_root = read_cluster_root(&meta)?;
         drop(meta);
         Ok(RedbKv {
             kv: txn.open_table(KV).map_err(st)?,
             leases: txn.open_table(LEASES).map_err(st)?,
             lease_keys: txn.open_table(LEASE_KEYS).map_err(st)?,
+            revoked: txn.open_table(REVOKED).map_err(st)?,
             revision,
             next_lease_id,
+            cluster_root,
+            cluster_root_set: false,
+            changes: SecurityChanges::default(),
         })
     }
 
-    /// Writes the counters back; call before committing.
-    pub fn finish(self, txn: &'txn WriteTransaction) -> Result<(), AspenError> {
+    /// Writes the counters back; call before committing. Returns the security changes.
+    pub fn finish(self, txn: &'txn WriteTransaction) -> Result<SecurityChanges, AspenError> {
+        let RedbKv { kv, leases, lease_keys, revoked, .. } = self;
+        drop((kv, leases, lease_keys, revoked));
         let mut meta = txn.open_table(SM_META).map_err(st)?;
         meta.insert(tables::SM_REVISION, self.revision.to_be_bytes().as_slice()).map_err(st)?;
         meta.insert(tables::SM_NEXT_LEASE, self.next_lease_id.to_be_bytes().as_slice()).map_err(st)?;
-        Ok(())
+        if self.cluster_root_set
+            && let Some(root) = self.cluster_root
+        {
+            meta.insert(tables::SM_CLUSTER_ROOT, root.as_slice()).map_err(st)?;
+        }
+        Ok(self.changes)
     }
 }
 
@@ -141,5 +175,19 @@ impl KvStore for RedbKv<'_> {
     }
     fn set_next_lease_id(&mut self, next: u64) {
         self.next_lease_id = next;
+    }
+    fn cluster_root(&self) -> Result<Option<[u8; 32]>, AspenError> {
+        Ok(self.cluster_root)
+    }
+    fn set_cluster_root(&mut self, key: [u8; 32]) -> Result<(), AspenError> {
+        self.cluster_root = Some(key);
+        self.cluster_root_set = true;
+        self.changes.cluster_root = Some(key);
+        Ok(())
+    }
+    fn revoke(&mut self, id: [u8; 32]) -> Result<(), AspenError> {
+        self.revoked.insert(id.as_slice(), ()).map_err(st)?;
+        self.changes.revoked.push(id);
+        Ok(())
     }
 }

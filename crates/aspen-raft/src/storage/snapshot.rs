@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::io_err;
 use crate::types::SnapshotMeta;
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// A record is at most a key, a value and their metadata.
 const MAX_RECORD_BYTES: usize = MAX_KEY_BYTES + MAX_VALUE_BYTES + 1024;
 
@@ -21,6 +21,7 @@ pub struct SnapshotHeader {
     pub meta: SnapshotMeta,
     pub revision: u64,
     pub next_lease_id: u64,
+    pub cluster_root: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +33,8 @@ pub enum SnapshotRecord {
     /// A `lease_keys` table key.
     LeaseKey(#[serde(with = "serde_bytes")] Vec<u8>),
     End,
+    /// A revoked token link hash.
+    Revoked([u8; 32]),
 }
 
 pub struct SnapshotWriter {

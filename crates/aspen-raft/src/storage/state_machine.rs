@@ -20,6 +20,7 @@ use super::snapshot::{
     FORMAT_VERSION, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter, snapshot_file_name,
 };
 use super::tables::{self, KV, LEASE_KEYS, LEASES, SM_META};
+use crate::security::SecurityView;
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::watch::WatchHub;
 
@@ -33,12 +34,13 @@ pub struct StateMachine {
     db: Arc<Database>,
     snap_dir: PathBuf,
     hub: Arc<WatchHub>,
+    security: Arc<SecurityView>,
     last_durable: std::time::Instant,
 }
 
 impl StateMachine {
-    pub(super) fn new(db: Arc<Database>, snap_dir: PathBuf, hub: Arc<WatchHub>) -> Self {
-        StateMachine { db, snap_dir, hub, last_durable: std::time::Instant::now() }
+    pub(super) fn new(db: Arc<Database>, snap_dir: PathBuf, hub: Arc<WatchHub>, security: Arc<SecurityView>) -> Self {
+        StateMachine { db, snap_dir, hub, security, last_durable: std::time::Instant::now() }
     }
 
     /// Where a received snapshot is staged before it is installed.
@@ -107,8 +109,10 @@ fn build_snapshot_file(db: &Database, dir: &std::path::Path) -> std::io::Result<
     };
     let revision = read_u64(&meta_table, tables::SM_REVISION).map_err(io_err)?.unwrap_or(0);
     let next_lease_id = read_u64(&meta_table, tables::SM_NEXT_LEASE).map_err(io_err)?.unwrap_or(1);
+    let cluster_root = super::read_cluster_root(&meta_table).map_err(io_err)?;
     let meta = SnapshotMeta { last_log_id, last_membership };
-    let header = SnapshotHeader { format_version: FORMAT_VERSION, meta: meta.clone(), revision, next_lease_id };
+    let header =
+        SnapshotHeader { format_version: FORMAT_VERSION, meta: meta.clone(), revision, next_lease_id, cluster_root };
     let path = dir.join(snapshot_file_name(&meta));
     let mut w = SnapshotWriter::create(dir.join(format!("building-{}.tmp", std::process::id())), &header)?;
     for item in txn.open_table(KV).map_err(io_err)?.iter().map_err(io_err)? {
@@ -122,6 +126,11 @@ fn build_snapshot_file(db: &Database, dir: &std::path::Path) -> std::io::Result<
     for item in txn.open_table(LEASE_KEYS).map_err(io_err)?.iter().map_err(io_err)? {
         let (k, _) = item.map_err(io_err)?;
         w.record(&SnapshotRecord::LeaseKey(k.value().to_vec()))?;
+    }
+    for item in txn.open_table(tables::REVOKED).map_err(io_err)?.iter().map_err(io_err)? {
+        let (k, _) = item.map_err(io_err)?;
+        let id: [u8; 32] = k.value().try_into().map_err(|_| io_err("bad revoked token id"))?;
+        w.record(&SnapshotRecord::Revoked(id))?;
     }
     w.finish(&path)?;
     remove_older_snapshots(dir, &path);
@@ -140,9 +149,11 @@ fn install_snapshot_file(db: &Database, file: std::fs::File, meta: &SnapshotMeta
         let mut kv = txn.open_table(KV).map_err(io_err)?;
         let mut leases = txn.open_table(LEASES).map_err(io_err)?;
         let mut lease_keys = txn.open_table(LEASE_KEYS).map_err(io_err)?;
+        let mut revoked = txn.open_table(tables::REVOKED).map_err(io_err)?;
         kv.retain(|_, _| false).map_err(io_err)?;
         leases.retain(|_, _| false).map_err(io_err)?;
         lease_keys.retain(|_, _| false).map_err(io_err)?;
+        revoked.retain(|_, _| false).map_err(io_err)?;
         while let Some(record) = reader.next_record()? {
             match record {
                 SnapshotRecord::Kv(k, v) => {
@@ -154,6 +165,9 @@ fn install_snapshot_file(db: &Database, file: std::fs::File, meta: &SnapshotMeta
                 SnapshotRecord::LeaseKey(k) => {
                     lease_keys.insert(k.as_slice(), ()).map_err(io_err)?;
                 }
+                SnapshotRecord::Revoked(id) => {
+                    revoked.insert(id.as_slice(), ()).map_err(io_err)?;
+                }
                 SnapshotRecord::End => break,
             }
         }
@@ -162,6 +176,10 @@ fn install_snapshot_file(db: &Database, file: std::fs::File, meta: &SnapshotMeta
         m.insert(tables::SM_MEMBERSHIP, tables::encode(&meta.last_membership)?.as_slice()).map_err(io_err)?;
         m.insert(tables::SM_REVISION, header.revision.to_be_bytes().as_slice()).map_err(io_err)?;
         m.insert(tables::SM_NEXT_LEASE, header.next_lease_id.to_be_bytes().as_slice()).map_err(io_err)?;
+        match header.cluster_root {
+            Some(root) => m.insert(tables::SM_CLUSTER_ROOT, root.as_slice()).map(drop).map_err(io_err)?,
+            None => m.remove(tables::SM_CLUSTER_ROOT).map(drop).map_err(io_err)?,
+        }
     }
     txn.commit().map_err(io_err)?;
     Ok(header.revision)
@@ -207,7 +225,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let db = self.db.clone();
         let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
-        let (batch, results, events) = if durable {
+        let (batch, results, events, changes) = if durable {
             self.last_durable = std::time::Instant::now();
             // A durable commit writes every page dirtied since the last one: run it off
             // the async threads, so the node keeps replicating and serving meanwhile.
@@ -217,6 +235,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             super::blocking(|| apply_entries(&db, batch, Durability::None))?
         };
+        // In force before any answer goes out.
+        self.security.apply(&changes);
         for ((_, responder), result) in batch.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(result);
@@ -254,6 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(io_err)??;
         remove_older_snapshots(&self.snap_dir, &self.snap_dir.join(snapshot_file_name(meta)));
         self.hub.reset(revision);
+        self.security.reload(&self.db)?;
         tracing::info!(last_log_id = ?meta.last_log_id, revision, "installed snapshot");
         Ok(())
     }
@@ -269,7 +290,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-type Applied = (Vec<EntryResponder<TypeConfig>>, Vec<BatchResult>, Vec<Event>);
+type Applied = (Vec<EntryResponder<TypeConfig>>, Vec<BatchResult>, Vec<Event>, super::SecurityChanges);
 
 fn apply_entries(
     db: &Database,
@@ -282,6 +303,7 @@ fn apply_entries(
     let mut events = Vec::new();
     let mut last_applied = None;
     let mut membership = None;
+    let changes;
     {
         let mut kv = RedbKv::open(&txn).map_err(io_err)?;
         for (entry, _) in &batch {
@@ -299,7 +321,7 @@ fn apply_entries(
                 }
             }
         }
-        kv.finish(&txn).map_err(io_err)?;
+        changes = kv.finish(&txn).map_err(io_err)?;
         let mut meta = txn.open_table(SM_META).map_err(io_err)?;
         meta.insert(tables::SM_APPLIED, tables::encode(&last_applied)?.as_slice()).map_err(io_err)?;
         if let Some(m) = &membership {
@@ -307,5 +329,5 @@ fn apply_entries(
         }
     }
     txn.commit().map_err(io_err)?;
-    Ok((batch, results, events))
+    Ok((batch, results, events, changes))
 }

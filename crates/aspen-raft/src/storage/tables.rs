@@ -12,7 +12,9 @@ pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
 /// lease id (8 bytes, big endian) ++ key -> ().
 pub const LEASE_KEYS: TableDefinition<&[u8], ()> = TableDefinition::new("lease_keys");
-/// "applied" | "membership" | "revision" | "next_lease" -> postcard.
+/// Hashes of revoked token links -> ().
+pub const REVOKED: TableDefinition<&[u8], ()> = TableDefinition::new("revoked_tokens");
+/// "applied" | "membership" | "revision" | "next_lease" | "cluster_root" -> postcard or raw.
 pub const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 
 pub const META_VOTE: &str = "vote";
@@ -22,6 +24,7 @@ pub const SM_APPLIED: &str = "applied";
 pub const SM_MEMBERSHIP: &str = "membership";
 pub const SM_REVISION: &str = "revision";
 pub const SM_NEXT_LEASE: &str = "next_lease";
+pub const SM_CLUSTER_ROOT: &str = "cluster_root";
 
 /// Creates the log file's tables.
 pub fn ensure_log_tables(db: &Database) -> Result<(), redb::Error> {
@@ -38,6 +41,7 @@ pub fn ensure_state_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(KV)?;
     txn.open_table(LEASES)?;
     txn.open_table(LEASE_KEYS)?;
+    txn.open_table(REVOKED)?;
     txn.open_table(SM_META)?;
     txn.commit()?;
     Ok(())
