@@ -34,6 +34,10 @@ pub struct Cli {
     /// File holding the capability token (also $ASPEN_TOKEN_FILE).
     #[arg(long, global = true, help_heading = "Global options", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// This client's key file (created, mode 0600, if missing): its public key is what a
+    /// token made with `token create --audience` names (also $ASPEN_IDENTITY_FILE).
+    #[arg(long, global = true, help_heading = "Global options", value_name = "PATH", env = "ASPEN_IDENTITY_FILE")]
+    pub identity_file: Option<PathBuf>,
     /// Print machine-readable JSON. Keys and values are UTF-8 strings, or base64 in a
     /// `<field>_base64` field when they are not UTF-8.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -63,6 +67,9 @@ pub enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Make, read and revoke capability tokens.
+    #[command(subcommand)]
+    Token(crate::cmd::token::TokenCommand),
 }
 
 #[cfg(test)]
@@ -85,6 +92,10 @@ mod tests {
     fn every_documented_shape_parses() {
         let shapes = [
             "aspen cluster up",
+            "aspen token create --read app/ --write app/jobs/ --ttl 1h",
+            "aspen token create --read app/ --audience 0000000000000000000000000000000000000000000000000000000000000000",
+            "aspen token inspect",
+            "aspen token revoke 00",
             "aspen cluster up --nodes 3 --data-dir .aspen/cluster --base-port 7701",
             "aspen kv put app/config hello",
             "aspen kv put app/config --file /tmp/v",

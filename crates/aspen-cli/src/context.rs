@@ -20,11 +20,26 @@ pub struct Ctx {
     ticket_file: Option<PathBuf>,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    identity_file: Option<PathBuf>,
 }
 
 impl Ctx {
     pub fn new(json: bool, timeout: Duration, ticket: Option<String>, ticket_file: Option<PathBuf>) -> Self {
-        Ctx { json, timeout, ticket, ticket_file, token: None, token_file: None }
+        Ctx { json, timeout, ticket, ticket_file, token: None, token_file: None, identity_file: None }
+    }
+
+    /// Sets the client key file (`--identity-file`).
+    pub fn with_identity(mut self, identity_file: Option<PathBuf>) -> Self {
+        self.identity_file = identity_file;
+        self
+    }
+
+    /// The client key from `--identity-file`, created on first use.
+    pub fn identity(&self) -> anyhow::Result<Option<iroh::SecretKey>> {
+        match &self.identity_file {
+            Some(path) => Ok(Some(aspen_net::identity::load_or_create_secret_key(path)?)),
+            None => Ok(None),
+        }
     }
 
     /// Sets the explicit token sources (`--token`, `--token-file`).
@@ -67,11 +82,14 @@ impl Ctx {
 
     /// A client for the cluster named by the ticket.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let mut ticket = self.ticket()?;
-        if let Some(token) = self.token()? {
-            ticket.token = Some(token.to_bytes());
-        }
-        Client::connect_with_config(&ticket, self.client_config()).await.context("cannot connect to the cluster")
+        let ticket = self.ticket()?;
+        let token = match self.token()? {
+            Some(t) => Some(t),
+            None => ticket.token.as_deref().map(Token::from_bytes).transpose().context("bad token in the ticket")?,
+        };
+        Client::over_nodes_as(ticket.nodes.clone(), self.client_config(), token, self.identity()?)
+            .await
+            .context("cannot connect to the cluster")
     }
 }
 

@@ -62,12 +62,15 @@ fn init_tracing(is_node: bool) {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx::new(cli.json, cli.timeout, cli.ticket, cli.ticket_file).with_token(cli.token, cli.token_file);
+    let ctx = Ctx::new(cli.json, cli.timeout, cli.ticket, cli.ticket_file)
+        .with_token(cli.token, cli.token_file)
+        .with_identity(cli.identity_file);
     match cli.command {
         Command::Node(cmd) => cmd::node::run(cmd).await,
         Command::Cluster(ClusterCommand::Up(args)) => cmd::cluster::up(&ctx, args).await,
         Command::Cluster(ClusterCommand::Init { members }) => cmd::cluster::init(&ctx, members).await,
         Command::Bench(cmd) => cmd::bench::run(&ctx, cmd).await,
+        Command::Token(cmd) => cmd::token::run(&ctx, cmd).await,
         Command::Kv(cmd) => {
             let client = ctx.client().await?;
             let result = cmd::kv::run(&ctx, &client, cmd).await;

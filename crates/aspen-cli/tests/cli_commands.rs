@@ -16,7 +16,13 @@ fn aspen() -> &'static str {
 /// `aspen ARGS...` run in `dir`, with no ticket from the environment.
 fn command(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(aspen());
-    cmd.args(args).current_dir(dir).env_remove("ASPEN_TICKET").env_remove("ASPEN_TICKET_FILE");
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("ASPEN_TICKET")
+        .env_remove("ASPEN_TICKET_FILE")
+        .env_remove("ASPEN_TOKEN")
+        .env_remove("ASPEN_TOKEN_FILE")
+        .env_remove("ASPEN_IDENTITY_FILE");
     cmd
 }
 
@@ -226,6 +232,29 @@ fn the_documented_commands_work_against_a_local_cluster() {
     let bench = ok(&dir, &["bench", "kv", "--clients", "4", "--seconds", "1", "--connections", "2"]);
     assert!(bench.starts_with("op=put clients=4 ops_per_s="), "{bench}");
     assert!(bench.contains("errors=0"), "{bench}");
+
+    // Tokens: the local ticket carries the root token; narrower ones are made from it,
+    // allow only their prefixes, and stop working once revoked.
+    let ticket_mode = std::fs::metadata(up.ticket_file()).expect("ticket").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&ticket_mode) & 0o777, 0o600, "the ticket holds a secret");
+    let token = ok(&dir, &["token", "create", "--read", "jobs/", "--write", "jobs/", "--ttl", "1h"]).trim().to_string();
+    assert!(token.starts_with("aspentok"), "{token}");
+    let shown = ok(&dir, &["token", "inspect", &token]);
+    assert!(shown.contains("read \"jobs/\"") && shown.contains("write \"jobs/\""), "{shown}");
+    assert!(ok(&dir, &["--token", &token, "kv", "put", "jobs/1", "x"]).starts_with("OK"));
+    let denied = fails(&dir, &["--token", &token, "kv", "put", "jobs2/1", "x"]);
+    assert!(denied.contains("permission denied") && denied.contains("write \"jobs2/1\""), "{denied}");
+    let denied = fails(&dir, &["--token", &token, "cluster", "snapshot"]);
+    assert!(denied.contains("permission denied"), "{denied}");
+    let widen = fails(&dir, &["--token", &token, "token", "create", "--read", "job", "--ttl", "1m"]);
+    assert!(widen.contains("grants more than its parent"), "{widen}");
+    let garbage = fails(&dir, &["--token", "aspentokxyz", "kv", "get", "jobs/1"]);
+    assert!(garbage.contains("bad token in --token"), "{garbage}");
+    ok(&dir, &["token", "revoke", &token]);
+    wait_until("the revoked token is refused", || {
+        let out = run(&dir, &["--token", &token, "kv", "get", "jobs/1"]);
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("revoked")
+    });
 
     // Without a ticket, the error says how to give one.
     let elsewhere = tempfile::tempdir().expect("tempdir");

@@ -75,6 +75,12 @@ impl Client {
     }
 
     /// Admin answers carry nothing beyond success; errors were already turned into `Err`.
+    /// Revokes every token whose chain contains the link with hash `id` (a token's id is
+    /// its last link's hash); in force on each node once it has applied the revocation.
+    pub async fn revoke_token(&self, id: [u8; 32]) -> Result<(), ClientError> {
+        self.admin(ClientRequest::RevokeToken { id }).await
+    }
+
     async fn admin(&self, req: ClientRequest) -> Result<(), ClientError> {
         self.request(req).await.map(|_| ())
     }

@@ -102,13 +102,25 @@ impl Client {
         config: ClientConfig,
         token: Option<Token>,
     ) -> Result<Client, ClientError> {
+        Client::over_nodes_as(nodes, config, token, None).await
+    }
+
+    /// [`Client::over_nodes_with_token`] with a fixed client identity: its iroh key is what
+    /// a token bound to an audience names. Without one, each client has a fresh key.
+    pub async fn over_nodes_as(
+        nodes: Vec<NodeAddr>,
+        config: ClientConfig,
+        token: Option<Token>,
+        identity: Option<iroh::SecretKey>,
+    ) -> Result<Client, ClientError> {
         if nodes.is_empty() {
             return Err(ClientError::Config("no node to connect to".into()));
         }
-        let endpoint = bind_client_endpoint(&nodes).await.map_err(|e| ClientError::Endpoint(e.to_string()))?;
+        let endpoint =
+            bind_client_endpoint(&nodes, identity.as_ref()).await.map_err(|e| ClientError::Endpoint(e.to_string()))?;
         // The holder secret (for offline delegation) never leaves the client.
         let token = token.map(|t| t.without_secret().to_bytes());
-        let client = Client { pool: Arc::new(NodePool::new(endpoint, nodes, config, token)) };
+        let client = Client { pool: Arc::new(NodePool::new(endpoint, nodes, config, token, identity)) };
         // Bound the first connect by one connect timeout per node.
         let per_node = config.connect_timeout;
         let n = u32::try_from(client.pool.nodes().len()).unwrap_or(u32::MAX);
@@ -305,9 +317,12 @@ impl Failure {
 }
 
 /// A client's endpoint: a fresh identity, no relays, on an ephemeral port.
-pub(crate) async fn bind_client_endpoint(nodes: &[NodeAddr]) -> Result<iroh::Endpoint, aspen_net::EndpointError> {
+pub(crate) async fn bind_client_endpoint(
+    nodes: &[NodeAddr],
+    identity: Option<&iroh::SecretKey>,
+) -> Result<iroh::Endpoint, aspen_net::EndpointError> {
     aspen_net::bind_endpoint(EndpointConfig {
-        secret_key: iroh::SecretKey::generate(),
+        secret_key: identity.cloned().unwrap_or_else(iroh::SecretKey::generate),
         bind: bind_addr_for(nodes),
         alpns: Vec::new(),
         relays: false,

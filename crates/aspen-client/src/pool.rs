@@ -67,18 +67,27 @@ pub(crate) struct NodePool {
     config: ClientConfig,
     /// The encoded token presented on every new connection.
     token: Option<Vec<u8>>,
+    /// The client's fixed iroh key, if it has one (kept across rebinds).
+    identity: Option<iroh::SecretKey>,
     state: Mutex<State>,
 }
 
 impl NodePool {
     /// A pool over `nodes` (which must not be empty), connecting lazily.
-    pub(crate) fn new(endpoint: Endpoint, nodes: Vec<NodeAddr>, config: ClientConfig, token: Option<Vec<u8>>) -> Self {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        nodes: Vec<NodeAddr>,
+        config: ClientConfig,
+        token: Option<Vec<u8>>,
+        identity: Option<iroh::SecretKey>,
+    ) -> Self {
         NodePool {
             endpoint: std::sync::Mutex::new(endpoint),
             closed: Default::default(),
             nodes,
             config,
             token,
+            identity,
             state: Mutex::new(State { current: None, next: 0, generation: 0 }),
         }
     }
@@ -103,7 +112,7 @@ impl NodePool {
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        match crate::client::bind_client_endpoint(&self.nodes).await {
+        match crate::client::bind_client_endpoint(&self.nodes, self.identity.as_ref()).await {
             Ok(fresh) => {
                 tracing::warn!("the client's QUIC endpoint stopped; bound a new one");
                 let old = match self.endpoint.lock() {

@@ -234,4 +234,6 @@ pub struct ClusterStatus {
     pub revision: u64,
     pub members: Vec<MemberStatus>,
     pub cluster_id: String,
+    /// Raft connections and streams this node refused because the peer is not a member.
+    pub raft_refused: u64,
 }

@@ -120,7 +120,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // for the apply index through ReadIndex; startup itself re-applies the log up to the
     // persisted commit index.
 
+    let raft_server = RaftServer::new(raft.clone(), incoming_snapshot);
     let state = Arc::new(NodeState {
+        raft_refused: raft_server.refused_counter(),
         node_id,
         addr: addr.clone(),
         batcher: Batcher::start(raft.clone()),
@@ -133,7 +135,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
     });
     let router = iroh::protocol::Router::builder(endpoint.clone())
-        .accept(RAFT_ALPN, RaftServer::new(raft.clone(), incoming_snapshot))
+        .accept(RAFT_ALPN, raft_server)
         .accept(CLIENT_ALPN, ClientService::new(state.clone()))
         .spawn();
     let lease_task = crate::leases::spawn(state.clone());

@@ -26,6 +26,8 @@ pub struct NodeState {
     /// The replicated root key and revocations, as this node has applied them.
     pub security: Arc<aspen_raft::SecurityView>,
     pub data_dir: std::path::PathBuf,
+    /// Raft connections and streams refused to non-members.
+    pub raft_refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where a request should be served.

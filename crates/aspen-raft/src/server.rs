@@ -21,6 +21,8 @@ use crate::types::{RAFT_ALPN, Raft, RaftRequest, RaftResponse, StreamAppendReply
 #[derive(Clone)]
 pub struct RaftServer {
     raft: Raft,
+    /// Connections and streams refused because the peer is not a member.
+    refused: Arc<std::sync::atomic::AtomicU64>,
     incoming_snapshot: PathBuf,
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -33,7 +35,12 @@ impl std::fmt::Debug for RaftServer {
 
 impl RaftServer {
     pub fn new(raft: Raft, incoming_snapshot: PathBuf) -> Self {
-        RaftServer { raft, incoming_snapshot, snapshot_lock: Default::default() }
+        RaftServer { raft, refused: Default::default(), incoming_snapshot, snapshot_lock: Default::default() }
+    }
+
+    /// A shared count of the Raft connections and streams refused to non-members.
+    pub fn refused_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.refused.clone()
     }
 
     pub fn alpn() -> &'static [u8] {
@@ -100,6 +107,7 @@ impl RaftServer {
                     }
                 };
                 if !this.is_member(&peer) {
+                    this.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!("ended an append stream from a node that is no longer a member");
                     return None;
                 }
@@ -175,6 +183,7 @@ impl ProtocolHandler for RaftServer {
             // membership is refused from its next RPC on, even on a connection it already has.
             if !self.is_member(&peer) {
                 tracing::warn!(peer = %connection.remote_id().fmt_short(), "refused raft traffic from a non-member");
+                self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 connection.close(1u32.into(), b"not a member of this cluster");
                 return Ok(());
             }
@@ -183,6 +192,7 @@ impl ProtocolHandler for RaftServer {
                 Err(_) => return Ok(()),
             };
             if !self.is_member(&peer) {
+                self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             let this = self.clone();

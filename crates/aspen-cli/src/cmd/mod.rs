@@ -5,4 +5,5 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod node;
+pub mod token;
 pub mod watch;

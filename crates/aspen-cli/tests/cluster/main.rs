@@ -7,3 +7,4 @@ mod common;
 mod faults;
 mod linearizable;
 mod membership;
+mod security;

@@ -157,5 +157,6 @@ fn status(state: &NodeState) -> Result<ClusterStatus, AspenError> {
         revision: state.reader.revision()?,
         members,
         cluster_id: state.cluster_id(),
+        raft_refused: state.raft_refused.load(std::sync::atomic::Ordering::Relaxed),
     })
 }

@@ -1,0 +1,256 @@
+//! `aspen token`: make narrower tokens from the one you hold, read tokens, revoke them.
+//!
+//! `create` works offline: it signs a new link with the holder secret that travels inside
+//! a bearer token which may delegate (the root token does). `revoke` asks the cluster.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use aspen_client::Client;
+use aspen_core::capability::Capability;
+use aspen_net::token::{Audience, LinkSpec, Token, cluster_id_text, link_hash};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::context::Ctx;
+use crate::duration::parse_duration;
+use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a narrower token from the one in use (--token, ASPEN_TOKEN, the ticket's).
+    ///
+    /// Prefixes are byte prefixes: `app/` covers `app/x`, `app` also covers `app2`.
+    Create(CreateArgs),
+    /// Show what a token grants, to whom, and until when.
+    Inspect {
+        /// The token (default: the one in use).
+        token: Option<String>,
+    },
+    /// Print this client's public key (from --identity-file), for `create --audience`.
+    Identity,
+    /// Revoke a token, and every token made from it, on every node.
+    Revoke {
+        /// A token, or a token id (64 hex digits, as `inspect` shows).
+        token_or_id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Allow reading keys with this prefix (repeatable).
+    #[arg(long = "read", value_name = "PREFIX")]
+    pub read: Vec<String>,
+    /// Allow writing keys with this prefix (repeatable).
+    #[arg(long = "write", value_name = "PREFIX")]
+    pub write: Vec<String>,
+    /// Allow deleting keys with this prefix (repeatable).
+    #[arg(long = "delete", value_name = "PREFIX")]
+    pub delete: Vec<String>,
+    /// Allow watching keys with this prefix (repeatable).
+    #[arg(long = "watch", value_name = "PREFIX")]
+    pub watch: Vec<String>,
+    /// Allow membership changes, snapshots and revocations.
+    #[arg(long)]
+    pub admin: bool,
+    /// Allow reading blobs.
+    #[arg(long)]
+    pub blob_read: bool,
+    /// Allow writing blobs.
+    #[arg(long)]
+    pub blob_write: bool,
+    /// An application right, APP:RIGHT:SCOPE (repeatable), e.g. forge:push:repos/aspen/.
+    #[arg(long = "app", value_name = "APP:RIGHT:SCOPE")]
+    pub app: Vec<String>,
+    /// How long the token is valid (e.g. 1h, 30m, 7d).
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub ttl: Duration,
+    /// Bind the token to this client key (an iroh public key): only that client may use it.
+    #[arg(long, value_name = "KEY")]
+    pub audience: Option<String>,
+    /// Forbid making further tokens from this one.
+    #[arg(long)]
+    pub no_delegate: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn capabilities(args: &CreateArgs) -> anyhow::Result<Vec<Capability>> {
+    let mut caps = Vec::new();
+    caps.extend(args.read.iter().map(|p| Capability::Read(p.as_bytes().to_vec())));
+    caps.extend(args.write.iter().map(|p| Capability::Write(p.as_bytes().to_vec())));
+    caps.extend(args.delete.iter().map(|p| Capability::Delete(p.as_bytes().to_vec())));
+    caps.extend(args.watch.iter().map(|p| Capability::Watch(p.as_bytes().to_vec())));
+    if args.admin {
+        caps.push(Capability::ClusterAdmin);
+    }
+    if args.blob_read {
+        caps.push(Capability::BlobRead);
+    }
+    if args.blob_write {
+        caps.push(Capability::BlobWrite);
+    }
+    for spec in &args.app {
+        let mut parts = spec.splitn(3, ':');
+        let (Some(app), Some(right), Some(scope)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("--app {spec:?}: expected APP:RIGHT:SCOPE (the scope may be empty: forge:push:)");
+        };
+        if app.is_empty() || right.is_empty() {
+            bail!("--app {spec:?}: APP and RIGHT must not be empty");
+        }
+        caps.push(Capability::App { app: app.into(), right: right.into(), scope: scope.as_bytes().to_vec() });
+    }
+    if caps.is_empty() {
+        bail!(
+            "a token needs at least one right: --read, --write, --delete, --watch, --admin, --blob-read, --blob-write or --app"
+        );
+    }
+    Ok(caps)
+}
+
+/// The token in use: explicit sources first, then the ticket's.
+fn token_in_use(ctx: &Ctx) -> anyhow::Result<Token> {
+    if let Some(t) = ctx.token()? {
+        return Ok(t);
+    }
+    let ticket = ctx.ticket().context("no token given, and no ticket to take one from")?;
+    let bytes = ticket.token.context("no token: pass --token or --token-file, or use a ticket that carries one")?;
+    Token::from_bytes(&bytes).context("bad token in the ticket")
+}
+
+fn describe_cap(c: &Capability) -> String {
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match c {
+        Capability::All => "all".into(),
+        Capability::Read(p) => format!("read {:?}", s(p)),
+        Capability::Write(p) => format!("write {:?}", s(p)),
+        Capability::Delete(p) => format!("delete {:?}", s(p)),
+        Capability::Watch(p) => format!("watch {:?}", s(p)),
+        Capability::ClusterAdmin => "cluster-admin".into(),
+        Capability::BlobRead => "blob-read".into(),
+        Capability::BlobWrite => "blob-write".into(),
+        Capability::App { app, right, scope } => format!("app {app}:{right} {:?}", s(scope)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_id(text: &str) -> anyhow::Result<[u8; 32]> {
+    let text = text.trim();
+    if text.starts_with(aspen_net::token::TOKEN_PREFIX) {
+        return Ok(Token::decode(text)?.id());
+    }
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("expected a token or a token id of 64 hex digits, got {:?}", text);
+    }
+    let mut id = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        id[i] = u8::from_str_radix(std::str::from_utf8(chunk)?, 16)?;
+    }
+    Ok(id)
+}
+
+pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create(args) => {
+            let parent = token_in_use(ctx)?;
+            let Some(secret) = parent.holder_secret else {
+                bail!(
+                    "the token in use cannot make new tokens: it carries no holder secret (it was made with --no-delegate, or is bound to a client key)"
+                );
+            };
+            let audience = match &args.audience {
+                Some(k) => Audience::Key(
+                    *iroh::PublicKey::from_str(k).map_err(|e| anyhow::anyhow!("--audience {k:?}: {e}"))?.as_bytes(),
+                ),
+                None => Audience::Bearer,
+            };
+            let now = now_ms();
+            let spec = LinkSpec {
+                caps: capabilities(&args)?,
+                audience,
+                not_before_ms: now.saturating_sub(60_000),
+                expires_ms: Some(now.saturating_add(args.ttl.as_millis() as u64)),
+                may_delegate: !args.no_delegate,
+            };
+            let child = parent.delegate(&iroh::SecretKey::from_bytes(&secret), spec)?;
+            if ctx.json {
+                output::print_json(&json!({"token": child.encode(), "id": hex(&child.id())}))?;
+            } else {
+                println!("{}", child.encode());
+            }
+            Ok(())
+        }
+        TokenCommand::Inspect { token } => {
+            let token = match token {
+                Some(t) => Token::decode(&t)?,
+                None => token_in_use(ctx)?,
+            };
+            let links: Vec<_> = token
+                .links
+                .iter()
+                .map(|l| {
+                    json!({
+                        "id": hex(&link_hash(l)),
+                        "cluster_id": cluster_id_text(&l.link.cluster_id),
+                        "issuer": hex(&l.link.issuer),
+                        "audience": match l.link.audience { Audience::Bearer => "bearer".to_string(), Audience::Key(k) => hex(&k) },
+                        "caps": l.link.caps.iter().map(describe_cap).collect::<Vec<_>>(),
+                        "not_before_ms": l.link.not_before_ms,
+                        "expires_ms": l.link.expires_ms,
+                        "may_delegate": l.link.may_delegate,
+                    })
+                })
+                .collect();
+            if ctx.json {
+                output::print_json(&json!({"id": hex(&token.id()), "links": links}))?;
+                return Ok(());
+            }
+            println!("token id {}", hex(&token.id()));
+            for (i, l) in token.links.iter().enumerate() {
+                let link = &l.link;
+                let caps: Vec<String> = link.caps.iter().map(describe_cap).collect();
+                let audience = match link.audience {
+                    Audience::Bearer => "bearer (whoever holds it)".to_string(),
+                    Audience::Key(k) => format!("key {}", hex(&k)),
+                };
+                let expiry = match link.expires_ms {
+                    Some(e) => format!("expires at {e} (unix ms)"),
+                    None => "no expiry".into(),
+                };
+                println!(
+                    "link {i}: cluster {}; {}; for {audience}; {expiry}; {}",
+                    cluster_id_text(&link.cluster_id),
+                    caps.join(", "),
+                    if link.may_delegate { "may delegate" } else { "may not delegate" }
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Identity => {
+            let Some(key) = ctx.identity()? else {
+                bail!("pass --identity-file PATH (or set ASPEN_IDENTITY_FILE): the key is kept there");
+            };
+            println!("{}", key.public());
+            Ok(())
+        }
+        TokenCommand::Revoke { token_or_id } => {
+            let id = parse_id(&token_or_id)?;
+            let client: Client = ctx.client().await?;
+            let result = client.revoke_token(id).await;
+            client.close().await;
+            result?;
+            if ctx.json {
+                output::print_json(&json!({"revoked": hex(&id)}))?;
+            } else {
+                println!("revoked {}", hex(&id));
+            }
+            Ok(())
+        }
+    }
+}
