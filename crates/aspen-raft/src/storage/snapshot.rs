@@ -114,3 +114,26 @@ pub fn snapshot_file_name(meta: &SnapshotMeta) -> String {
         None => "snap-empty.bin".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A corrupt or hostile snapshot file is an error, never a panic, and never an
+        /// allocation beyond the frame bounds checked before reading.
+        #[test]
+        fn arbitrary_snapshot_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            if let Ok((mut reader, _)) = SnapshotReader::open(std::io::Cursor::new(bytes)) {
+                for _ in 0..64 {
+                    match reader.next_record() {
+                        Ok(Some(_)) => {}
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
