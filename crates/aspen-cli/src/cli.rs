@@ -67,6 +67,8 @@ pub enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a command while holding a cluster-wide lock (fencing token in $ASPEN_LOCK_TOKEN).
+    Lock(crate::cmd::lock::LockArgs),
     /// Make, read and revoke capability tokens.
     #[command(subcommand)]
     Token(crate::cmd::token::TokenCommand),
@@ -95,6 +97,8 @@ mod tests {
             "aspen token create --read app/ --write app/jobs/ --ttl 1h",
             "aspen token create --read app/ --audience 0000000000000000000000000000000000000000000000000000000000000000",
             "aspen token inspect",
+            "aspen lock deploy -- echo hi",
+            "aspen lock deploy --timeout 5s --ttl 10s",
             "aspen token revoke 00",
             "aspen cluster up --nodes 3 --data-dir .aspen/cluster --base-port 7701",
             "aspen kv put app/config hello",

@@ -71,6 +71,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Init { members }) => cmd::cluster::init(&ctx, members).await,
         Command::Bench(cmd) => cmd::bench::run(&ctx, cmd).await,
         Command::Token(cmd) => cmd::token::run(&ctx, cmd).await,
+        Command::Lock(args) => cmd::lock::run(&ctx, args).await,
         Command::Kv(cmd) => {
             let client = ctx.client().await?;
             let result = cmd::kv::run(&ctx, &client, cmd).await;

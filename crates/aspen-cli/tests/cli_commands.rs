@@ -233,6 +233,15 @@ fn the_documented_commands_work_against_a_local_cluster() {
     assert!(bench.starts_with("op=put clients=4 ops_per_s="), "{bench}");
     assert!(bench.contains("errors=0"), "{bench}");
 
+    // A command runs under a lock, with its fencing token; tokens grow.
+    let first: u64 = ok(&dir, &["lock", "deploy"]).trim().parse().expect("a fencing token");
+    let out = ok(&dir, &["lock", "deploy", "--", "sh", "-c", "echo token=$ASPEN_LOCK_TOKEN"]);
+    let second: u64 = out.trim().strip_prefix("token=").and_then(|t| t.parse().ok()).expect("token in the env");
+    assert!(second > first, "{first} then {second}");
+    let failed = fails(&dir, &["lock", "deploy", "--", "false"]);
+    assert!(failed.contains("the command exited with"), "{failed}");
+    assert!(ok(&dir, &["lock", "deploy"]).trim().parse::<u64>().is_ok(), "the lock was released after the failure");
+
     // Tokens: the local ticket carries the root token; narrower ones are made from it,
     // allow only their prefixes, and stop working once revoked.
     let ticket_mode = std::fs::metadata(up.ticket_file()).expect("ticket").permissions();

@@ -44,6 +44,9 @@ pub enum BenchCommand {
     /// ticket, so load spreads over the nodes as etcd's client balancer spreads it. Requests
     /// on one connection pipeline on separate streams. Latency is measured per request,
     /// from send to answer; failed requests are counted as errors, not timed.
+    ///
+    /// `lock` times acquire+release of an aspen-coord lock: each task has its own session
+    /// and its own lock, or, with --contend, all tasks take turns on one lock.
     Kv(BenchKvArgs),
 }
 
@@ -51,6 +54,7 @@ pub enum BenchCommand {
 pub enum BenchOp {
     Put,
     Get,
+    Lock,
 }
 
 impl BenchOp {
@@ -58,6 +62,7 @@ impl BenchOp {
         match self {
             BenchOp::Put => "put",
             BenchOp::Get => "get",
+            BenchOp::Lock => "lock",
         }
     }
 }
@@ -82,6 +87,9 @@ pub struct BenchKvArgs {
     /// Client connections the tasks share (at most CLIENTS).
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+    /// With --op lock: every task contends for one lock (handoff latency).
+    #[arg(long)]
+    pub contend: bool,
     /// Start a 3-node cluster in a temporary directory for the run, and stop it after.
     #[arg(long)]
     pub start_cluster: bool,
@@ -174,6 +182,11 @@ async fn measure(ctx: &Ctx, args: &BenchKvArgs, clients: &[Client]) -> anyhow::R
     for t in 0..args.clients {
         let client = clients[t % clients.len()].clone();
         let (op, value_size, keyspace) = (args.op, args.value_size, args.keyspace);
+        if op == BenchOp::Lock {
+            let name = if args.contend { "bench-lock".to_string() } else { format!("bench-lock-{t}") };
+            tasks.spawn(async move { lock_loop(client, name, deadline).await });
+            continue;
+        }
         tasks.spawn(async move { client_loop(client, op, value_size, keyspace, deadline).await });
     }
     let mut total = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram")?;
@@ -241,7 +254,8 @@ async fn client_loop(
                 rng.fill_bytes(&mut value);
                 client.put(&key, value.clone()).await.map(drop)
             }
-            BenchOp::Get => client.get(&key, ReadConsistency::Linearizable).await.map(drop),
+            // Get, and Lock, which runs in lock_loop instead.
+            BenchOp::Get | BenchOp::Lock => client.get(&key, ReadConsistency::Linearizable).await.map(drop),
         };
         match result {
             Ok(()) => {
@@ -254,6 +268,38 @@ async fn client_loop(
             }
         }
     }
+    Ok(TaskResult { latencies, errors, last_error })
+}
+
+/// Acquire+release of one lock, timed together, until `deadline`.
+async fn lock_loop(client: Client, name: String, deadline: Instant) -> anyhow::Result<TaskResult> {
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram")?;
+    let session = aspen_coord::Session::new(client, Duration::from_secs(30)).await.context("cannot start a session")?;
+    let lock = aspen_coord::Lock::new(&session, &name);
+    let mut errors = 0;
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let result = match lock.acquire(Duration::from_secs(30)).await {
+            Ok(guard) => guard.release().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                latencies.saturating_record(us.max(1));
+            }
+            Err(aspen_coord::CoordError::Client(e)) => {
+                errors += 1;
+                last_error = Some(e);
+            }
+            Err(e) => {
+                errors += 1;
+                last_error = Some(ClientError::Config(e.to_string()));
+            }
+        }
+    }
+    let _ = session.close().await;
     Ok(TaskResult { latencies, errors, last_error })
 }
 

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod node;
 pub mod token;
 pub mod watch;

@@ -4,6 +4,7 @@
 mod bad_input;
 mod basic;
 mod common;
+mod coord;
 mod faults;
 mod linearizable;
 mod membership;

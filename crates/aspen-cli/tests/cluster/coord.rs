@@ -1,0 +1,168 @@
+//! Coordination primitives against real clusters, under faults.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aspen_client::{AspenError, ClientConfig, ReadConsistency};
+use aspen_coord::{CoordError, Lock, Session};
+
+use crate::common::TestCluster;
+
+/// One critical section as a worker saw it.
+#[derive(Debug, Clone)]
+struct Section {
+    worker: usize,
+    token: u64,
+    acquired: Instant,
+    releasing: Instant,
+    /// The fenced increment was refused: the hold had been lost.
+    lost: bool,
+}
+
+fn counter(kv: Option<aspen_client::KeyValue>) -> u64 {
+    kv.map(|kv| String::from_utf8_lossy(&kv.value).parse().unwrap_or(0)).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_holders_never_overlap_and_tokens_only_grow_while_the_leader_is_killed() {
+    let mut c = TestCluster::start(3).await;
+    let addrs: Vec<_> = (0..3).map(|i| c.node_addr(i)).collect();
+    let sections = Arc::new(Mutex::new(Vec::<Section>::new()));
+    let increments = Arc::new(Mutex::new(0u64));
+    let run_for = Duration::from_secs(std::env::var("ASPEN_COORD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8));
+    let stop_at = Instant::now() + run_for;
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let client = c.over(addrs.clone(), ClientConfig::default()).await;
+        let sections = sections.clone();
+        let increments = increments.clone();
+        workers.push(tokio::spawn(async move {
+            let mut session = Session::new(client.clone(), Duration::from_secs(15)).await.unwrap();
+            while Instant::now() < stop_at {
+                let lock = Lock::new(&session, "mutex");
+                let guard = match lock.acquire(Duration::from_secs(60)).await {
+                    Ok(g) => g,
+                    Err(CoordError::SessionEnded) => {
+                        session = Session::new(client.clone(), Duration::from_secs(15)).await.unwrap();
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::info!(worker, "acquire failed, retrying: {e}");
+                        continue;
+                    }
+                };
+                let acquired = Instant::now();
+                // Critical section: read the counter, write it back plus one, fenced.
+                let mut lost = false;
+                loop {
+                    let before = match client.get("coord/counter", ReadConsistency::Linearizable).await {
+                        Ok(kv) => counter(kv),
+                        Err(_) => continue,
+                    };
+                    match guard.fenced_put("coord/counter", (before + 1).to_string()).await {
+                        Ok(_) => {
+                            *increments.lock().unwrap() += 1;
+                            break;
+                        }
+                        Err(CoordError::StaleToken { .. }) => {
+                            lost = true;
+                            break;
+                        }
+                        Err(CoordError::Client(e)) if matches!(e.aspen(), Some(AspenError::OutcomeUnknown { .. })) => {
+                            // Did it land? Only we write while we hold the lock.
+                            let now = loop {
+                                if let Ok(kv) = client.get("coord/counter", ReadConsistency::Linearizable).await {
+                                    break counter(kv);
+                                }
+                            };
+                            if now == before + 1 {
+                                *increments.lock().unwrap() += 1;
+                                break;
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+                let releasing = Instant::now();
+                let token = guard.token();
+                let _ = guard.release().await;
+                sections.lock().unwrap().push(Section { worker, token, acquired, releasing, lost });
+            }
+            let _ = session.close().await;
+        }));
+    }
+    // Nemesis: kill the leader twice while the workers contend.
+    for _ in 0..2 {
+        tokio::time::sleep(run_for / 3).await;
+        let leader = c.wait_for_leader().await;
+        c.nodes.kill(leader).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.nodes.restart(leader).await.unwrap();
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let mut sections = sections.lock().unwrap().clone();
+    sections.sort_by_key(|s| s.acquired);
+    assert!(sections.len() > 20, "too little contention to judge: {} sections", sections.len());
+    println!("lock history: {} sections, {} lost holds", sections.len(), sections.iter().filter(|s| s.lost).count());
+    for pair in sections.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(b.token > a.token, "fencing tokens must grow with each new holder: {a:?} then {b:?}");
+        if !a.lost {
+            assert!(b.acquired > a.releasing, "two holders at once: {a:?} and {b:?}");
+        }
+    }
+    let workers_served: std::collections::BTreeSet<usize> = sections.iter().map(|s| s.worker).collect();
+    assert_eq!(workers_served.len(), 4, "the queue is fair: every worker got the lock");
+    let client = c.client().await;
+    let value = counter(client.get("coord/counter", ReadConsistency::Linearizable).await.unwrap());
+    let confirmed = *increments.lock().unwrap();
+    assert_eq!(value, confirmed, "every confirmed fenced increment, and nothing else, is in the counter");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holders_late_write_is_refused_by_its_stale_token() {
+    let c = TestCluster::start(1).await;
+    let client = c.client().await;
+    // The holder keeps its session alive by hand, then stalls (a long GC pause, a frozen VM).
+    let stalled = Session::new_manual(client.clone(), Duration::from_secs(2)).await.unwrap();
+    let old = Lock::new(&stalled, "fenced").acquire(Duration::from_secs(5)).await.unwrap();
+    old.fenced_put("fenced/data", "first holder").await.unwrap();
+
+    let live = Session::new(client.clone(), Duration::from_secs(10)).await.unwrap();
+    let started = Instant::now();
+    let new = Lock::new(&live, "fenced").acquire(Duration::from_secs(30)).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500), "the second holder waited for the lease to end");
+    assert!(new.token() > old.token(), "{} then {}", old.token(), new.token());
+    new.fenced_put("fenced/data", "second holder").await.unwrap();
+
+    // The first holder wakes up and writes as if it still held the lock.
+    let err = old.fenced_put("fenced/data", "stale write").await.unwrap_err();
+    assert!(matches!(err, CoordError::StaleToken { .. }), "{err}");
+    assert!(err.to_string().contains("no longer current"), "{err}");
+    let kv = client.get("fenced/data", ReadConsistency::Linearizable).await.unwrap().unwrap();
+    assert_eq!(kv.value, b"second holder");
+    assert!(stalled.keepalive().await.is_err(), "the stalled session is over");
+    let second = new.token();
+    new.release().await.unwrap();
+    let again = Lock::new(&live, "fenced").try_acquire().await.unwrap();
+    assert!(again.is_some_and(|g| g.token() > second), "released, so free again, with a newer token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_acquire_does_not_wait_and_a_closed_session_frees_its_locks() {
+    let c = TestCluster::start(1).await;
+    let client = c.client().await;
+    let a = Session::new(client.clone(), Duration::from_secs(10)).await.unwrap();
+    let b = Session::new(client.clone(), Duration::from_secs(10)).await.unwrap();
+    let held = Lock::new(&a, "t").try_acquire().await.unwrap().expect("free lock");
+    assert!(Lock::new(&b, "t").try_acquire().await.unwrap().is_none());
+    let err = Lock::new(&b, "t").acquire(Duration::from_millis(300)).await.unwrap_err();
+    assert!(matches!(err, CoordError::Timeout(..)), "{err}");
+    // The timed-out waiter left the queue: closing the holder's session frees the lock.
+    a.close().await.unwrap();
+    let got = Lock::new(&b, "t").acquire(Duration::from_secs(10)).await.unwrap();
+    assert!(got.token() > held.token());
+}

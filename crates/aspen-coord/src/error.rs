@@ -1,0 +1,15 @@
+use aspen_client::ClientError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(std::time::Duration, String),
+    /// The lock was lost (its session's lease ended, or it was released) before this
+    /// operation: the fencing token is no longer current.
+    #[error("fencing token {token} of lock {lock} is no longer current: the lock was lost")]
+    StaleToken { lock: String, token: u64 },
+    #[error("the session's lease has ended; start a new session")]
+    SessionEnded,
+}
