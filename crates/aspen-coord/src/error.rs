@@ -12,4 +12,6 @@ pub enum CoordError {
     StaleToken { lock: String, token: u64 },
     #[error("the session's lease has ended; start a new session")]
     SessionEnded,
+    #[error("coordination state is not what this client expects: {0}")]
+    Corrupt(String),
 }

@@ -5,12 +5,18 @@
 //! Keys live under [`COORD_PREFIX`], so a token granting that prefix (or part of it) is
 //! what a coordination user needs.
 
+mod counter;
+mod election;
 mod error;
 mod lock;
+mod semaphore;
 mod session;
 
+pub use counter::{Counter, Sequence};
+pub use election::{Election, Leader, Leadership};
 pub use error::CoordError;
 pub use lock::{Lock, LockGuard};
+pub use semaphore::{Permit, Semaphore};
 pub use session::Session;
 
 /// Where coordination keys live.

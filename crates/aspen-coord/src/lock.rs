@@ -32,18 +32,18 @@ const MAX_CONTENDERS: u32 = 10_000;
 /// A named lock; cheap to clone. Holds belong to the session.
 #[derive(Debug, Clone)]
 pub struct Lock {
-    session: Session,
+    pub(crate) session: Session,
     name: String,
-    prefix: Vec<u8>,
-    my_key: Vec<u8>,
+    pub(crate) prefix: Vec<u8>,
+    pub(crate) my_key: Vec<u8>,
 }
 
 /// Proof of holding a lock, with its fencing token. Dropping it does not release the lock
 /// (release is a network call): call [`LockGuard::release`], or let the session end.
 #[derive(Debug)]
 pub struct LockGuard {
-    lock: Lock,
-    token: u64,
+    pub(crate) lock: Lock,
+    pub(crate) token: u64,
 }
 
 fn is_retryable(e: &ClientError) -> bool {
@@ -60,7 +60,12 @@ fn is_retryable(e: &ClientError) -> bool {
 
 impl Lock {
     pub fn new(session: &Session, name: &str) -> Lock {
-        let prefix = format!("{COORD_PREFIX}lock/{name}/").into_bytes();
+        Lock::queue(session, "lock", name)
+    }
+
+    /// The queue of contenders for `kind/name`, shared by the primitives built like a lock.
+    pub(crate) fn queue(session: &Session, kind: &str, name: &str) -> Lock {
+        let prefix = format!("{COORD_PREFIX}{kind}/{name}/").into_bytes();
         let mut my_key = prefix.clone();
         my_key.extend_from_slice(format!("{:016x}", session.lease().0).as_bytes());
         Lock { session: session.clone(), name: name.to_string(), prefix, my_key }
@@ -71,7 +76,12 @@ impl Lock {
     }
 
     /// Joins the queue (idempotently) and returns this session's create revision.
-    async fn enqueue(&self) -> Result<u64, CoordError> {
+    pub(crate) async fn enqueue(&self) -> Result<u64, CoordError> {
+        self.enqueue_with(Vec::new()).await
+    }
+
+    /// [`Lock::enqueue`], with `value` in this contender's key.
+    pub(crate) async fn enqueue_with(&self, value: Vec<u8>) -> Result<u64, CoordError> {
         if self.session.ended() {
             return Err(CoordError::SessionEnded);
         }
@@ -81,11 +91,7 @@ impl Lock {
                 op: CompareOp::Equal,
                 target: CompareTarget::CreateRevision(0),
             }],
-            success: vec![TxnOp::Put {
-                key: self.my_key.clone(),
-                value: Vec::new(),
-                lease: Some(self.session.lease()),
-            }],
+            success: vec![TxnOp::Put { key: self.my_key.clone(), value, lease: Some(self.session.lease()) }],
             failure: vec![TxnOp::Get { key: self.my_key.clone() }],
         };
         let resp = self.retry_write(|| self.session.client().txn(txn.clone())).await?;
@@ -98,7 +104,7 @@ impl Lock {
         }
     }
 
-    async fn retry_write<T, F, Fut>(&self, mut op: F) -> Result<T, CoordError>
+    pub(crate) async fn retry_write<T, F, Fut>(&self, mut op: F) -> Result<T, CoordError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
@@ -118,7 +124,7 @@ impl Lock {
     }
 
     /// The contenders in queue order, and the revision they were read at.
-    async fn contenders(&self) -> Result<(Vec<KeyValue>, u64), CoordError> {
+    pub(crate) async fn contenders(&self) -> Result<(Vec<KeyValue>, u64), CoordError> {
         let page =
             self.session.client().scan_prefix(&self.prefix, MAX_CONTENDERS, ReadConsistency::Linearizable).await?;
         let mut kvs = page.kvs;
@@ -149,7 +155,12 @@ impl Lock {
     }
 
     async fn acquire_forever(&self) -> Result<LockGuard, CoordError> {
-        let token = self.enqueue().await?;
+        self.acquire_with(Vec::new()).await
+    }
+
+    /// Waits until first in the queue, having joined it with `value`.
+    pub(crate) async fn acquire_with(&self, value: Vec<u8>) -> Result<LockGuard, CoordError> {
+        let token = self.enqueue_with(value).await?;
         loop {
             let (kvs, revision) = self.contenders().await?;
             let Some(mine) = kvs.iter().position(|kv| kv.key == self.my_key) else {
@@ -180,7 +191,7 @@ impl Lock {
     }
 
     /// Leaves the queue (or releases the lock): deletes this session's key.
-    async fn leave(&self) -> Result<(), CoordError> {
+    pub(crate) async fn leave(&self) -> Result<(), CoordError> {
         self.retry_write(|| self.session.client().delete(&self.my_key)).await.map(drop)
     }
 }

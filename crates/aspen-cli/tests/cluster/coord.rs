@@ -166,3 +166,161 @@ async fn try_acquire_does_not_wait_and_a_closed_session_frees_its_locks() {
     let got = Lock::new(&b, "t").acquire(Duration::from_secs(10)).await.unwrap();
     assert!(got.token() > held.token());
 }
+
+/// The most intervals `[start, end)` open at once.
+fn max_overlap(intervals: &[(Instant, Instant)]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = intervals.iter().flat_map(|(a, b)| [(*a, 1), (*b, -1)]).collect();
+    // At equal instants, close before opening.
+    edges.sort_by_key(|(t, d)| (*t, *d));
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        most = most.max(open);
+    }
+    most as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_never_has_more_holders_than_permits_while_the_leader_is_killed() {
+    let mut c = TestCluster::start(3).await;
+    let addrs: Vec<_> = (0..3).map(|i| c.node_addr(i)).collect();
+    let held = Arc::new(Mutex::new(Vec::<(Instant, Instant)>::new()));
+    let stop_at = Instant::now() + Duration::from_secs(8);
+    let mut workers = Vec::new();
+    for _ in 0..5 {
+        let client = c.over(addrs.clone(), ClientConfig::default()).await;
+        let held = held.clone();
+        workers.push(tokio::spawn(async move {
+            let session = Session::new(client, Duration::from_secs(15)).await.unwrap();
+            let sem = aspen_coord::Semaphore::new(&session, "pool", 2);
+            while Instant::now() < stop_at {
+                let Ok(permit) = sem.acquire(Duration::from_secs(60)).await else { continue };
+                let start = Instant::now();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let end = Instant::now();
+                let _ = permit.release().await;
+                held.lock().unwrap().push((start, end));
+            }
+            let _ = session.close().await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = c.wait_for_leader().await;
+    c.nodes.kill(leader).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.nodes.restart(leader).await.unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let held = held.lock().unwrap().clone();
+    assert!(held.len() > 20, "too few permits taken to judge: {}", held.len());
+    let most = max_overlap(&held);
+    assert!(most <= 2, "{most} holders at once of a 2-permit semaphore");
+    assert_eq!(most, 2, "with 5 workers on 2 permits, both permits were in use at some point");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elections_never_show_two_leaders_for_one_term_while_the_leader_is_killed() {
+    let mut c = TestCluster::start(3).await;
+    let addrs: Vec<_> = (0..3).map(|i| c.node_addr(i)).collect();
+    let terms = Arc::new(Mutex::new(Vec::<(u64, usize, Instant, Instant)>::new()));
+    let stop_at = Instant::now() + Duration::from_secs(8);
+    // An observer sees the proclaimed values change.
+    let observer_client = c.over(addrs.clone(), ClientConfig::default()).await;
+    let observer = tokio::spawn(async move {
+        let session = Session::new(observer_client, Duration::from_secs(15)).await.unwrap();
+        let election = aspen_coord::Election::new(&session, "primary");
+        let mut seen = Vec::new();
+        let mut known = None;
+        while seen.len() < 3 {
+            match election.observe_change(known.as_ref()).await {
+                Ok(leader) => {
+                    if let Some(l) = &leader {
+                        seen.push(l.clone());
+                    }
+                    known = leader;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        seen
+    });
+    let mut candidates = Vec::new();
+    for id in 0..3usize {
+        let client = c.over(addrs.clone(), ClientConfig::default()).await;
+        let terms = terms.clone();
+        candidates.push(tokio::spawn(async move {
+            let session = Session::new(client, Duration::from_secs(15)).await.unwrap();
+            let election = aspen_coord::Election::new(&session, "primary");
+            while Instant::now() < stop_at {
+                let Ok(lead) = election.campaign(format!("candidate-{id}"), Duration::from_secs(60)).await else {
+                    continue;
+                };
+                let start = Instant::now();
+                let _ = lead.proclaim(format!("candidate-{id} serving")).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let still = election.is_leader(&lead).await.unwrap_or(false);
+                let end = Instant::now();
+                let term = lead.term();
+                let _ = lead.resign().await;
+                if still {
+                    terms.lock().unwrap().push((term, id, start, end));
+                }
+            }
+            let _ = session.close().await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = c.wait_for_leader().await;
+    c.nodes.kill(leader).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.nodes.restart(leader).await.unwrap();
+    for cand in candidates {
+        cand.await.unwrap();
+    }
+    let mut terms = terms.lock().unwrap().clone();
+    terms.sort_by_key(|t| t.2);
+    assert!(terms.len() > 10, "too few terms to judge: {}", terms.len());
+    for pair in terms.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(b.0 > a.0, "terms must grow: {a:?} then {b:?}");
+        assert!(b.2 > a.3, "two leaders at once: {a:?} and {b:?}");
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(30), observer).await.expect("observer").unwrap();
+    assert!(seen.iter().all(|l| String::from_utf8_lossy(&l.value).starts_with("candidate-")), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_add_exactly_and_sequences_hand_out_unique_growing_ids() {
+    let c = TestCluster::start(3).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let client = c.client().await;
+        tasks.push(tokio::spawn(async move {
+            let counter = aspen_coord::Counter::new(&client, "hits");
+            for _ in 0..25 {
+                counter.add(2).await.unwrap();
+            }
+            let mut seq = aspen_coord::Sequence::new(&client, "ids", 10);
+            let mut ids = Vec::new();
+            for _ in 0..30 {
+                ids.push(seq.next().await.unwrap());
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let ids = t.await.unwrap();
+        assert!(ids.windows(2).all(|w| w[1] > w[0]), "one client's ids grow: {ids:?}");
+        all.extend(ids);
+    }
+    let client = c.client().await;
+    assert_eq!(aspen_coord::Counter::new(&client, "hits").get().await.unwrap(), 200);
+    let unique: std::collections::BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "no id handed out twice");
+    let counter = aspen_coord::Counter::new(&client, "cas");
+    assert!(counter.compare_and_swap(0, 5).await.unwrap());
+    assert!(!counter.compare_and_swap(0, 6).await.unwrap());
+    assert_eq!(counter.get().await.unwrap(), 5);
+}
