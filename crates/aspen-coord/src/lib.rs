@@ -9,6 +9,7 @@ mod counter;
 mod election;
 mod error;
 mod lock;
+mod rwlock;
 mod semaphore;
 mod session;
 
@@ -16,6 +17,7 @@ pub use counter::{Counter, Sequence};
 pub use election::{Election, Leader, Leadership};
 pub use error::CoordError;
 pub use lock::{Lock, LockGuard};
+pub use rwlock::{RwGuard, RwLock};
 pub use semaphore::{Permit, Semaphore};
 pub use session::Session;
 

@@ -324,3 +324,74 @@ async fn counters_add_exactly_and_sequences_hand_out_unique_growing_ids() {
     assert!(!counter.compare_and_swap(0, 6).await.unwrap());
     assert_eq!(counter.get().await.unwrap(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rwlock_writers_exclude_everyone_readers_share_and_writers_are_not_starved() {
+    let mut c = TestCluster::start(3).await;
+    let addrs: Vec<_> = (0..3).map(|i| c.node_addr(i)).collect();
+    // (is_write, who, start, end)
+    let holds = Arc::new(Mutex::new(Vec::<(bool, usize, Instant, Instant)>::new()));
+    let stop_at = Instant::now() + Duration::from_secs(8);
+    let mut tasks = Vec::new();
+    for who in 0..5usize {
+        let write = who < 2;
+        let client = c.over(addrs.clone(), ClientConfig::default()).await;
+        let holds = holds.clone();
+        tasks.push(tokio::spawn(async move {
+            let session = Session::new(client, Duration::from_secs(15)).await.unwrap();
+            let lock = aspen_coord::RwLock::new(&session, "table");
+            while Instant::now() < stop_at {
+                let got = if write {
+                    lock.write(Duration::from_secs(60)).await
+                } else {
+                    lock.read(Duration::from_secs(60)).await
+                };
+                let Ok(mut guard) = got else { continue };
+                let start = Instant::now();
+                tokio::time::sleep(Duration::from_millis(if write { 5 } else { 20 })).await;
+                if who == 0 {
+                    // Writer 0 downgrades: its write ends, and it goes on as a reader.
+                    let mid = Instant::now();
+                    if guard.downgrade().await.is_ok() {
+                        let downgraded = Instant::now();
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let end = Instant::now();
+                        let _ = guard.release().await;
+                        let mut h = holds.lock().unwrap();
+                        h.push((true, who, start, mid));
+                        h.push((false, who, downgraded, end));
+                        continue;
+                    }
+                }
+                let end = Instant::now();
+                let _ = guard.release().await;
+                holds.lock().unwrap().push((write, who, start, end));
+            }
+            let _ = session.close().await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = c.wait_for_leader().await;
+    c.nodes.kill(leader).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.nodes.restart(leader).await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let holds = holds.lock().unwrap().clone();
+    let writes: Vec<_> = holds.iter().filter(|h| h.0).collect();
+    let reads: Vec<_> = holds.iter().filter(|h| !h.0).collect();
+    assert!(writes.iter().any(|h| h.1 == 0) && writes.iter().any(|h| h.1 == 1), "both writers got in: {writes:?}");
+    assert!(!reads.is_empty());
+    for w in &writes {
+        for other in &holds {
+            if std::ptr::eq(*w, other) {
+                continue;
+            }
+            let overlap = other.2 < w.3 && w.2 < other.3;
+            assert!(!overlap, "a write hold overlapped another hold: {w:?} and {other:?}");
+        }
+    }
+    let read_intervals: Vec<_> = reads.iter().map(|h| (h.2, h.3)).collect();
+    assert!(max_overlap(&read_intervals) >= 2, "readers share the lock");
+}
