@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aspen_client::{ReadConsistency, Txn, TxnOp};
+use aspen_client::ReadConsistency;
 
 use crate::lock::{Lock, LockGuard};
 use crate::{CoordError, Session};
@@ -79,17 +79,7 @@ impl Leadership {
 
     /// Publishes a new value as leader; refused if leadership was lost.
     pub async fn proclaim(&self, value: impl Into<Vec<u8>>) -> Result<(), CoordError> {
-        let lock = &self.guard.lock;
-        let txn = Txn {
-            compare: vec![],
-            success: vec![TxnOp::Put {
-                key: lock.my_key.clone(),
-                value: value.into(),
-                lease: Some(lock.session.lease()),
-            }],
-            failure: vec![],
-        };
-        self.guard.fenced_txn(txn).await.map(drop)
+        self.guard.set_own_value(value.into()).await
     }
 
     /// The guard, for fenced writes made as leader.

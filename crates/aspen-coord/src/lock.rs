@@ -232,6 +232,17 @@ impl LockGuard {
         Ok(resp)
     }
 
+    /// Rewrites this hold's own key with `value` (keeping its lease and token), if current.
+    pub(crate) async fn set_own_value(&self, value: Vec<u8>) -> Result<(), CoordError> {
+        let lock = &self.lock;
+        let txn = Txn {
+            compare: vec![],
+            success: vec![TxnOp::Put { key: lock.my_key.clone(), value, lease: Some(lock.session.lease()) }],
+            failure: vec![],
+        };
+        self.fenced_txn(txn).await.map(drop)
+    }
+
     /// Puts `key` = `value` only if this hold is still current.
     pub async fn fenced_put(&self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) -> Result<u64, CoordError> {
         let txn = Txn {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use aspen_client::{EventKind, KeyValue, Txn, TxnOp};
+use aspen_client::{EventKind, KeyValue};
 
 use crate::lock::{Lock, LockGuard};
 use crate::{CoordError, Session};
@@ -96,17 +96,7 @@ impl RwGuard {
         if !self.write {
             return Ok(());
         }
-        let lock = &self.guard.lock;
-        let txn = Txn {
-            compare: vec![],
-            success: vec![TxnOp::Put {
-                key: lock.my_key.clone(),
-                value: READ.to_vec(),
-                lease: Some(lock.session.lease()),
-            }],
-            failure: vec![],
-        };
-        self.guard.fenced_txn(txn).await?;
+        self.guard.set_own_value(READ.to_vec()).await?;
         self.write = false;
         Ok(())
     }
