@@ -42,6 +42,15 @@ impl Ctx {
         }
     }
 
+    /// The token to present with `ticket`: an explicit one (see [`Ctx::token`]), else the
+    /// ticket's own.
+    pub fn token_for(&self, ticket: &ClusterTicket) -> anyhow::Result<Option<Token>> {
+        match self.token()? {
+            Some(t) => Ok(Some(t)),
+            None => ticket.token.as_deref().map(Token::from_bytes).transpose().context("bad token in the ticket"),
+        }
+    }
+
     /// Sets the explicit token sources (`--token`, `--token-file`).
     pub fn with_token(mut self, token: Option<String>, token_file: Option<PathBuf>) -> Self {
         self.token = token;
@@ -83,10 +92,7 @@ impl Ctx {
     /// A client for the cluster named by the ticket.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let ticket = self.ticket()?;
-        let token = match self.token()? {
-            Some(t) => Some(t),
-            None => ticket.token.as_deref().map(Token::from_bytes).transpose().context("bad token in the ticket")?,
-        };
+        let token = self.token_for(&ticket)?;
         Client::over_nodes_as(ticket.nodes.clone(), self.client_config(), token, self.identity()?)
             .await
             .context("cannot connect to the cluster")

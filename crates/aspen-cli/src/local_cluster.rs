@@ -19,9 +19,6 @@ use indicatif::ProgressBar;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-/// Where the initializing node writes the root token (see `aspen-node`).
-const ROOT_TOKEN_FILE: &str = "root.token";
-
 use crate::ticket_source::read_ticket_file;
 
 /// Longest wait for a node to write its ticket, and for the cluster to elect a leader.
@@ -185,7 +182,7 @@ impl LocalCluster {
         }
         // Node 1 initialized the cluster and holds its root token; the local ticket
         // carries it, so commands run here need no --token.
-        let token_path = self.dir.join("n1").join(ROOT_TOKEN_FILE);
+        let token_path = self.dir.join("n1").join(aspen_node::ROOT_TOKEN_FILE);
         let text = std::fs::read_to_string(&token_path)
             .with_context(|| format!("cannot read the root token {}", token_path.display()))?;
         let token = Token::decode(&text).with_context(|| format!("bad root token in {}", token_path.display()))?;

@@ -18,3 +18,4 @@ mod state;
 
 pub use args::NodeArgs;
 pub use node::{READY_TICKET_FILE, run};
+pub use root::{CLUSTER_KEY_FILE, ROOT_TOKEN_FILE};

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use aspen_client::{Client, ClientError, ClusterTicket, ReadConsistency};
 use aspen_core::limits::MAX_VALUE_BYTES;
-use aspen_net::token::Token;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, RngCore, SeedableRng};
@@ -150,10 +149,7 @@ fn check_args(args: &BenchKvArgs) -> anyhow::Result<()> {
 }
 
 async fn run_against(ctx: &Ctx, args: &BenchKvArgs, ticket: ClusterTicket) -> anyhow::Result<()> {
-    let token = match ctx.token()? {
-        Some(t) => Some(t),
-        None => ticket.token.as_deref().map(Token::from_bytes).transpose().context("bad token in the ticket")?,
-    };
+    let token = ctx.token_for(&ticket)?;
     let connections = args.connections.min(args.clients);
     let mut clients = Vec::with_capacity(connections);
     for i in 0..connections {
@@ -249,13 +245,12 @@ async fn client_loop(
     while Instant::now() < deadline {
         let key = format!("bench/{}", rng.random_range(0..keyspace));
         let started = Instant::now();
-        let result = match op {
-            BenchOp::Put => {
-                rng.fill_bytes(&mut value);
-                client.put(&key, value.clone()).await.map(drop)
-            }
-            // Get, and Lock, which runs in lock_loop instead.
-            BenchOp::Get | BenchOp::Lock => client.get(&key, ReadConsistency::Linearizable).await.map(drop),
+        // Put or get: measure() runs `lock` in lock_loop.
+        let result = if op == BenchOp::Put {
+            rng.fill_bytes(&mut value);
+            client.put(&key, value.clone()).await.map(drop)
+        } else {
+            client.get(&key, ReadConsistency::Linearizable).await.map(drop)
         };
         match result {
             Ok(()) => {

@@ -117,8 +117,7 @@ fn token_in_use(ctx: &Ctx) -> anyhow::Result<Token> {
         return Ok(t);
     }
     let ticket = ctx.ticket().context("no token given, and no ticket to take one from")?;
-    let bytes = ticket.token.context("no token: pass --token or --token-file, or use a ticket that carries one")?;
-    Token::from_bytes(&bytes).context("bad token in the ticket")
+    ctx.token_for(&ticket)?.context("no token: pass --token or --token-file, or use a ticket that carries one")
 }
 
 fn describe_cap(c: &Capability) -> String {
@@ -137,7 +136,7 @@ fn describe_cap(c: &Capability) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(bytes)
 }
 
 fn parse_id(text: &str) -> anyhow::Result<[u8; 32]> {
@@ -145,14 +144,11 @@ fn parse_id(text: &str) -> anyhow::Result<[u8; 32]> {
     if text.starts_with(aspen_net::token::TOKEN_PREFIX) {
         return Ok(Token::decode(text)?.id());
     }
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("expected a token or a token id of 64 hex digits, got {:?}", text);
-    }
-    let mut id = [0u8; 32];
-    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
-        id[i] = u8::from_str_radix(std::str::from_utf8(chunk)?, 16)?;
-    }
-    Ok(id)
+    data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.as_bytes())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .with_context(|| format!("expected a token or a token id of 64 hex digits, got {text:?}"))
 }
 
 pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
