@@ -13,6 +13,7 @@ mod admin;
 pub mod cas;
 mod client;
 mod config;
+mod coord_ops;
 mod error;
 pub mod keys;
 mod kv;

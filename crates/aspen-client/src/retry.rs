@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aspen_core::api::ClientRequest;
 use aspen_core::command::TxnOp;
+use aspen_core::queue::QueueCommand;
 use tokio::time::Instant;
 
 /// First pause between attempts.
@@ -45,6 +46,11 @@ pub fn is_safe_to_repeat(req: &ClientRequest) -> bool {
         | ClientRequest::Remove { .. }
         | ClientRequest::TransferLeader { .. }
         | ClientRequest::TriggerSnapshot => false,
+        // Within the dedup window, an enqueue whose every item has a dedup id adds nothing
+        // the second time; configuring twice sets the same configuration.
+        ClientRequest::Queue(QueueCommand::Enqueue { items, .. }) => items.iter().all(|i| i.dedup_id.is_some()),
+        ClientRequest::Queue(QueueCommand::Configure { .. }) => true,
+        ClientRequest::Queue(_) | ClientRequest::RateLimit(_) => false,
         ClientRequest::Forwarded(inner) => is_safe_to_repeat(inner),
     }
 }

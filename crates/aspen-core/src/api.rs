@@ -123,6 +123,10 @@ pub enum ClientRequest {
     SetClusterRoot {
         public_key: [u8; 32],
     },
+    /// A work-queue operation, applied atomically through the log.
+    Queue(crate::queue::QueueCommand),
+    /// Takes tokens from a cluster-wide token bucket.
+    RateLimit(crate::ratelimit::RateLimitTake),
 }
 
 impl ClientRequest {
@@ -153,6 +157,8 @@ impl ClientRequest {
             ClientRequest::Authenticate { .. } => "authenticate",
             ClientRequest::RevokeToken { .. } => "revoke_token",
             ClientRequest::SetClusterRoot { .. } => "set_cluster_root",
+            ClientRequest::Queue(_) => "queue",
+            ClientRequest::RateLimit(_) => "rate_limit",
         }
     }
 }

@@ -141,6 +141,10 @@ fn apply_command<S: KvStore>(
             }
             Ok(WriteResult::Done)
         }
+        WriteCommand::Queue(command) => crate::queue::apply(store, now_ms, command, events).map(WriteResult::Queue),
+        WriteCommand::RateLimit(take) => {
+            crate::ratelimit::apply(store, now_ms, take, events).map(WriteResult::RateLimit)
+        }
     }
 }
 
@@ -151,7 +155,7 @@ fn check_lease<S: KvStore>(store: &S, lease: Option<LeaseId>) -> Result<(), Aspe
     }
 }
 
-fn put<S: KvStore>(
+pub(crate) fn put<S: KvStore>(
     store: &mut S,
     key: &[u8],
     value: &[u8],
@@ -186,7 +190,12 @@ fn put<S: KvStore>(
 }
 
 /// Removes `key` if present; returns whether it was.
-fn delete<S: KvStore>(store: &mut S, key: &[u8], revision: u64, events: &mut Vec<Event>) -> Result<bool, AspenError> {
+pub(crate) fn delete<S: KvStore>(
+    store: &mut S,
+    key: &[u8],
+    revision: u64,
+    events: &mut Vec<Event>,
+) -> Result<bool, AspenError> {
     let Some(prev) = store.remove(key)? else {
         return Ok(false);
     };

@@ -80,6 +80,9 @@ pub enum Need<'a> {
     /// Every key in `[start, end)`; an empty `end` has no upper bound.
     DeleteRange(&'a [u8], &'a [u8]),
     Watch(&'a [u8]),
+    /// Put and delete any key under the prefix: what a queue or rate-limiter command does
+    /// to its own keys. A write right on the prefix grants it.
+    WriteUnder(Vec<u8>),
     Admin,
     /// Some write right, anywhere: lease grant, keepalive and list (leases carry no key).
     AnyWrite,
@@ -123,6 +126,7 @@ impl Need<'_> {
                 k.starts_with(p)
             }
             (Need::Watch(q), C::Watch(p)) => q.starts_with(p),
+            (Need::WriteUnder(q), C::Write(p)) => q.starts_with(p),
             (Need::ReadRange(s, e), C::Read(p)) | (Need::DeleteRange(s, e), C::Delete(p)) => range_in_prefix(p, s, e),
             (Need::Admin, C::ClusterAdmin) => true,
             (Need::AnyWrite, C::Write(_)) => true,
@@ -141,6 +145,7 @@ impl Need<'_> {
             Need::Delete(key) => format!("delete {:?}", k(key)),
             Need::DeleteRange(s, e) => format!("delete [{:?}, {:?})", k(s), k(e)),
             Need::Watch(p) => format!("watch {:?}", k(p)),
+            Need::WriteUnder(p) => format!("write under {:?}", k(p)),
             Need::Admin => "cluster admin".into(),
             Need::AnyWrite => "a write right".into(),
             Need::Authenticated => "a valid token".into(),
@@ -181,6 +186,8 @@ pub fn required(request: &ClientRequest) -> Option<Vec<Need<'_>>> {
         | R::TriggerSnapshot
         | R::RevokeToken { .. } => vec![Need::Admin],
         R::Status | R::Ticket | R::NodeInfo => vec![Need::Authenticated],
+        R::Queue(command) => command.queues().iter().map(|q| Need::WriteUnder(crate::queue::queue_prefix(q))).collect(),
+        R::RateLimit(take) => vec![Need::WriteUnder(crate::ratelimit::bucket_key(&take.name))],
         R::Init { .. } | R::Forwarded(_) | R::Authenticate { .. } | R::SetClusterRoot { .. } => return None,
     })
 }

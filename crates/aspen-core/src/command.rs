@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::AspenError;
+use crate::queue::{QueueCommand, QueueResult};
+use crate::ratelimit::{RateLimitResult, RateLimitTake};
 use crate::types::{KeyValue, LeaseId};
 
 /// One Raft log entry's application payload.
@@ -70,6 +72,10 @@ pub enum WriteCommand {
     /// Proposed once by a new leader: pushes every lease's expiry to at least
     /// `leader_time_ms + ttl`, so a leader change never expires a lease early.
     LeaseRefreshAll,
+    /// A work-queue operation (see [`crate::queue`]).
+    Queue(QueueCommand),
+    /// Takes tokens from a cluster-wide token bucket (see [`crate::ratelimit`]).
+    RateLimit(RateLimitTake),
 }
 
 /// A multi-key transaction: if every compare holds, run `success`, else `failure`.
@@ -135,6 +141,8 @@ pub enum WriteResult {
     Lease { id: LeaseId, ttl_ms: u64, expires_at_ms: u64 },
     LeaseRevoked { revision: u64, deleted_keys: u64 },
     LeasesExpired { revision: u64, expired: u64 },
+    Queue(QueueResult),
+    RateLimit(RateLimitResult),
     Done,
 }
 

@@ -30,6 +30,7 @@ pub enum ErrorCode {
     Internal,
     Unauthenticated,
     PermissionDenied,
+    StaleReceipt,
 }
 
 impl ErrorCode {
@@ -60,6 +61,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::StaleReceipt => "stale_receipt",
         }
     }
 }
@@ -123,6 +125,10 @@ pub enum AspenError {
     Unauthenticated { reason: String },
     #[error("permission denied: {reason}")]
     PermissionDenied { reason: String },
+    #[error(
+        "receipt {receipt} of queue {queue:?} is stale: the item was acked, or its visibility timeout passed and it was delivered again"
+    )]
+    StaleReceipt { queue: String, receipt: String },
 }
 
 impl AspenError {
@@ -153,6 +159,7 @@ impl AspenError {
             AspenError::Internal { .. } => ErrorCode::Internal,
             AspenError::Unauthenticated { .. } => ErrorCode::Unauthenticated,
             AspenError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
+            AspenError::StaleReceipt { .. } => ErrorCode::StaleReceipt,
         }
     }
 

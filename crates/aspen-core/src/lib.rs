@@ -13,6 +13,8 @@ pub mod command;
 pub mod error;
 pub mod limits;
 pub mod mem_store;
+pub mod queue;
+pub mod ratelimit;
 pub mod store;
 pub mod types;
 pub mod validate;

@@ -109,6 +109,8 @@ pub fn command(c: &WriteCommand) -> Result<(), AspenError> {
         | WriteCommand::LeaseRefreshAll
         | WriteCommand::SetClusterRoot { .. }
         | WriteCommand::RevokeToken { .. } => Ok(()),
+        WriteCommand::Queue(q) => crate::queue::validate(q),
+        WriteCommand::RateLimit(take) => crate::ratelimit::validate(take),
         WriteCommand::LeaseExpire { ids } => {
             if ids.len() > MAX_EXPIRE_PER_ENTRY {
                 return Err(AspenError::BatchTooLarge {
@@ -135,6 +137,7 @@ pub fn command_bytes(c: &WriteCommand) -> usize {
                 + t.success.iter().map(op_bytes).sum::<usize>()
                 + t.failure.iter().map(op_bytes).sum::<usize>()
         }
+        WriteCommand::Queue(q) => q.payload_bytes(),
         _ => 16,
     }
 }

@@ -25,7 +25,9 @@ pub fn placement(request: &ClientRequest) -> Option<Placement> {
         | ClientRequest::LeaseKeepAlive { .. }
         | ClientRequest::LeaseRevoke { .. }
         | ClientRequest::RevokeToken { .. }
-        | ClientRequest::SetClusterRoot { .. } => Placement::Leader { is_write: true },
+        | ClientRequest::SetClusterRoot { .. }
+        | ClientRequest::Queue(_)
+        | ClientRequest::RateLimit(_) => Placement::Leader { is_write: true },
         _ => return None,
     })
 }
@@ -41,6 +43,8 @@ fn write_command(request: &ClientRequest) -> Option<WriteCommand> {
         ClientRequest::LeaseRevoke { id } => WriteCommand::LeaseRevoke { id },
         ClientRequest::RevokeToken { id } => WriteCommand::RevokeToken { id },
         ClientRequest::SetClusterRoot { public_key } => WriteCommand::SetClusterRoot { public_key },
+        ClientRequest::Queue(command) => WriteCommand::Queue(command),
+        ClientRequest::RateLimit(take) => WriteCommand::RateLimit(take),
         _ => return None,
     })
 }
