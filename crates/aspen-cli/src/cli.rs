@@ -69,6 +69,35 @@ pub enum Command {
     Bench(BenchCommand),
     /// Run a command while holding a cluster-wide lock (fencing token in $ASPEN_LOCK_TOKEN).
     Lock(crate::cmd::lock::LockArgs),
+    /// Run a command while holding a read or write lock (fencing token in $ASPEN_LOCK_TOKEN).
+    #[command(subcommand)]
+    Rwlock(crate::cmd::rwlock::RwLockCommand),
+    /// Run a command while holding one of a semaphore's N permits.
+    Semaphore(crate::cmd::semaphore::SemaphoreArgs),
+    /// Run a command as an election's leader (term in $ASPEN_ELECTION_TERM); show the leader.
+    #[command(subcommand)]
+    Election(crate::cmd::election::ElectionCommand),
+    /// Read and change shared counters.
+    #[command(subcommand)]
+    Counter(crate::cmd::counter::CounterCommand),
+    /// Draw unique, increasing ids from a shared sequence.
+    #[command(subcommand)]
+    Sequence(crate::cmd::sequence::SequenceCommand),
+    /// Hold, release and wait on barriers; run a command inside a double barrier of N.
+    #[command(subcommand)]
+    Barrier(crate::cmd::barrier::BarrierCommand),
+    /// Register service instances while a command runs; list and watch them.
+    #[command(subcommand)]
+    Service(crate::cmd::service::ServiceCommand),
+    /// Submit tasks to a pool; run workers that claim them; list workers and tasks.
+    #[command(subcommand)]
+    Worker(crate::cmd::worker::WorkerCommand),
+    /// Work queues: push, pop with a visibility timeout, ack, nack, dead letters, redrive.
+    #[command(subcommand)]
+    Queue(crate::cmd::queue::QueueCommand),
+    /// Take tokens from a token bucket the whole cluster shares.
+    #[command(subcommand)]
+    Ratelimit(crate::cmd::ratelimit::RatelimitCommand),
     /// Make, read and revoke capability tokens.
     #[command(subcommand)]
     Token(crate::cmd::token::TokenCommand),
@@ -99,7 +128,31 @@ mod tests {
             "aspen token inspect",
             "aspen lock deploy -- echo hi",
             "aspen lock deploy --timeout 5s --ttl 10s",
+            "aspen rwlock read table -- echo hi",
+            "aspen rwlock write table --timeout 5s --ttl 10s -- echo hi",
+            "aspen semaphore slots --permits 4 --timeout 1m --ttl 10s -- echo hi",
+            "aspen election campaign primary node-a --ttl 10s -- echo hi",
+            "aspen election campaign primary node-a --timeout 1m",
+            "aspen election leader primary",
+            "aspen election watch primary --json",
+            "aspen counter get hits",
+            "aspen counter add hits -3",
+            "aspen counter cas hits 3 10",
+            "aspen sequence next order-ids --count 100",
             "aspen token revoke 00",
+            "aspen barrier hold release-gate",
+            "aspen barrier release release-gate",
+            "aspen barrier wait release-gate --timeout 1m",
+            "aspen barrier enter phase --count 3 --ttl 10s -- echo hi",
+            "aspen barrier enter phase --count 3",
+            "aspen service register web --id web-1 --addr 10.0.0.1:80 --tag prod --tag eu --meta v=2 --ttl 10s -- sleep 1",
+            "aspen service register web --id web-1 --addr 10.0.0.1:80",
+            "aspen service list web --tag prod --json",
+            "aspen service watch web",
+            "aspen worker submit jobs t-0001 payload",
+            "aspen worker submit jobs t-0001",
+            "aspen worker run jobs --id w1 --capacity 4 --ttl 10s --max-tasks 10 -- sh -c cat",
+            "aspen worker list jobs --json",
             "aspen cluster up --nodes 3 --data-dir .aspen/cluster --base-port 7701",
             "aspen kv put app/config hello",
             "aspen kv put app/config --file /tmp/v",
@@ -185,6 +238,18 @@ mod tests {
             "aspen lease grant 10parsecs",
             "aspen bench kv --op scan",
             "aspen --timeout forever kv get k",
+            "aspen lock a/b",
+            "aspen barrier enter a/b --count 2",
+            "aspen barrier enter phase --count 0",
+            "aspen service register web --id a/b --addr x",
+            "aspen service register web --id a --addr x --meta novalue",
+            "aspen worker run jobs --id w1 --capacity 0 -- true",
+            "aspen worker run jobs --id w1",
+            "aspen worker submit jobs a/b x",
+            "aspen semaphore slots --permits 0 -- true",
+            "aspen semaphore slots --permits 2",
+            "aspen counter add hits many",
+            "aspen sequence next ids --count 0",
         ] {
             let err = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} parsed"));
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");

@@ -46,7 +46,8 @@ pub fn main() -> ExitCode {
         Err(e) if e.is::<AlreadyReported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A command run under a hold (`aspen lock NAME -- CMD`) passes its status on.
+            e.downcast_ref::<cmd::coord::CommandFailed>().map_or(ExitCode::FAILURE, |f| ExitCode::from(f.exit_code()))
         }
     }
 }
@@ -72,9 +73,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => cmd::bench::run(&ctx, cmd).await,
         Command::Token(cmd) => cmd::token::run(&ctx, cmd).await,
         Command::Lock(args) => cmd::lock::run(&ctx, args).await,
+        Command::Rwlock(cmd) => cmd::rwlock::run(&ctx, cmd).await,
+        Command::Semaphore(args) => cmd::semaphore::run(&ctx, args).await,
+        Command::Election(cmd) => cmd::election::run(&ctx, cmd).await,
+        Command::Counter(cmd) => cmd::counter::run(&ctx, cmd).await,
+        Command::Sequence(cmd) => cmd::sequence::run(&ctx, cmd).await,
+        Command::Barrier(cmd) => cmd::barrier::run(&ctx, cmd).await,
+        Command::Service(cmd) => cmd::service::run(&ctx, cmd).await,
+        Command::Worker(cmd) => cmd::worker::run(&ctx, cmd).await,
         Command::Kv(cmd) => {
             let client = ctx.client().await?;
             let result = cmd::kv::run(&ctx, &client, cmd).await;
+            client.close().await;
+            result
+        }
+        Command::Queue(cmd) => {
+            let client = ctx.client().await?;
+            let result = cmd::queue::run(&ctx, &client, cmd).await;
+            client.close().await;
+            result
+        }
+        Command::Ratelimit(cmd) => {
+            let client = ctx.client().await?;
+            let result = cmd::ratelimit::run(&ctx, &client, cmd).await;
             client.close().await;
             result
         }

@@ -14,4 +14,12 @@ pub enum CoordError {
     SessionEnded,
     #[error("coordination state is not what this client expects: {0}")]
     Corrupt(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The receipt no longer names the item's latest delivery: it was acked already, or
+    /// its visibility timeout passed and it was delivered again.
+    #[error(
+        "receipt {receipt} of queue {queue:?} is stale: the item was acked, or redelivered after its visibility timeout"
+    )]
+    StaleReceipt { queue: String, receipt: String },
 }

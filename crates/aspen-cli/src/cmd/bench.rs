@@ -46,6 +46,10 @@ pub enum BenchCommand {
     ///
     /// `lock` times acquire+release of an aspen-coord lock: each task has its own session
     /// and its own lock, or, with --contend, all tasks take turns on one lock.
+    ///
+    /// `queue` times dequeue+ack of one item on a work queue filled with PREFILL items
+    /// first. Each task puts back what it consumed in batches of 16 (not timed), so the
+    /// depth stays near PREFILL for the whole run.
     Kv(BenchKvArgs),
 }
 
@@ -54,6 +58,7 @@ pub enum BenchOp {
     Put,
     Get,
     Lock,
+    Queue,
 }
 
 impl BenchOp {
@@ -62,6 +67,7 @@ impl BenchOp {
             BenchOp::Put => "put",
             BenchOp::Get => "get",
             BenchOp::Lock => "lock",
+            BenchOp::Queue => "queue",
         }
     }
 }
@@ -89,6 +95,9 @@ pub struct BenchKvArgs {
     /// With --op lock: every task contends for one lock (handoff latency).
     #[arg(long)]
     pub contend: bool,
+    /// With --op queue: items in the queue before timing starts, kept for the whole run.
+    #[arg(long, default_value_t = 20_000)]
+    pub prefill: u64,
     /// Start a 3-node cluster in a temporary directory for the run, and stop it after.
     #[arg(long)]
     pub start_cluster: bool,
@@ -172,6 +181,10 @@ async fn measure(ctx: &Ctx, args: &BenchKvArgs, clients: &[Client]) -> anyhow::R
     if args.op == BenchOp::Get {
         prefill(args, clients).await?;
     }
+    let queue_name = format!("bench-{}-{}", std::process::id(), rand::rng().random::<u32>());
+    if args.op == BenchOp::Queue {
+        prefill_queue(args, clients, &queue_name).await?;
+    }
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
     let mut tasks = tokio::task::JoinSet::new();
@@ -181,6 +194,11 @@ async fn measure(ctx: &Ctx, args: &BenchKvArgs, clients: &[Client]) -> anyhow::R
         if op == BenchOp::Lock {
             let name = if args.contend { "bench-lock".to_string() } else { format!("bench-lock-{t}") };
             tasks.spawn(async move { lock_loop(client, name, deadline).await });
+            continue;
+        }
+        if op == BenchOp::Queue {
+            let queue = aspen_coord::Queue::new(&client, &queue_name)?;
+            tasks.spawn(async move { queue_loop(queue, value_size, deadline).await });
             continue;
         }
         tasks.spawn(async move { client_loop(client, op, value_size, keyspace, deadline).await });
@@ -227,6 +245,87 @@ async fn measure(ctx: &Ctx, args: &BenchKvArgs, clients: &[Client]) -> anyhow::R
     if let Some(e) = last_error {
         eprintln!("last error: {e}");
     }
+    if args.op == BenchOp::Queue
+        && let Ok(Some(stats)) = aspen_coord::Queue::new(&clients[0], &queue_name)?.stats().await
+    {
+        eprintln!(
+            "queue {queue_name}: prefill {} ready {} in flight {} acked {} (left in place)",
+            args.prefill, stats.ready, stats.in_flight, stats.acked
+        );
+    }
+    Ok(())
+}
+
+/// Items put back per enqueue by [`queue_loop`].
+const QUEUE_REFILL_BATCH: usize = 16;
+
+/// Dequeue+ack of one item, timed together, until `deadline`; consumed items go back in
+/// batches so the depth holds.
+async fn queue_loop(queue: aspen_coord::Queue, value_size: usize, deadline: Instant) -> anyhow::Result<TaskResult> {
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram")?;
+    let (mut errors, mut last_error, mut owed) = (0, None, 0);
+    let visibility = Some(Duration::from_secs(60));
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let result = async {
+            let messages = queue.try_dequeue(1, visibility).await?;
+            let Some(m) = messages.first() else {
+                return Err(aspen_coord::CoordError::Invalid("the queue is empty: raise --prefill".into()));
+            };
+            queue.ack(m.receipt).await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                latencies.saturating_record(us.max(1));
+                owed += 1;
+            }
+            Err(e) => {
+                errors += 1;
+                last_error = Some(ClientError::Config(e.to_string()));
+            }
+        }
+        if owed == QUEUE_REFILL_BATCH {
+            let items = (0..owed).map(|_| aspen_coord::NewItem { payload: vec![7; value_size], dedup_id: None });
+            if queue.enqueue_batch(items.collect()).await.is_ok() {
+                owed = 0;
+            }
+        }
+    }
+    Ok(TaskResult { latencies, errors, last_error })
+}
+
+/// Fills the benchmark queue with `--prefill` items, 500 per enqueue.
+async fn prefill_queue(args: &BenchKvArgs, clients: &[Client], name: &str) -> anyhow::Result<()> {
+    const BATCH: u64 = 500;
+    let bar = ProgressBar::new(args.prefill);
+    if let Ok(style) = ProgressStyle::with_template("enqueueing {bar:40} {pos}/{len} items ({per_sec}, {eta} left)") {
+        bar.set_style(style);
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in clients {
+        let queue = aspen_coord::Queue::new(client, name)?;
+        let (next, bar, total, value_size) = (next.clone(), bar.clone(), args.prefill, args.value_size);
+        tasks.spawn(async move {
+            loop {
+                let from = next.fetch_add(BATCH, Ordering::Relaxed);
+                if from >= total {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let n = BATCH.min(total - from);
+                let items: Vec<_> =
+                    (0..n).map(|_| aspen_coord::NewItem { payload: vec![7; value_size], dedup_id: None }).collect();
+                queue.enqueue_batch(items).await.with_context(|| format!("cannot prefill queue {}", queue.name()))?;
+                bar.inc(n);
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a prefill task failed")??;
+    }
+    bar.finish_and_clear();
     Ok(())
 }
 

@@ -6,16 +6,18 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use aspen_coord::{Lock, Session};
+use aspen_coord::Lock;
 use clap::Args;
 
+use crate::cmd::coord::{parse_name, run_holding};
 use crate::context::Ctx;
 use crate::duration::parse_duration;
 
+/// A lock to hold and the command to run under it (also `aspen rwlock read|write`).
 #[derive(Debug, Args)]
 pub struct LockArgs {
     /// The lock's name.
+    #[arg(value_parser = parse_name)]
     pub name: String,
     /// Longest wait for the lock.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
@@ -24,42 +26,16 @@ pub struct LockArgs {
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub ttl: Duration,
     /// The command to run while holding the lock (after `--`). Without one, print the
-    /// fencing token and release at once.
+    /// fencing token and release at once. A failing command's exit status is aspen's.
     #[arg(last = true)]
     pub command: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, args: LockArgs) -> anyhow::Result<()> {
-    if args.name.is_empty() || args.name.contains('/') {
-        bail!("lock name {:?} must be non-empty and contain no '/'", args.name);
-    }
-    let client = ctx.client().await?;
-    let session = Session::new(client.clone(), args.ttl).await.context("cannot start a lock session")?;
-    let result = async {
-        let guard = Lock::new(&session, &args.name).acquire(args.timeout).await?;
-        let token = guard.token();
-        let status = match args.command.split_first() {
-            None => {
-                println!("{token}");
-                None
-            }
-            Some((program, rest)) => Some(
-                tokio::process::Command::new(program)
-                    .args(rest)
-                    .env("ASPEN_LOCK_TOKEN", token.to_string())
-                    .status()
-                    .await
-                    .with_context(|| format!("cannot run {program}"))?,
-            ),
-        };
-        guard.release().await?;
-        anyhow::Ok(status)
-    }
-    .await;
-    let _ = session.close().await;
-    client.close().await;
-    match result? {
-        Some(status) if !status.success() => bail!("the command exited with {status}"),
-        _ => Ok(()),
-    }
+    let LockArgs { name, timeout, ttl, command } = args;
+    let lock_name = name.as_str();
+    run_holding(ctx, "lock", &name, ttl, &command, |session| async move {
+        Lock::new(&session, lock_name).acquire(timeout).await
+    })
+    .await
 }
