@@ -18,14 +18,11 @@
 use std::time::Duration;
 
 use aspen_client::{
-    AspenError, ClientError, Compare, CompareOp, CompareTarget, EventKind, KeyValue, ReadConsistency, Txn, TxnOp,
-    TxnResponse,
+    ClientError, Compare, CompareOp, CompareTarget, EventKind, KeyValue, ReadConsistency, Txn, TxnOp, TxnResponse,
 };
 
 use crate::{COORD_PREFIX, CoordError, Session};
 
-/// Attempts of one idempotent write before its error is returned.
-const WRITE_ATTEMPTS: usize = 8;
 /// Most contenders read per scan of a lock's queue.
 const MAX_CONTENDERS: u32 = 10_000;
 
@@ -44,18 +41,6 @@ pub struct Lock {
 pub struct LockGuard {
     pub(crate) lock: Lock,
     pub(crate) token: u64,
-}
-
-fn is_retryable(e: &ClientError) -> bool {
-    matches!(
-        e.aspen(),
-        Some(
-            AspenError::OutcomeUnknown { .. }
-                | AspenError::Unavailable { .. }
-                | AspenError::NotLeader { .. }
-                | AspenError::Timeout { .. }
-        )
-    ) || matches!(e, ClientError::Unreachable { .. })
 }
 
 impl Lock {
@@ -104,23 +89,12 @@ impl Lock {
         }
     }
 
-    pub(crate) async fn retry_write<T, F, Fut>(&self, mut op: F) -> Result<T, CoordError>
+    pub(crate) async fn retry_write<T, F, Fut>(&self, op: F) -> Result<T, CoordError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if is_retryable(&e) && attempt + 1 < WRITE_ATTEMPTS => {
-                    attempt += 1;
-                    tracing::debug!(lock = %self.name, "retrying an idempotent lock write: {e}");
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        crate::idempotent::retry(&format!("lock {}", self.name), op).await
     }
 
     /// The contenders in queue order, and the revision they were read at.
