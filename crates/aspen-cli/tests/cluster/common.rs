@@ -123,6 +123,15 @@ impl TestCluster {
         .await
     }
 
+    /// The nemesis of the coordination tests: kill -9 the leader, and bring it back half a
+    /// second later.
+    pub async fn kill_and_restart_leader(&mut self) {
+        let leader = self.wait_for_leader().await;
+        self.nodes.kill(leader).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.nodes.restart(leader).await.unwrap();
+    }
+
     /// Waits until node `i`'s own applied state holds `key` = `value`.
     pub async fn wait_for_value_on(&self, i: usize, key: &str, value: Option<&[u8]>) {
         let client = self.node_client(i).await;

@@ -19,14 +19,6 @@ struct Section {
     lost: bool,
 }
 
-/// The nemesis of these tests: kill -9 the leader, and bring it back half a second later.
-async fn kill_and_restart_leader(c: &mut TestCluster) {
-    let leader = c.wait_for_leader().await;
-    c.nodes.kill(leader).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    c.nodes.restart(leader).await.unwrap();
-}
-
 fn counter(kv: Option<aspen_client::KeyValue>) -> u64 {
     kv.map(|kv| String::from_utf8_lossy(&kv.value).parse().unwrap_or(0)).unwrap_or(0)
 }
@@ -102,7 +94,7 @@ async fn lock_holders_never_overlap_and_tokens_only_grow_while_the_leader_is_kil
     // Nemesis: kill the leader twice while the workers contend.
     for _ in 0..2 {
         tokio::time::sleep(run_for / 3).await;
-        kill_and_restart_leader(&mut c).await;
+        c.kill_and_restart_leader().await;
     }
     for w in workers {
         w.await.unwrap();
@@ -210,7 +202,7 @@ async fn a_semaphore_never_has_more_holders_than_permits_while_the_leader_is_kil
         }));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    kill_and_restart_leader(&mut c).await;
+    c.kill_and_restart_leader().await;
     for w in workers {
         w.await.unwrap();
     }
@@ -273,7 +265,7 @@ async fn elections_never_show_two_leaders_for_one_term_while_the_leader_is_kille
         }));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    kill_and_restart_leader(&mut c).await;
+    c.kill_and_restart_leader().await;
     for cand in candidates {
         cand.await.unwrap();
     }
@@ -370,7 +362,7 @@ async fn rwlock_writers_exclude_everyone_readers_share_and_writers_are_not_starv
         }));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    kill_and_restart_leader(&mut c).await;
+    c.kill_and_restart_leader().await;
     for t in tasks {
         t.await.unwrap();
     }

@@ -21,14 +21,6 @@ use crate::common::{TestCluster, eventually};
 /// Bound on each wait for a primitive to let a caller through.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// kill -9 the leader, and bring it back half a second later.
-async fn kill_and_restart_leader(c: &mut TestCluster) {
-    let leader = c.wait_for_leader().await;
-    c.nodes.kill(leader).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    c.nodes.restart(leader).await.unwrap();
-}
-
 /// A session kept alive by a task the test can stop: stopping it is the process dying
 /// without a word (its lease ends one TTL later).
 struct Mortal {
@@ -533,10 +525,10 @@ async fn every_task_completes_exactly_once_while_the_raft_leader_is_killed() {
         }
     };
     eventually("some tasks complete", at_least(3)).await;
-    kill_and_restart_leader(&mut c).await;
+    c.kill_and_restart_leader().await;
     submit_all(&pool, second).await;
     eventually("more tasks complete after the first kill", at_least(TASKS / 2 + 3)).await;
-    kill_and_restart_leader(&mut c).await;
+    c.kill_and_restart_leader().await;
     wait_all_completed(&pool, TASKS).await;
     for lane in lanes {
         lane.abort();

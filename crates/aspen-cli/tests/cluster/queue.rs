@@ -83,10 +83,7 @@ async fn a_queue_under_kill_and_restart_loses_no_item_and_acks_each_at_most_once
     // Nemesis: kill -9 the leader twice, then the whole cluster at once.
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let leader = c.wait_for_leader().await;
-        c.nodes.kill(leader).unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        c.nodes.restart(leader).await.unwrap();
+        c.kill_and_restart_leader().await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..3 {
