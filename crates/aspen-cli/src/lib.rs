@@ -87,6 +87,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             client.close().await;
             result
         }
+        Command::Blob(cmd) => {
+            let client = ctx.client().await?;
+            let result = cmd::blob::run(&ctx, &client, cmd).await;
+            client.close().await;
+            result
+        }
         Command::Queue(cmd) => {
             let client = ctx.client().await?;
             let result = cmd::queue::run(&ctx, &client, cmd).await;

@@ -265,6 +265,29 @@ fn the_documented_commands_work_against_a_local_cluster() {
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("revoked")
     });
 
+    // Blobs: a file in, the same bytes out (written only once verified), bad hashes named.
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("in.bin"), &blob).expect("write in.bin");
+    let hash = ok(&dir, &["blob", "add", "in.bin"]).trim().to_string();
+    assert_eq!(hash.len(), 64, "{hash}");
+    assert_eq!(run_with_stdin(&dir, &["blob", "add", "-"], &blob).stdout, format!("{hash}\n").into_bytes());
+    ok(&dir, &["blob", "get", &hash, "-o", "out.bin"]);
+    assert_eq!(std::fs::read(dir.join("out.bin")).expect("out.bin"), blob);
+    assert_eq!(run(&dir, &["blob", "get", &hash]).stdout, blob);
+    assert_eq!(ok(&dir, &["blob", "has", &hash]), "present, 300000 bytes\n");
+    assert!(ok(&dir, &["blob", "list"]).contains(&format!("{hash} 300000")));
+    let bad = String::from_utf8_lossy(&run(&dir, &["blob", "get", "xyz"]).stderr).into_owned();
+    assert!(bad.contains("not hex"), "{bad}");
+    let absent = fails(&dir, &["blob", "get", &"ab".repeat(32), "-o", "nothing.bin"]);
+    assert!(absent.contains("no member provided it"), "{absent}");
+    assert!(!dir.join("nothing.bin").exists(), "a failed get leaves no file");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("aspen-partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "scratch files left behind: {leftovers:?}");
+
     // Without a ticket, the error says how to give one.
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let none = fails(elsewhere.path(), &["kv", "get", "k"]);

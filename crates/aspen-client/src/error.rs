@@ -47,6 +47,18 @@ pub enum ClientError {
     /// The client's own endpoint could not be created.
     #[error("cannot start the client endpoint: {0}")]
     Endpoint(String),
+    /// A blob's bytes did not hash to the blob's name, or ended early: nothing read may be
+    /// used.
+    #[error("blob {expected} failed verification: {reason}")]
+    BlobCorrupt {
+        /// The hash asked for, hex.
+        expected: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Reading the data to add, or writing the data read, failed locally.
+    #[error("blob I/O failed: {0}")]
+    BlobIo(String),
     /// The client was built with an unusable configuration (for example a ticket with no node).
     #[error("invalid client configuration: {0}")]
     Config(String),

@@ -10,6 +10,7 @@
 //! Not for: running nodes (`aspen-node`) or the command line (`aspen-cli`).
 
 mod admin;
+mod blob;
 pub mod cas;
 mod client;
 mod config;
@@ -24,10 +25,12 @@ mod watch;
 pub mod watch_cursor;
 
 pub use admin::NodeInfo;
+pub use aspen_core::api::BlobEntry;
 pub use aspen_core::api::{ClusterStatus, LeaseInfo, MemberStatus, NodeAddr, ReadConsistency};
 pub use aspen_core::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResult};
 pub use aspen_core::{AspenError, Event, EventKind, KeyValue, LeaseId};
 pub use aspen_net::{ClusterTicket, TicketError};
+pub use blob::{BlobInfo, blob_hash_hex, parse_blob_hash};
 pub use cas::CasOutcome;
 pub use client::Client;
 pub use config::ClientConfig;

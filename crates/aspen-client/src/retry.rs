@@ -30,7 +30,13 @@ pub fn is_safe_to_repeat(req: &ClientRequest) -> bool {
         | ClientRequest::LeaseKeepAlive { .. }
         | ClientRequest::Authenticate { .. }
         | ClientRequest::RevokeToken { .. }
-        | ClientRequest::SetClusterRoot { .. } => true,
+        | ClientRequest::SetClusterRoot { .. }
+        // Blobs are named by their content: reading is safe, and adding the same bytes
+        // twice stores them once.
+        | ClientRequest::BlobAdd
+        | ClientRequest::BlobGet { .. }
+        | ClientRequest::BlobHas { .. }
+        | ClientRequest::BlobList { .. } => true,
         ClientRequest::Txn(txn) => {
             let read_only = |ops: &[TxnOp]| ops.iter().all(|op| matches!(op, TxnOp::Get { .. }));
             read_only(&txn.success) && read_only(&txn.failure)

@@ -127,6 +127,23 @@ pub enum ClientRequest {
     Queue(crate::queue::QueueCommand),
     /// Takes tokens from a cluster-wide token bucket.
     RateLimit(crate::ratelimit::RateLimitTake),
+    /// Adds a blob to the receiving node's store: the blob's bytes follow this frame on the
+    /// same stream, raw, until the sender finishes it. Answered with `BlobAdded`.
+    BlobAdd,
+    /// Reads a blob. Answered with `BlobData { size }` followed by exactly `size` raw bytes
+    /// on the stream; a node that lacks the blob fetches it from a member first.
+    BlobGet {
+        hash: [u8; 32],
+    },
+    /// Whether the receiving node holds the blob, complete (no fetch).
+    BlobHas {
+        hash: [u8; 32],
+    },
+    /// The complete blobs the receiving node holds, in hash order, starting after `after`.
+    BlobList {
+        after: Option<[u8; 32]>,
+        limit: u32,
+    },
 }
 
 impl ClientRequest {
@@ -159,6 +176,10 @@ impl ClientRequest {
             ClientRequest::SetClusterRoot { .. } => "set_cluster_root",
             ClientRequest::Queue(_) => "queue",
             ClientRequest::RateLimit(_) => "rate_limit",
+            ClientRequest::BlobAdd => "blob_add",
+            ClientRequest::BlobGet { .. } => "blob_get",
+            ClientRequest::BlobHas { .. } => "blob_has",
+            ClientRequest::BlobList { .. } => "blob_list",
         }
     }
 }
@@ -193,8 +214,31 @@ pub enum ClientResponse {
         cluster_id: String,
         root_token_file: String,
     },
+    /// A blob was stored: its BLAKE3 hash and size.
+    BlobAdded {
+        hash: [u8; 32],
+        size: u64,
+    },
+    /// `size` raw bytes of the blob follow this frame.
+    BlobData {
+        size: u64,
+    },
+    BlobHas {
+        present: bool,
+        size: Option<u64>,
+    },
+    BlobList {
+        blobs: Vec<BlobEntry>,
+        more: bool,
+    },
     Done,
     Error(AspenError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobEntry {
+    pub hash: [u8; 32],
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

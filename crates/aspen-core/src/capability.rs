@@ -84,6 +84,8 @@ pub enum Need<'a> {
     /// to its own keys. A write right on the prefix grants it.
     WriteUnder(Vec<u8>),
     Admin,
+    BlobRead,
+    BlobWrite,
     /// Some write right, anywhere: lease grant, keepalive and list (leases carry no key).
     AnyWrite,
     /// Only a valid token: status, ticket, node info.
@@ -129,6 +131,7 @@ impl Need<'_> {
             (Need::WriteUnder(q), C::Write(p)) => q.starts_with(p),
             (Need::ReadRange(s, e), C::Read(p)) | (Need::DeleteRange(s, e), C::Delete(p)) => range_in_prefix(p, s, e),
             (Need::Admin, C::ClusterAdmin) => true,
+            (Need::BlobRead, C::BlobRead) | (Need::BlobWrite, C::BlobWrite) => true,
             (Need::AnyWrite, C::Write(_)) => true,
             (Need::Authenticated, _) => true,
             _ => false,
@@ -147,6 +150,8 @@ impl Need<'_> {
             Need::Watch(p) => format!("watch {:?}", k(p)),
             Need::WriteUnder(p) => format!("write under {:?}", k(p)),
             Need::Admin => "cluster admin".into(),
+            Need::BlobRead => "blob read".into(),
+            Need::BlobWrite => "blob write".into(),
             Need::AnyWrite => "a write right".into(),
             Need::Authenticated => "a valid token".into(),
         }
@@ -187,6 +192,8 @@ pub fn required(request: &ClientRequest) -> Option<Vec<Need<'_>>> {
         | R::RevokeToken { .. } => vec![Need::Admin],
         R::Status | R::Ticket | R::NodeInfo => vec![Need::Authenticated],
         R::Queue(command) => command.queues().iter().map(|q| Need::WriteUnder(crate::queue::queue_prefix(q))).collect(),
+        R::BlobAdd => vec![Need::BlobWrite],
+        R::BlobGet { .. } | R::BlobHas { .. } | R::BlobList { .. } => vec![Need::BlobRead],
         R::RateLimit(take) => vec![Need::WriteUnder(crate::ratelimit::bucket_key(&take.name))],
         R::Init { .. } | R::Forwarded(_) | R::Authenticate { .. } | R::SetClusterRoot { .. } => return None,
     })

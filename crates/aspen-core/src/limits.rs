@@ -54,3 +54,5 @@ pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 pub const CONNECTION_IDLE_TIMEOUT_MS: u32 = 5_000;
 /// Keep-alive interval on every connection, well below the idle timeout.
 pub const CONNECTION_KEEPALIVE_MS: u64 = 1_000;
+/// Most blobs one blob-list answer names.
+pub const MAX_BLOB_LIST: u32 = 10_000;

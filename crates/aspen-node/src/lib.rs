@@ -7,6 +7,7 @@
 mod args;
 mod auth;
 mod batcher;
+mod blobs;
 mod forward;
 mod leases;
 mod node;

@@ -104,7 +104,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let endpoint = aspen_net::bind_endpoint(EndpointConfig {
         secret_key,
         bind: args.bind,
-        alpns: vec![RAFT_ALPN.to_vec(), CLIENT_ALPN.to_vec()],
+        alpns: vec![RAFT_ALPN.to_vec(), CLIENT_ALPN.to_vec(), iroh_blobs::ALPN.to_vec()],
         relays: args.relays,
     })
     .await?;
@@ -120,6 +120,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // for the apply index through ReadIndex; startup itself re-applies the log up to the
     // persisted commit index.
 
+    let blobs = crate::blobs::open_store(&data_dir).await?;
     let raft_server = RaftServer::new(raft.clone(), incoming_snapshot);
     let state = Arc::new(NodeState {
         raft_refused: raft_server.refused_counter(),
@@ -133,10 +134,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         hub,
         security,
         data_dir: data_dir.clone(),
+        blobs: blobs.clone(),
+        endpoint: endpoint.clone(),
     });
     let router = iroh::protocol::Router::builder(endpoint.clone())
         .accept(RAFT_ALPN, raft_server)
         .accept(CLIENT_ALPN, ClientService::new(state.clone()))
+        .accept(iroh_blobs::ALPN, crate::blobs::MemberBlobs::new(&blobs, state.clone()))
         .spawn();
     let lease_task = crate::leases::spawn(state.clone());
     let root_task = crate::root::spawn_if_pending(state.clone());

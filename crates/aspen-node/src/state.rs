@@ -26,6 +26,9 @@ pub struct NodeState {
     /// The replicated root key and revocations, as this node has applied them.
     pub security: Arc<aspen_raft::SecurityView>,
     pub data_dir: std::path::PathBuf,
+    /// This node's blob store (`<data dir>/blobs`).
+    pub blobs: iroh_blobs::store::fs::FsStore,
+    pub endpoint: iroh::Endpoint,
     /// Raft connections and streams refused to non-members.
     pub raft_refused: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -56,6 +59,14 @@ impl NodeState {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         m.membership_config.membership().nodes().any(|(_, n)| &n.endpoint_id == key)
+    }
+
+    /// Every other member (voter or learner) of the cluster, by node id.
+    pub fn other_members(&self) -> Vec<(u64, NodeAddr)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        membership.nodes().filter(|(id, _)| **id != self.node_id).map(|(id, n)| (*id, n.clone())).collect()
     }
 
     pub fn member_addr(&self, node_id: u64) -> Option<NodeAddr> {

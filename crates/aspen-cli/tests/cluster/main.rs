@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod basic;
+mod blobs;
 mod common;
 mod coord;
 mod coord_more;

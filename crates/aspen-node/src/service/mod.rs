@@ -2,6 +2,7 @@
 //! by operation family to the files beside this one.
 
 mod admin;
+mod blob;
 mod kv;
 mod watch;
 
@@ -64,6 +65,11 @@ impl ClientService {
         }
         if let ClientRequest::Watch { prefix, start_revision } = request {
             watch::serve(&self.state, send, recv, prefix, start_revision).await;
+            return;
+        }
+        if blob::is_blob_request(&request) {
+            let span = tracing::debug_span!("request", op = request.name());
+            blob::serve(&self.state, &request, send, recv).instrument(span).await;
             return;
         }
         let span = tracing::debug_span!("request", op = request.name());

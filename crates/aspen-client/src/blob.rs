@@ -1,0 +1,134 @@
+//! Blobs: add from any reader, read into any writer, both streaming in constant memory.
+//!
+//! A read is verified here as well as on the nodes: the bytes are hashed with BLAKE3 as they
+//! arrive, and a blob whose bytes do not hash to its name, or that ends early, fails with
+//! [`ClientError::BlobCorrupt`] after the last byte. Callers that write somewhere lasting
+//! should write to a scratch place and keep it only on success (`aspen blob get -o` does).
+
+use aspen_core::api::{BlobEntry, ClientRequest, ClientResponse};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::error::ClientError;
+
+/// Largest chunk moved at once.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// A blob's name (its BLAKE3 hash) and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub hash: [u8; 32],
+    pub size: u64,
+}
+
+/// A hash as lowercase hex, as the CLI prints it.
+pub fn blob_hash_hex(hash: &[u8; 32]) -> String {
+    data_encoding::HEXLOWER.encode(hash)
+}
+
+/// Parses a 64-digit hex hash.
+pub fn parse_blob_hash(text: &str) -> Result<[u8; 32], String> {
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.as_bytes())
+        .map_err(|_| format!("blob hash {text:?} is not hex"))?;
+    bytes.try_into().map_err(|_| format!("blob hash {text:?} is not 64 hex digits (32 bytes)"))
+}
+
+impl Client {
+    /// Adds everything `data` yields as one blob on the node this client talks to.
+    pub async fn blob_add(&self, data: &mut (impl AsyncRead + Unpin)) -> Result<BlobInfo, ClientError> {
+        let deadline = Instant::now() + self.config().request_timeout;
+        let (mut send, mut recv, current) = self.open_stream(deadline).await?;
+        let node = current.node.clone();
+        let broken = |reason: String| ClientError::Connection { node: node.clone(), reason };
+        aspen_net::write_frame(&mut send, &ClientRequest::BlobAdd).await.map_err(|e| broken(e.to_string()))?;
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            let n = data.read(&mut buf).await.map_err(|e| ClientError::BlobIo(format!("reading the data: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            send.write_all(&buf[..n]).await.map_err(|e| broken(format!("sending the blob: {e}")))?;
+        }
+        send.finish().map_err(|e| broken(e.to_string()))?;
+        match aspen_net::read_frame::<ClientResponse>(&mut recv).await {
+            Ok(Some(ClientResponse::BlobAdded { hash, size })) => Ok(BlobInfo { hash, size }),
+            Ok(Some(ClientResponse::Error(e))) => Err(ClientError::Aspen(e)),
+            Ok(Some(other)) => Err(ClientError::unexpected("blob_add", &other)),
+            Ok(None) => Err(broken("the node closed the stream without an answer".into())),
+            Err(e) => Err(broken(e.to_string())),
+        }
+    }
+
+    /// Adds `bytes` as one blob.
+    pub async fn blob_add_bytes(&self, bytes: &[u8]) -> Result<BlobInfo, ClientError> {
+        self.blob_add(&mut &bytes[..]).await
+    }
+
+    /// Writes blob `hash` into `out`, verified; returns its size. On any error, what was
+    /// written to `out` must be discarded.
+    pub async fn blob_get_to(&self, hash: [u8; 32], out: &mut (impl AsyncWrite + Unpin)) -> Result<u64, ClientError> {
+        let deadline = Instant::now() + self.config().request_timeout;
+        let (mut send, mut recv, current) = self.open_stream(deadline).await?;
+        let node = current.node.clone();
+        let broken = |reason: String| ClientError::Connection { node: node.clone(), reason };
+        let corrupt = |reason: String| ClientError::BlobCorrupt { expected: blob_hash_hex(&hash), reason };
+        aspen_net::write_frame(&mut send, &ClientRequest::BlobGet { hash }).await.map_err(|e| broken(e.to_string()))?;
+        send.finish().map_err(|e| broken(e.to_string()))?;
+        let size = match aspen_net::read_frame::<ClientResponse>(&mut recv).await {
+            Ok(Some(ClientResponse::BlobData { size })) => size,
+            Ok(Some(ClientResponse::Error(e))) => return Err(ClientError::Aspen(e)),
+            Ok(Some(other)) => return Err(ClientError::unexpected("blob_get", &other)),
+            Ok(None) => return Err(broken("the node closed the stream without an answer".into())),
+            Err(e) => return Err(broken(e.to_string())),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        loop {
+            let chunk =
+                recv.read_chunk(CHUNK_BYTES).await.map_err(|e| corrupt(format!("the transfer broke off: {e}")))?;
+            let Some(bytes) = chunk else { break };
+            received += bytes.len() as u64;
+            if received > size {
+                return Err(corrupt(format!("the node sent more than the {size} bytes it announced")));
+            }
+            hasher.update(&bytes);
+            out.write_all(&bytes).await.map_err(|e| ClientError::BlobIo(format!("writing the blob: {e}")))?;
+        }
+        if received != size {
+            return Err(corrupt(format!("got {received} of {size} bytes")));
+        }
+        let actual = hasher.finalize();
+        if actual.as_bytes() != &hash {
+            return Err(corrupt(format!("the bytes hash to {}", actual.to_hex())));
+        }
+        out.flush().await.map_err(|e| ClientError::BlobIo(format!("writing the blob: {e}")))?;
+        Ok(size)
+    }
+
+    /// Reads a whole blob into memory, verified. For small blobs; see [`Client::blob_get_to`].
+    pub async fn blob_get(&self, hash: [u8; 32]) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        self.blob_get_to(hash, &mut out).await?;
+        Ok(out)
+    }
+
+    /// The blob's size if the node this client talks to holds it complete.
+    pub async fn blob_has(&self, hash: [u8; 32]) -> Result<Option<u64>, ClientError> {
+        match self.request(ClientRequest::BlobHas { hash }).await? {
+            ClientResponse::BlobHas { present: true, size } => Ok(size),
+            ClientResponse::BlobHas { present: false, .. } => Ok(None),
+            other => Err(ClientError::unexpected("blob_has", &other)),
+        }
+    }
+
+    /// Up to `limit` complete blobs the node holds, in hash order after `after`, and
+    /// whether more follow.
+    pub async fn blob_list(&self, after: Option<[u8; 32]>, limit: u32) -> Result<(Vec<BlobEntry>, bool), ClientError> {
+        match self.request(ClientRequest::BlobList { after, limit }).await? {
+            ClientResponse::BlobList { blobs, more } => Ok((blobs, more)),
+            other => Err(ClientError::unexpected("blob_list", &other)),
+        }
+    }
+}
