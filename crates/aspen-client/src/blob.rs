@@ -5,7 +5,7 @@
 //! [`ClientError::BlobCorrupt`] after the last byte. Callers that write somewhere lasting
 //! should write to a scratch place and keep it only on success (`aspen blob get -o` does).
 
-use aspen_core::api::{BlobEntry, ClientRequest, ClientResponse};
+use aspen_core::api::{BlobEntry, BlobHolder, BlobPinEntry, ClientRequest, ClientResponse};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -15,11 +15,13 @@ use crate::error::ClientError;
 /// Largest chunk moved at once.
 const CHUNK_BYTES: usize = 256 * 1024;
 
-/// A blob's name (its BLAKE3 hash) and size.
+/// A blob's name (its BLAKE3 hash) and size, and how many nodes held it when the add was
+/// acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobInfo {
     pub hash: [u8; 32],
     pub size: u64,
+    pub replicas: u32,
 }
 
 /// A hash as lowercase hex, as the CLI prints it.
@@ -53,7 +55,7 @@ impl Client {
         }
         send.finish().map_err(|e| broken(e.to_string()))?;
         match aspen_net::read_frame::<ClientResponse>(&mut recv).await {
-            Ok(Some(ClientResponse::BlobAdded { hash, size })) => Ok(BlobInfo { hash, size }),
+            Ok(Some(ClientResponse::BlobAdded { hash, size, replicas })) => Ok(BlobInfo { hash, size, replicas }),
             Ok(Some(ClientResponse::Error(e))) => Err(ClientError::Aspen(e)),
             Ok(Some(other)) => Err(ClientError::unexpected("blob_add", &other)),
             Ok(None) => Err(broken("the node closed the stream without an answer".into())),
@@ -129,6 +131,40 @@ impl Client {
         match self.request(ClientRequest::BlobList { after, limit }).await? {
             ClientResponse::BlobList { blobs, more } => Ok((blobs, more)),
             other => Err(ClientError::unexpected("blob_list", &other)),
+        }
+    }
+
+    /// What each member of the cluster says of blob `hash`: its size where it is held
+    /// complete, or why the member could not be asked.
+    pub async fn blob_status(&self, hash: [u8; 32]) -> Result<Vec<BlobHolder>, ClientError> {
+        match self.request(ClientRequest::BlobStatus { hash }).await? {
+            ClientResponse::BlobStatus { holders } => Ok(holders),
+            other => Err(ClientError::unexpected("blob_status", &other)),
+        }
+    }
+
+    /// Pins blob `hash` under `name`: kept from garbage collection and kept replicated
+    /// until unpinned. Fails when no member holds the blob.
+    pub async fn blob_pin(&self, name: &str, hash: [u8; 32]) -> Result<(), ClientError> {
+        match self.request(ClientRequest::BlobPin { name: name.to_string(), hash }).await? {
+            ClientResponse::Done => Ok(()),
+            other => Err(ClientError::unexpected("blob_pin", &other)),
+        }
+    }
+
+    /// Removes pin `name`; returns whether it existed.
+    pub async fn blob_unpin(&self, name: &str) -> Result<bool, ClientError> {
+        match self.request(ClientRequest::BlobUnpin { name: name.to_string() }).await? {
+            ClientResponse::BlobUnpinned { existed } => Ok(existed),
+            other => Err(ClientError::unexpected("blob_unpin", &other)),
+        }
+    }
+
+    /// Up to `limit` pins in name order after `after`, and whether more follow.
+    pub async fn blob_pins(&self, after: Option<&str>, limit: u32) -> Result<(Vec<BlobPinEntry>, bool), ClientError> {
+        match self.request(ClientRequest::BlobPins { after: after.map(str::to_string), limit }).await? {
+            ClientResponse::BlobPins { pins, more } => Ok((pins, more)),
+            other => Err(ClientError::unexpected("blob_pins", &other)),
         }
     }
 }

@@ -36,7 +36,14 @@ pub fn is_safe_to_repeat(req: &ClientRequest) -> bool {
         | ClientRequest::BlobAdd
         | ClientRequest::BlobGet { .. }
         | ClientRequest::BlobHas { .. }
-        | ClientRequest::BlobList { .. } => true,
+        | ClientRequest::BlobReplicate { .. }
+        | ClientRequest::BlobList { .. }
+        | ClientRequest::BlobStatus { .. }
+        | ClientRequest::BlobPins { .. }
+        // Pinning a name to a hash twice leaves the same pin.
+        | ClientRequest::BlobPin { .. } => true,
+        // Repeated, an unpin would report that the pin did not exist.
+        ClientRequest::BlobUnpin { .. } => false,
         ClientRequest::Txn(txn) => {
             let read_only = |ops: &[TxnOp]| ops.iter().all(|op| matches!(op, TxnOp::Get { .. }));
             read_only(&txn.success) && read_only(&txn.failure)

@@ -135,6 +135,11 @@ pub enum ClientRequest {
     BlobGet {
         hash: [u8; 32],
     },
+    /// Node to node (sent `Forwarded`): fetch this blob from the other members now, so an
+    /// add can count this node as a replica. Answered with `BlobHas`.
+    BlobReplicate {
+        hash: [u8; 32],
+    },
     /// Whether the receiving node holds the blob, complete (no fetch).
     BlobHas {
         hash: [u8; 32],
@@ -142,6 +147,25 @@ pub enum ClientRequest {
     /// The complete blobs the receiving node holds, in hash order, starting after `after`.
     BlobList {
         after: Option<[u8; 32]>,
+        limit: u32,
+    },
+    /// Which members hold the blob, asked of each of them now. Answered with `BlobStatus`.
+    BlobStatus {
+        hash: [u8; 32],
+    },
+    /// Names a blob with a pin, which keeps it from garbage collection and keeps it
+    /// replicated. The blob must be stored somewhere in the cluster. Answered with `Done`.
+    BlobPin {
+        name: String,
+        hash: [u8; 32],
+    },
+    /// Removes a pin. Answered with `BlobUnpinned`.
+    BlobUnpin {
+        name: String,
+    },
+    /// Pins in name order after `after`. Answered with `BlobPins`.
+    BlobPins {
+        after: Option<String>,
         limit: u32,
     },
 }
@@ -179,7 +203,12 @@ impl ClientRequest {
             ClientRequest::BlobAdd => "blob_add",
             ClientRequest::BlobGet { .. } => "blob_get",
             ClientRequest::BlobHas { .. } => "blob_has",
+            ClientRequest::BlobReplicate { .. } => "blob_replicate",
             ClientRequest::BlobList { .. } => "blob_list",
+            ClientRequest::BlobStatus { .. } => "blob_status",
+            ClientRequest::BlobPin { .. } => "blob_pin",
+            ClientRequest::BlobUnpin { .. } => "blob_unpin",
+            ClientRequest::BlobPins { .. } => "blob_pins",
         }
     }
 }
@@ -214,10 +243,11 @@ pub enum ClientResponse {
         cluster_id: String,
         root_token_file: String,
     },
-    /// A blob was stored: its BLAKE3 hash and size.
+    /// A blob was stored: its BLAKE3 hash and size, and how many nodes hold it now.
     BlobAdded {
         hash: [u8; 32],
         size: u64,
+        replicas: u32,
     },
     /// `size` raw bytes of the blob follow this frame.
     BlobData {
@@ -231,6 +261,18 @@ pub enum ClientResponse {
         blobs: Vec<BlobEntry>,
         more: bool,
     },
+    /// One entry per member of the cluster.
+    BlobStatus {
+        holders: Vec<BlobHolder>,
+    },
+    /// Whether the pin existed.
+    BlobUnpinned {
+        existed: bool,
+    },
+    BlobPins {
+        pins: Vec<BlobPinEntry>,
+        more: bool,
+    },
     Done,
     Error(AspenError),
 }
@@ -239,6 +281,21 @@ pub enum ClientResponse {
 pub struct BlobEntry {
     pub hash: [u8; 32],
     pub size: u64,
+}
+
+/// What one member said of a blob: its size when it holds it complete, or why it could not
+/// be asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobHolder {
+    pub node_id: u64,
+    pub size: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobPinEntry {
+    pub name: String,
+    pub hash: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

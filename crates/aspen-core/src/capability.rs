@@ -192,8 +192,10 @@ pub fn required(request: &ClientRequest) -> Option<Vec<Need<'_>>> {
         | R::RevokeToken { .. } => vec![Need::Admin],
         R::Status | R::Ticket | R::NodeInfo => vec![Need::Authenticated],
         R::Queue(command) => command.queues().iter().map(|q| Need::WriteUnder(crate::queue::queue_prefix(q))).collect(),
-        R::BlobAdd => vec![Need::BlobWrite],
-        R::BlobGet { .. } | R::BlobHas { .. } | R::BlobList { .. } => vec![Need::BlobRead],
+        R::BlobAdd | R::BlobReplicate { .. } | R::BlobPin { .. } | R::BlobUnpin { .. } => vec![Need::BlobWrite],
+        R::BlobGet { .. } | R::BlobHas { .. } | R::BlobList { .. } | R::BlobStatus { .. } | R::BlobPins { .. } => {
+            vec![Need::BlobRead]
+        }
         R::RateLimit(take) => vec![Need::WriteUnder(crate::ratelimit::bucket_key(&take.name))],
         R::Init { .. } | R::Forwarded(_) | R::Authenticate { .. } | R::SetClusterRoot { .. } => return None,
     })

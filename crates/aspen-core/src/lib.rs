@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod blob;
 pub mod capability;
 pub mod command;
 pub mod error;

@@ -56,3 +56,5 @@ pub const CONNECTION_IDLE_TIMEOUT_MS: u32 = 5_000;
 pub const CONNECTION_KEEPALIVE_MS: u64 = 1_000;
 /// Most blobs one blob-list answer names.
 pub const MAX_BLOB_LIST: u32 = 10_000;
+/// Most blob copies one repair round makes.
+pub const MAX_BLOB_REPAIR_COPIES: usize = 256;
