@@ -11,6 +11,8 @@ use iroh::Endpoint;
 use iroh::endpoint::Connection;
 use tokio::sync::Mutex;
 
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(FORWARD_TIMEOUT_MS);
+
 pub struct Forwarder {
     endpoint: Endpoint,
     conns: Mutex<HashMap<[u8; 32], Connection>>,
@@ -21,20 +23,20 @@ impl Forwarder {
         Forwarder { endpoint, conns: Mutex::new(HashMap::new()) }
     }
 
+    /// A live connection to `to`, reusing the cached one. The cache is not locked while
+    /// connecting, so a dead peer never delays requests to the others.
     async fn connection(&self, to: &NodeAddr) -> Result<Connection, AspenError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&to.endpoint_id)
+        if let Some(c) = self.conns.lock().await.get(&to.endpoint_id)
             && c.close_reason().is_none()
         {
             return Ok(c.clone());
         }
-        let addr =
-            aspen_net::endpoint_addr(to).map_err(|e| AspenError::internal(format!("bad leader address: {e}")))?;
+        let addr = aspen_net::endpoint_addr(to).map_err(|e| AspenError::internal(format!("bad node address: {e}")))?;
         let conn = tokio::time::timeout(Duration::from_secs(5), self.endpoint.connect(addr, CLIENT_ALPN))
             .await
-            .map_err(|_| AspenError::Unavailable { reason: "connecting to the leader timed out".into() })?
-            .map_err(|e| AspenError::Unavailable { reason: format!("cannot reach the leader: {e}") })?;
-        conns.insert(to.endpoint_id, conn.clone());
+            .map_err(|_| AspenError::Unavailable { reason: "connecting to the node timed out".into() })?
+            .map_err(|e| AspenError::Unavailable { reason: format!("cannot reach the node: {e}") })?;
+        self.conns.lock().await.insert(to.endpoint_id, conn.clone());
         Ok(conn)
     }
 
@@ -47,6 +49,21 @@ impl Forwarder {
     /// makes its outcome unknown; before that, the request certainly had no effect.
     pub async fn call(&self, to: &NodeAddr, request: ClientRequest, is_write: bool) -> ClientResponse {
         self.call_as(to, request, is_write, None).await
+    }
+
+    /// [`Forwarder::forward`] of a request that changes nothing if repeated, with its own
+    /// patience: a blob copy may take far longer than forwarding usually does.
+    pub async fn forward_with_timeout(
+        &self,
+        to: &NodeAddr,
+        request: ClientRequest,
+        timeout: Duration,
+    ) -> ClientResponse {
+        let conn = match self.connection(to).await {
+            Ok(c) => c,
+            Err(e) => return ClientResponse::Error(e),
+        };
+        self.exchange(&conn, to, &ClientRequest::Forwarded(Box::new(request)), false, timeout).await
     }
 
     /// [`Forwarder::call`], first presenting `token` on the connection (a joining node,
@@ -64,12 +81,12 @@ impl Forwarder {
         };
         if let Some(token) = token {
             let auth = ClientRequest::Authenticate { token: token.to_vec() };
-            match self.exchange(&conn, to, &auth, false).await {
+            match self.exchange(&conn, to, &auth, false, FORWARD_TIMEOUT).await {
                 ClientResponse::Done => {}
                 other => return other,
             }
         }
-        self.exchange(&conn, to, &request, is_write).await
+        self.exchange(&conn, to, &request, is_write, FORWARD_TIMEOUT).await
     }
 
     async fn exchange(
@@ -78,6 +95,7 @@ impl Forwarder {
         to: &NodeAddr,
         request: &ClientRequest,
         is_write: bool,
+        timeout: Duration,
     ) -> ClientResponse {
         let lost = |what: String| {
             if is_write {
@@ -103,7 +121,7 @@ impl Forwarder {
                 .map_err(|e| lost(format!("the leader's answer was lost: {e}")))?
                 .ok_or_else(|| lost("the leader closed the stream without answering".into()))
         };
-        match tokio::time::timeout(Duration::from_millis(FORWARD_TIMEOUT_MS), exchange).await {
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
                 self.conns.lock().await.remove(&to.endpoint_id);
@@ -111,7 +129,7 @@ impl Forwarder {
             }
             Err(_) => {
                 self.conns.lock().await.remove(&to.endpoint_id);
-                ClientResponse::Error(lost(format!("the leader did not answer within {FORWARD_TIMEOUT_MS} ms")))
+                ClientResponse::Error(lost(format!("no answer within {timeout:?}")))
             }
         }
     }

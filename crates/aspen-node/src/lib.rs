@@ -7,6 +7,7 @@
 mod args;
 mod auth;
 mod batcher;
+mod blob_replication;
 mod blobs;
 mod forward;
 mod leases;

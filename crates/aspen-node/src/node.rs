@@ -120,7 +120,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // for the apply index through ReadIndex; startup itself re-applies the log up to the
     // persisted commit index.
 
-    let blobs = crate::blobs::open_store(&data_dir).await?;
+    let node_slot = crate::blobs::NodeSlot::default();
+    let blobs =
+        crate::blobs::open_store(&data_dir, Duration::from_secs(args.blob_gc_interval_secs), node_slot.clone()).await?;
     let raft_server = RaftServer::new(raft.clone(), incoming_snapshot);
     let state = Arc::new(NodeState {
         raft_refused: raft_server.refused_counter(),
@@ -135,6 +137,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         security,
         data_dir: data_dir.clone(),
         blobs: blobs.clone(),
+        blob_settings: crate::blobs::BlobSettings {
+            replicas: args.blob_replicas,
+            gc_grace: Duration::from_secs(args.blob_gc_grace_secs),
+            repair_interval: Duration::from_secs(args.blob_repair_interval_secs),
+        },
+        fresh_lease: tokio::sync::Mutex::new(None),
         endpoint: endpoint.clone(),
     });
     let router = iroh::protocol::Router::builder(endpoint.clone())
@@ -142,7 +150,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .accept(CLIENT_ALPN, ClientService::new(state.clone()))
         .accept(iroh_blobs::ALPN, crate::blobs::MemberBlobs::new(&blobs, state.clone()))
         .spawn();
+    let _ = node_slot.set(Arc::downgrade(&state));
     let lease_task = crate::leases::spawn(state.clone());
+    let repair_task = crate::blob_replication::spawn_repair(state.clone());
     let root_task = crate::root::spawn_if_pending(state.clone());
 
     if let Some(ticket_file) = &args.join_ticket_file
@@ -165,6 +175,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::notify::notify("STOPPING=1");
     let _ = std::fs::remove_file(&ready_file);
     lease_task.abort();
+    repair_task.abort();
     if let Some(t) = root_task {
         t.abort();
     }

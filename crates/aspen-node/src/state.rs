@@ -28,6 +28,10 @@ pub struct NodeState {
     pub data_dir: std::path::PathBuf,
     /// This node's blob store (`<data dir>/blobs`).
     pub blobs: iroh_blobs::store::fs::FsStore,
+    /// Replication, grace period and repair settings of the blob store.
+    pub blob_settings: crate::blobs::BlobSettings,
+    /// The lease fresh-blob records are attached to, shared by the adds of a short window.
+    pub fresh_lease: tokio::sync::Mutex<Option<crate::blobs::FreshLease>>,
     pub endpoint: iroh::Endpoint,
     /// Raft connections and streams refused to non-members.
     pub raft_refused: Arc<std::sync::atomic::AtomicU64>,
@@ -61,7 +65,19 @@ impl NodeState {
         m.membership_config.membership().nodes().any(|(_, n)| &n.endpoint_id == key)
     }
 
-    /// Every other member (voter or learner) of the cluster, by node id.
+    /// How many nodes must hold a blob under the current membership.
+    pub fn blob_replica_target(&self) -> usize {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        aspen_core::blob::replica_target(
+            self.blob_settings.replicas,
+            membership.voter_ids().count(),
+            membership.nodes().count(),
+        )
+    }
+
+    /// Every other member (voter or learner) of the cluster, in node id order.
     pub fn other_members(&self) -> Vec<(u64, NodeAddr)> {
         let m = self.raft.metrics();
         let m = m.borrow_watched();

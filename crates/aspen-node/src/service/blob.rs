@@ -1,9 +1,15 @@
-//! Blob requests from clients: add (raw bytes follow the request on its stream), get (raw
-//! bytes follow the answer), has and list. Served by the node that receives them, never
-//! forwarded: blobs are not in the Raft log. Memory stays constant whatever the size: bytes
-//! pass through in QUIC-sized chunks.
+//! Blob requests: add (raw bytes follow the request on its stream), get (raw bytes follow
+//! the answer), has, list, status, and the named pins. Served by the node that receives
+//! them: blob bytes are not in the Raft log (pins and fresh records are, written through
+//! the leader like any key). Memory stays constant whatever the size: bytes pass through in
+//! QUIC-sized chunks.
+//!
+//! Members send each other `BlobReplicate`, `BlobHas` and `BlobList` marked `Forwarded`
+//! (replication, status and repair); those arrive here too.
 
-use aspen_core::api::{BlobEntry, ClientRequest, ClientResponse};
+use aspen_core::api::{BlobEntry, BlobPinEntry, ClientRequest, ClientResponse, ReadConsistency};
+use aspen_core::blob::{PIN_PREFIX, pin_hash, pin_key, pin_name, validate_pin_name};
+use aspen_core::command::WriteResult;
 use aspen_core::error::AspenError;
 use aspen_core::limits::MAX_BLOB_LIST;
 use bytes::Bytes;
@@ -11,7 +17,9 @@ use iroh::endpoint::{RecvStream, SendStream};
 use iroh_blobs::Hash;
 use tokio::io::AsyncReadExt;
 
-use crate::blobs::{complete_size, ensure_local};
+use super::dispatch;
+use crate::blob_replication::{replicate_added, status};
+use crate::blobs::{complete_size, ensure_local, mark_fresh};
 use crate::state::NodeState;
 
 /// Largest chunk read from or written to a stream at once.
@@ -19,17 +27,30 @@ const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Whether `request` is served here, on its own stream, rather than by `dispatch`.
 pub fn is_blob_request(request: &ClientRequest) -> bool {
-    matches!(
-        request,
+    match request {
+        ClientRequest::Forwarded(inner) => matches!(
+            **inner,
+            ClientRequest::BlobReplicate { .. } | ClientRequest::BlobHas { .. } | ClientRequest::BlobList { .. }
+        ),
         ClientRequest::BlobAdd
-            | ClientRequest::BlobGet { .. }
-            | ClientRequest::BlobHas { .. }
-            | ClientRequest::BlobList { .. }
-    )
+        | ClientRequest::BlobGet { .. }
+        | ClientRequest::BlobHas { .. }
+        | ClientRequest::BlobList { .. }
+        | ClientRequest::BlobReplicate { .. }
+        | ClientRequest::BlobStatus { .. }
+        | ClientRequest::BlobPin { .. }
+        | ClientRequest::BlobUnpin { .. }
+        | ClientRequest::BlobPins { .. } => true,
+        _ => false,
+    }
 }
 
 /// Serves a blob request (see [`is_blob_request`]) on its stream.
 pub async fn serve(state: &NodeState, request: &ClientRequest, mut send: SendStream, recv: RecvStream) {
+    let request = match request {
+        ClientRequest::Forwarded(inner) => &**inner,
+        other => other,
+    };
     let response = match request {
         ClientRequest::BlobAdd => add(state, recv).await,
         ClientRequest::BlobGet { hash } => {
@@ -39,7 +60,16 @@ pub async fn serve(state: &NodeState, request: &ClientRequest, mut send: SendStr
         ClientRequest::BlobHas { hash } => complete_size(&state.blobs, Hash::from_bytes(*hash))
             .await
             .map(|size| ClientResponse::BlobHas { present: size.is_some(), size }),
+        ClientRequest::BlobReplicate { hash } => ensure_local(state, Hash::from_bytes(*hash))
+            .await
+            .map(|(size, _tag)| ClientResponse::BlobHas { present: true, size: Some(size) }),
         ClientRequest::BlobList { after, limit } => list(state, *after, *limit).await,
+        ClientRequest::BlobStatus { hash } => {
+            status(state, hash).await.map(|holders| ClientResponse::BlobStatus { holders })
+        }
+        ClientRequest::BlobPin { name, hash } => pin(state, name, hash).await,
+        ClientRequest::BlobUnpin { name } => unpin(state, name).await,
+        ClientRequest::BlobPins { after, limit } => pins(state, after.as_deref(), *limit).await,
         _ => Err(AspenError::internal(format!("{} is not a blob request", request.name()))),
     };
     let response = response.unwrap_or_else(ClientResponse::Error);
@@ -73,19 +103,83 @@ async fn add(state: &NodeState, mut recv: RecvStream) -> Result<ClientResponse, 
         tag.map_err(|e| AspenError::invalid(format!("the blob was not stored: {e}")))
     };
     let ((), tag) = tokio::join!(pump, import);
-    let hash = tag?.hash();
+    // The temp tag keeps the blob from garbage collection until its fresh record exists.
+    let tag = tag?;
+    let hash = tag.hash();
     let size = complete_size(&state.blobs, hash)
         .await?
         .ok_or_else(|| AspenError::internal(format!("blob {hash} is incomplete right after adding it")))?;
-    Ok(ClientResponse::BlobAdded { hash: *hash.as_bytes(), size })
+    mark_fresh(state, hash.as_bytes()).await?;
+    let replicas = replicate_added(state, hash.as_bytes(), size).await?;
+    drop(tag);
+    Ok(ClientResponse::BlobAdded { hash: *hash.as_bytes(), size, replicas })
+}
+
+/// Names `hash` with pin `name` (replacing what the name pinned before). The blob must be
+/// somewhere in the cluster: it is fetched to this node first if need be.
+async fn pin(state: &NodeState, name: &str, hash: &[u8; 32]) -> Result<ClientResponse, AspenError> {
+    validate_pin_name(name)?;
+    let (_size, _tag) = ensure_local(state, Hash::from_bytes(*hash)).await?;
+    let put = ClientRequest::Put { key: pin_key(name), value: hash.to_vec(), lease: None };
+    match dispatch(state, put).await {
+        ClientResponse::Write(_) => Ok(ClientResponse::Done),
+        ClientResponse::Error(e) => Err(e),
+        other => Err(AspenError::internal(format!("a pin write was answered with {other:?}"))),
+    }
+}
+
+async fn unpin(state: &NodeState, name: &str) -> Result<ClientResponse, AspenError> {
+    validate_pin_name(name)?;
+    match dispatch(state, ClientRequest::Delete { key: pin_key(name) }).await {
+        ClientResponse::Write(WriteResult::Delete { deleted, .. }) => {
+            Ok(ClientResponse::BlobUnpinned { existed: deleted > 0 })
+        }
+        ClientResponse::Error(e) => Err(e),
+        other => Err(AspenError::internal(format!("an unpin was answered with {other:?}"))),
+    }
+}
+
+/// Pins in name order after `after`, read linearizably.
+async fn pins(state: &NodeState, after: Option<&str>, limit: u32) -> Result<ClientResponse, AspenError> {
+    let limit = list_limit(limit)?;
+    let mut start = pin_key(after.unwrap_or(""));
+    if after.is_some() {
+        start.push(0);
+    }
+    let end = aspen_core::capability::prefix_end(PIN_PREFIX.as_bytes()).unwrap_or_default();
+    let scan = ClientRequest::Scan { start, end, limit, consistency: ReadConsistency::Linearizable };
+    match dispatch(state, scan).await {
+        ClientResponse::Scan { kvs, more, .. } => {
+            let pins = kvs
+                .iter()
+                .filter_map(|kv| {
+                    Some(BlobPinEntry { name: pin_name(&kv.key)?.to_string(), hash: pin_hash(&kv.value)? })
+                })
+                .collect();
+            Ok(ClientResponse::BlobPins { pins, more })
+        }
+        ClientResponse::Error(e) => Err(e),
+        other => Err(AspenError::internal(format!("a pin scan was answered with {other:?}"))),
+    }
+}
+
+/// A list request's limit: 0 means 1,000; over [`MAX_BLOB_LIST`] is refused.
+fn list_limit(limit: u32) -> Result<u32, AspenError> {
+    match limit {
+        0 => Ok(1_000),
+        l if l > MAX_BLOB_LIST => {
+            Err(AspenError::invalid(format!("blob list limit {l} is over MAX_BLOB_LIST = {MAX_BLOB_LIST}")))
+        }
+        l => Ok(l),
+    }
 }
 
 /// Answers `BlobData { size }` and the bytes, fetching the blob from a member first if this
 /// node lacks it. A failure before the header is an error frame; after it, the stream is
 /// reset so the client cannot mistake a short blob for a whole one.
 async fn get(state: &NodeState, hash: Hash, send: &mut SendStream) {
-    let size = match ensure_local(state, hash).await {
-        Ok(size) => size,
+    let (size, _tag) = match ensure_local(state, hash).await {
+        Ok(found) => found,
         Err(e) => {
             let _ = aspen_net::write_frame(send, &ClientResponse::Error(e)).await;
             let _ = send.finish();
@@ -117,13 +211,7 @@ async fn get(state: &NodeState, hash: Hash, send: &mut SendStream) {
 }
 
 async fn list(state: &NodeState, after: Option<[u8; 32]>, limit: u32) -> Result<ClientResponse, AspenError> {
-    let limit = match limit {
-        0 => 1_000,
-        l if l > MAX_BLOB_LIST => {
-            return Err(AspenError::invalid(format!("blob list limit {l} is over MAX_BLOB_LIST = {MAX_BLOB_LIST}")));
-        }
-        l => l,
-    } as usize;
+    let limit = list_limit(limit)? as usize;
     let mut hashes: Vec<[u8; 32]> =
         state.blobs.list().hashes().await.map_err(AspenError::storage)?.into_iter().map(|h| *h.as_bytes()).collect();
     hashes.sort_unstable();
