@@ -287,6 +287,19 @@ fn the_documented_commands_work_against_a_local_cluster() {
         .filter(|e| e.file_name().to_string_lossy().contains("aspen-partial"))
         .collect();
     assert!(leftovers.is_empty(), "scratch files left behind: {leftovers:?}");
+    // Pins and status: `cluster up` runs three nodes, and an add waits for a majority.
+    let status = ok(&dir, &["blob", "status", &hash]);
+    assert_eq!(status.matches("holds it (300000 bytes)").count(), 2, "{status}");
+    ok(&dir, &["blob", "pin", "release/v1", &hash]);
+    assert_eq!(ok(&dir, &["blob", "pins"]), format!("release/v1 {hash}\n"));
+    let bad_name = fails(&dir, &["blob", "pin", "no spaces", &hash]);
+    assert!(bad_name.contains("pin name \"no spaces\""), "{bad_name}");
+    let unknown = fails(&dir, &["blob", "pin", "ghost", &"cd".repeat(32)]);
+    assert!(unknown.contains("no member provided it"), "{unknown}");
+    ok(&dir, &["blob", "unpin", "release/v1"]);
+    let again = fails(&dir, &["blob", "unpin", "release/v1"]);
+    assert!(again.contains("no pin named \"release/v1\""), "{again}");
+    assert_eq!(ok(&dir, &["blob", "pins"]), "");
 
     // Without a ticket, the error says how to give one.
     let elsewhere = tempfile::tempdir().expect("tempdir");

@@ -51,6 +51,9 @@ pub enum BenchCommand {
     /// first. Each task puts back what it consumed in batches of 16 (not timed), so the
     /// depth stays near PREFILL for the whole run.
     Kv(BenchKvArgs),
+    /// Blob throughput: add a file on one node, fetch it from a node that lacks it, in MB/s,
+    /// beside `cp` of the same file and `curl` from `python3 -m http.server` in the same run.
+    Blob(crate::cmd::bench_blob::BenchBlobArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,11 +114,29 @@ struct TaskResult {
 }
 
 pub async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Kv(args) = cmd;
-    check_args(&args)?;
-    if !args.start_cluster {
-        return run_against(ctx, &args, ctx.ticket()?).await;
+    match cmd {
+        BenchCommand::Kv(args) => {
+            check_args(&args)?;
+            if !args.start_cluster {
+                return run_against(ctx, &args, ctx.ticket()?).await;
+            }
+            with_bench_cluster(|ticket| run_against(ctx, &args, ticket)).await
+        }
+        BenchCommand::Blob(args) => {
+            if !args.start_cluster {
+                return crate::cmd::bench_blob::run(ctx, &args, ctx.ticket()?).await;
+            }
+            with_bench_cluster(|ticket| crate::cmd::bench_blob::run(ctx, &args, ticket)).await
+        }
     }
+}
+
+/// Runs `bench` against a throwaway 3-node cluster in a temporary directory.
+pub async fn with_bench_cluster<F, Fut>(bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(ClusterTicket) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let dir =
         tempfile::Builder::new().prefix("aspen-bench-").tempdir().context("cannot create a temporary directory")?;
     let exe = std::env::current_exe().context("cannot find this executable to run nodes with")?;
@@ -128,7 +149,7 @@ pub async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<()> {
         Ok(ticket) => {
             let ticket = ClusterTicket::decode(&ticket)?;
             tokio::select! {
-                r = run_against(ctx, &args, ticket) => r,
+                r = bench(ticket) => r,
                 _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
             }
         }

@@ -30,6 +30,24 @@ pub enum BlobCommand {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Which members hold the blob (asks each of them now).
+    Status {
+        #[arg(value_parser = parse_blob_hash)]
+        hash: [u8; 32],
+    },
+    /// Pin a blob under NAME: kept from garbage collection and kept replicated.
+    Pin {
+        name: String,
+        #[arg(value_parser = parse_blob_hash)]
+        hash: [u8; 32],
+    },
+    /// Remove pin NAME (exit status 1 when there was none).
+    Unpin { name: String },
+    /// List pins in name order.
+    Pins {
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
 }
 
 pub async fn run(ctx: &Ctx, client: &Client, cmd: BlobCommand) -> anyhow::Result<()> {
@@ -43,7 +61,9 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: BlobCommand) -> anyhow::Result
                 client.blob_add(&mut file).await?
             };
             if ctx.json {
-                output::print_json(&json!({"hash": blob_hash_hex(&info.hash), "size": info.size}))?;
+                output::print_json(
+                    &json!({"hash": blob_hash_hex(&info.hash), "size": info.size, "replicas": info.replicas}),
+                )?;
             } else {
                 output::print_line(&blob_hash_hex(&info.hash))?;
             }
@@ -75,6 +95,55 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: BlobCommand) -> anyhow::Result
                 }
                 if more {
                     eprintln!("(more blobs than --limit {limit})");
+                }
+            }
+        }
+        BlobCommand::Status { hash } => {
+            let holders = client.blob_status(hash).await?;
+            if ctx.json {
+                let list: Vec<Value> = holders
+                    .iter()
+                    .map(|h| json!({"node_id": h.node_id, "present": h.size.is_some(), "size": h.size, "error": h.error}))
+                    .collect();
+                output::print_json(&json!({"hash": blob_hash_hex(&hash), "nodes": list}))?;
+            } else {
+                for h in &holders {
+                    let what = match (&h.size, &h.error) {
+                        (Some(size), _) => format!("holds it ({size} bytes)"),
+                        (None, Some(e)) => format!("unknown: {e}"),
+                        (None, None) => "does not hold it".to_string(),
+                    };
+                    output::print_line(&format!("node {}: {what}", h.node_id))?;
+                }
+            }
+        }
+        BlobCommand::Pin { name, hash } => {
+            client.blob_pin(&name, hash).await?;
+            if ctx.json {
+                output::print_json(&json!({"name": name, "hash": blob_hash_hex(&hash)}))?;
+            }
+        }
+        BlobCommand::Unpin { name } => {
+            let existed = client.blob_unpin(&name).await?;
+            if ctx.json {
+                output::print_json(&json!({"name": name, "existed": existed}))?;
+            }
+            if !existed {
+                bail!("there is no pin named {name:?}");
+            }
+        }
+        BlobCommand::Pins { limit } => {
+            let (pins, more) = client.blob_pins(None, limit).await?;
+            if ctx.json {
+                let list: Vec<Value> =
+                    pins.iter().map(|p| json!({"name": p.name, "hash": blob_hash_hex(&p.hash)})).collect();
+                output::print_json(&json!({"pins": list, "more": more}))?;
+            } else {
+                for p in &pins {
+                    output::print_line(&format!("{} {}", p.name, blob_hash_hex(&p.hash)))?;
+                }
+                if more {
+                    eprintln!("(more pins than --limit {limit})");
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 pub mod barrier;
 pub mod bench;
+pub mod bench_blob;
 pub mod blob;
 pub mod cluster;
 pub mod coord;
