@@ -15,6 +15,9 @@ use crate::error::ClientError;
 /// Largest chunk moved at once.
 const CHUNK_BYTES: usize = 256 * 1024;
 
+/// What [`Client::blob_get_retrying`] awaits to empty its destination before a retry.
+pub type Restart<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>>;
+
 /// A blob's name (its BLAKE3 hash) and size, and how many nodes held it when the add was
 /// acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +72,9 @@ impl Client {
     }
 
     /// Writes blob `hash` into `out`, verified; returns its size. On any error, what was
-    /// written to `out` must be discarded.
+    /// written to `out` must be discarded. A node that sent bytes failing verification is
+    /// set aside, so the next call asks another node of this client's (see
+    /// [`Client::blob_get_retrying`]).
     pub async fn blob_get_to(&self, hash: [u8; 32], out: &mut (impl AsyncWrite + Unpin)) -> Result<u64, ClientError> {
         let deadline = Instant::now() + self.config().request_timeout;
         let (mut send, mut recv, current) = self.open_stream(deadline).await?;
@@ -82,37 +87,71 @@ impl Client {
             Ok(Some(ClientResponse::BlobData { size })) => size,
             Ok(Some(ClientResponse::Error(e))) => return Err(ClientError::Aspen(e)),
             Ok(Some(other)) => return Err(ClientError::unexpected("blob_get", &other)),
-            Ok(None) => return Err(broken("the node closed the stream without an answer".into())),
+            Ok(None) => return Err(broken("the node closed the stream without answering".into())),
             Err(e) => return Err(broken(e.to_string())),
         };
-        let mut hasher = blake3::Hasher::new();
-        let mut received = 0u64;
-        loop {
-            let chunk =
-                recv.read_chunk(CHUNK_BYTES).await.map_err(|e| corrupt(format!("the transfer broke off: {e}")))?;
-            let Some(bytes) = chunk else { break };
-            received += bytes.len() as u64;
-            if received > size {
-                return Err(corrupt(format!("the node sent more than the {size} bytes it announced")));
+        let received = async {
+            let mut hasher = blake3::Hasher::new();
+            let mut received = 0u64;
+            loop {
+                let chunk =
+                    recv.read_chunk(CHUNK_BYTES).await.map_err(|e| corrupt(format!("the transfer broke off: {e}")))?;
+                let Some(bytes) = chunk else { break };
+                received += bytes.len() as u64;
+                if received > size {
+                    return Err(corrupt(format!("the node sent more than the {size} bytes it announced")));
+                }
+                hasher.update(&bytes);
+                out.write_all(&bytes).await.map_err(|e| ClientError::BlobIo(format!("writing the blob: {e}")))?;
             }
-            hasher.update(&bytes);
-            out.write_all(&bytes).await.map_err(|e| ClientError::BlobIo(format!("writing the blob: {e}")))?;
+            if received != size {
+                return Err(corrupt(format!("got {received} of {size} bytes")));
+            }
+            let actual = hasher.finalize();
+            if actual.as_bytes() != &hash {
+                return Err(corrupt(format!("the bytes hash to {}", actual.to_hex())));
+            }
+            out.flush().await.map_err(|e| ClientError::BlobIo(format!("writing the blob: {e}")))?;
+            Ok(size)
         }
-        if received != size {
-            return Err(corrupt(format!("got {received} of {size} bytes")));
+        .await;
+        if let Err(ClientError::BlobCorrupt { .. }) = &received {
+            tracing::warn!(node = %current.node, hash = %blob_hash_hex(&hash), "a node sent a blob that failed verification");
+            self.mark_failed(&current).await;
         }
-        let actual = hasher.finalize();
-        if actual.as_bytes() != &hash {
-            return Err(corrupt(format!("the bytes hash to {}", actual.to_hex())));
-        }
-        out.flush().await.map_err(|e| ClientError::BlobIo(format!("writing the blob: {e}")))?;
-        Ok(size)
+        received
     }
 
-    /// Reads a whole blob into memory, verified. For small blobs; see [`Client::blob_get_to`].
+    /// [`Client::blob_get_to`] for a destination that can start over: after a transfer that
+    /// fails verification, `restart` empties `out` and the next node of this client's is
+    /// asked, once per node. Wrong bytes are never kept.
+    pub async fn blob_get_retrying<W, R>(&self, hash: [u8; 32], out: &mut W, mut restart: R) -> Result<u64, ClientError>
+    where
+        W: AsyncWrite + Unpin,
+        R: for<'a> FnMut(&'a mut W) -> Restart<'a>,
+    {
+        let attempts = self.node_count().max(1);
+        let mut attempt = 1;
+        loop {
+            match self.blob_get_to(hash, out).await {
+                Err(ClientError::BlobCorrupt { .. }) if attempt < attempts => {
+                    attempt += 1;
+                    restart(out).await.map_err(|e| ClientError::BlobIo(format!("starting the blob over: {e}")))?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads a whole blob into memory, verified, asking another node if one sends damaged
+    /// bytes. For small blobs; see [`Client::blob_get_to`].
     pub async fn blob_get(&self, hash: [u8; 32]) -> Result<Vec<u8>, ClientError> {
         let mut out = Vec::new();
-        self.blob_get_to(hash, &mut out).await?;
+        self.blob_get_retrying(hash, &mut out, |v: &mut Vec<u8>| {
+            v.clear();
+            Box::pin(std::future::ready(Ok(())))
+        })
+        .await?;
         Ok(out)
     }
 

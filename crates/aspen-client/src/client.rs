@@ -285,6 +285,11 @@ impl Client {
         }
     }
 
+    /// How many nodes this client can fail over between.
+    pub fn node_count(&self) -> usize {
+        self.pool.nodes().len()
+    }
+
     pub(crate) async fn mark_failed(&self, current: &Current) {
         self.pool.mark_failed(current.generation).await;
     }

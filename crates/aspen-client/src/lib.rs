@@ -30,7 +30,7 @@ pub use aspen_core::api::{ClusterStatus, LeaseInfo, MemberStatus, NodeAddr, Read
 pub use aspen_core::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResult};
 pub use aspen_core::{AspenError, Event, EventKind, KeyValue, LeaseId};
 pub use aspen_net::{ClusterTicket, TicketError};
-pub use blob::{BlobInfo, blob_hash_hex, parse_blob_hash};
+pub use blob::{BlobInfo, Restart, blob_hash_hex, parse_blob_hash};
 pub use cas::CasOutcome;
 pub use client::Client;
 pub use config::ClientConfig;

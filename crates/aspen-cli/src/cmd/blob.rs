@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use aspen_client::{Client, blob_hash_hex, parse_blob_hash};
 use serde_json::{Value, json};
+use tokio::io::AsyncSeekExt;
 
 use crate::context::Ctx;
 use crate::output;
@@ -151,6 +152,15 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: BlobCommand) -> anyhow::Result
     Ok(())
 }
 
+/// Empties a scratch file so a retried transfer starts over.
+fn empty_file(file: &mut tokio::fs::File) -> aspen_client::Restart<'_> {
+    Box::pin(async move {
+        file.set_len(0).await?;
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        Ok(())
+    })
+}
+
 /// Writes the blob beside `path` first and renames it into place only once verified, so a
 /// corrupt or broken transfer never leaves a file that looks whole.
 async fn get_to_file(client: &Client, hash: [u8; 32], path: &std::path::Path) -> anyhow::Result<()> {
@@ -158,7 +168,7 @@ async fn get_to_file(client: &Client, hash: [u8; 32], path: &std::path::Path) ->
     let scratch = path.with_file_name(format!(".{}.aspen-partial-{}", name.to_string_lossy(), std::process::id()));
     let mut file =
         tokio::fs::File::create(&scratch).await.with_context(|| format!("cannot create {}", scratch.display()))?;
-    match client.blob_get_to(hash, &mut file).await {
+    match client.blob_get_retrying(hash, &mut file, empty_file).await {
         Ok(_) => {
             file.sync_all().await.with_context(|| format!("cannot sync {}", scratch.display()))?;
             drop(file);

@@ -60,9 +60,7 @@ pub async fn serve(state: &NodeState, request: &ClientRequest, mut send: SendStr
         ClientRequest::BlobHas { hash } => complete_size(&state.blobs, Hash::from_bytes(*hash))
             .await
             .map(|size| ClientResponse::BlobHas { present: size.is_some(), size }),
-        ClientRequest::BlobReplicate { hash } => ensure_local(state, Hash::from_bytes(*hash))
-            .await
-            .map(|(size, _tag)| ClientResponse::BlobHas { present: true, size: Some(size) }),
+        ClientRequest::BlobReplicate { hash } => replicate_here(state, Hash::from_bytes(*hash)).await,
         ClientRequest::BlobList { after, limit } => list(state, *after, *limit).await,
         ClientRequest::BlobStatus { hash } => {
             status(state, hash).await.map(|holders| ClientResponse::BlobStatus { holders })
@@ -109,10 +107,21 @@ async fn add(state: &NodeState, mut recv: RecvStream) -> Result<ClientResponse, 
     let size = complete_size(&state.blobs, hash)
         .await?
         .ok_or_else(|| AspenError::internal(format!("blob {hash} is incomplete right after adding it")))?;
+    // The store batches its metadata commits: a crash right after the answer must not
+    // forget a blob this node counted as held.
+    state.blobs.sync_db().await.map_err(AspenError::storage)?;
     mark_fresh(state, hash.as_bytes()).await?;
     let replicas = replicate_added(state, hash.as_bytes(), size).await?;
     drop(tag);
     Ok(ClientResponse::BlobAdded { hash: *hash.as_bytes(), size, replicas })
+}
+
+/// A member's request to hold `hash`: fetched from the others if need be, and committed to
+/// the store before this node says it holds it.
+async fn replicate_here(state: &NodeState, hash: Hash) -> Result<ClientResponse, AspenError> {
+    let (size, _tag) = ensure_local(state, hash).await?;
+    state.blobs.sync_db().await.map_err(AspenError::storage)?;
+    Ok(ClientResponse::BlobHas { present: true, size: Some(size) })
 }
 
 /// Names `hash` with pin `name` (replacing what the name pinned before). The blob must be
