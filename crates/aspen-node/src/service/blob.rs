@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 
 use super::dispatch;
 use crate::blob_replication::{replicate_added, status};
-use crate::blobs::{complete_size, ensure_local, mark_fresh};
+use crate::blobs::{complete_size, ensure_local, mark_fresh, persist};
 use crate::state::NodeState;
 
 /// Largest chunk read from or written to a stream at once.
@@ -107,9 +107,7 @@ async fn add(state: &NodeState, mut recv: RecvStream) -> Result<ClientResponse, 
     let size = complete_size(&state.blobs, hash)
         .await?
         .ok_or_else(|| AspenError::internal(format!("blob {hash} is incomplete right after adding it")))?;
-    // The store batches its metadata commits: a crash right after the answer must not
-    // forget a blob this node counted as held.
-    state.blobs.sync_db().await.map_err(AspenError::storage)?;
+    persist(state, hash).await?;
     mark_fresh(state, hash.as_bytes()).await?;
     let replicas = replicate_added(state, hash.as_bytes(), size).await?;
     drop(tag);
@@ -120,7 +118,7 @@ async fn add(state: &NodeState, mut recv: RecvStream) -> Result<ClientResponse, 
 /// the store before this node says it holds it.
 async fn replicate_here(state: &NodeState, hash: Hash) -> Result<ClientResponse, AspenError> {
     let (size, _tag) = ensure_local(state, hash).await?;
-    state.blobs.sync_db().await.map_err(AspenError::storage)?;
+    persist(state, hash).await?;
     Ok(ClientResponse::BlobHas { present: true, size: Some(size) })
 }
 
