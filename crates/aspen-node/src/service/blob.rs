@@ -13,9 +13,10 @@ use aspen_core::command::WriteResult;
 use aspen_core::error::AspenError;
 use aspen_core::limits::MAX_BLOB_LIST;
 use bytes::Bytes;
+use futures::StreamExt;
 use iroh::endpoint::{RecvStream, SendStream};
 use iroh_blobs::Hash;
-use tokio::io::AsyncReadExt;
+use iroh_blobs::api::proto::ExportRangesItem;
 
 use super::dispatch;
 use crate::blob_replication::{replicate_added, status};
@@ -196,18 +197,25 @@ async fn get(state: &NodeState, hash: Hash, send: &mut SendStream) {
     if aspen_net::write_frame(send, &ClientResponse::BlobData { size }).await.is_err() {
         return;
     }
-    let mut reader = state.blobs.reader(hash);
-    let mut buf = vec![0u8; CHUNK_BYTES];
+    // One streaming export of the whole blob: a read request per chunk would cost a round
+    // trip to the store's own runtime each time.
+    let items = state.blobs.export_ranges(hash, 0..size).stream();
+    tokio::pin!(items);
     let mut sent = 0u64;
-    while sent < size {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if send.write_all(&buf[..n]).await.is_err() {
-            return;
+    while let Some(item) = items.next().await {
+        match item {
+            ExportRangesItem::Size(_) => {}
+            ExportRangesItem::Data(leaf) => {
+                sent += leaf.data.len() as u64;
+                if send.write_chunk(leaf.data).await.is_err() {
+                    return;
+                }
+            }
+            ExportRangesItem::Error(e) => {
+                tracing::warn!(%hash, "reading a blob failed: {e}");
+                break;
+            }
         }
-        sent += n as u64;
     }
     if sent == size {
         let _ = send.finish();
