@@ -55,7 +55,11 @@ pub async fn replicate_added(state: &NodeState, hash: &BlobHash, size: u64) -> R
     let target = state.blob_replica_target();
     let mut holders = 1usize;
     let mut failures = Vec::new();
-    let mut candidates = state.other_members().into_iter();
+    // Members that could not be reached lately go last, so a dead member costs one
+    // connect timeout, not one per add.
+    let mut candidates = state.other_members();
+    candidates.sort_by_key(|(_, addr)| state.forwarder.recently_unreachable(addr));
+    let mut candidates = candidates.into_iter();
     while holders < target {
         let batch: Vec<(u64, NodeAddr)> = candidates.by_ref().take(target - holders).collect();
         if batch.is_empty() {

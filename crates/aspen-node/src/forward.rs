@@ -1,8 +1,8 @@
-//! Forwarding client requests to the leader, over the client protocol, on one cached
-//! connection per leader.
+//! Forwarding client requests to the leader (and blob requests to other members), over the
+//! client protocol, on one cached connection per peer.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse, NodeAddr};
 use aspen_core::error::AspenError;
@@ -12,15 +12,36 @@ use iroh::endpoint::Connection;
 use tokio::sync::Mutex;
 
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(FORWARD_TIMEOUT_MS);
+/// How long a peer that could not be reached counts as unreachable when choosing among peers.
+const UNREACHABLE_MEMORY: Duration = Duration::from_secs(30);
 
 pub struct Forwarder {
     endpoint: Endpoint,
     conns: Mutex<HashMap<[u8; 32], Connection>>,
+    /// When each peer last failed to connect; cleared by its next success.
+    unreachable: std::sync::Mutex<HashMap<[u8; 32], Instant>>,
 }
 
 impl Forwarder {
     pub fn new(endpoint: Endpoint) -> Self {
-        Forwarder { endpoint, conns: Mutex::new(HashMap::new()) }
+        Forwarder { endpoint, conns: Mutex::new(HashMap::new()), unreachable: Default::default() }
+    }
+
+    /// Whether connecting to `to` failed within the last [`UNREACHABLE_MEMORY`], so a
+    /// choice among peers can try the others first.
+    pub fn recently_unreachable(&self, to: &NodeAddr) -> bool {
+        let failed = self.unreachable.lock().map(|m| m.get(&to.endpoint_id).copied()).unwrap_or(None);
+        failed.is_some_and(|at| at.elapsed() < UNREACHABLE_MEMORY)
+    }
+
+    fn note_reachable(&self, to: &NodeAddr, reachable: bool) {
+        if let Ok(mut m) = self.unreachable.lock() {
+            if reachable {
+                m.remove(&to.endpoint_id);
+            } else {
+                m.insert(to.endpoint_id, Instant::now());
+            }
+        }
     }
 
     /// A live connection to `to`, reusing the cached one. The cache is not locked while
@@ -34,8 +55,10 @@ impl Forwarder {
         let addr = aspen_net::endpoint_addr(to).map_err(|e| AspenError::internal(format!("bad node address: {e}")))?;
         let conn = tokio::time::timeout(Duration::from_secs(5), self.endpoint.connect(addr, CLIENT_ALPN))
             .await
-            .map_err(|_| AspenError::Unavailable { reason: "connecting to the node timed out".into() })?
-            .map_err(|e| AspenError::Unavailable { reason: format!("cannot reach the node: {e}") })?;
+            .map_err(|_| AspenError::Unavailable { reason: "connecting to the node timed out".into() })
+            .and_then(|r| r.map_err(|e| AspenError::Unavailable { reason: format!("cannot reach the node: {e}") }));
+        self.note_reachable(to, conn.is_ok());
+        let conn = conn?;
         self.conns.lock().await.insert(to.endpoint_id, conn.clone());
         Ok(conn)
     }

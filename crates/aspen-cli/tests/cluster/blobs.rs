@@ -83,6 +83,14 @@ async fn a_blob_added_on_one_node_is_on_a_majority_read_from_another_and_outlive
     let dead = status.iter().find(|h| h.node_id == 1).unwrap();
     assert!(dead.size.is_none() && dead.error.is_some(), "the dead node is reported as unreachable: {status:?}");
 
+    // With node 1 dead, adds on node 2 still reach a majority, through node 3.
+    for _ in 0..2 {
+        let more = random_bytes(300_000);
+        let added = second.blob_add_bytes(&more).await.unwrap();
+        assert_eq!(added.replicas, 2);
+        assert_eq!(holders(&second, added.hash).await, vec![2, 3]);
+    }
+
     let missing = *blake3::hash(b"never added").as_bytes();
     let err = second.blob_get(missing).await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::Unavailable), "{err}");
