@@ -136,9 +136,11 @@ pub enum ClientRequest {
         hash: [u8; 32],
     },
     /// Node to node (sent `Forwarded`): fetch this blob from the other members now, so an
-    /// add can count this node as a replica. Answered with `BlobHas`.
+    /// add or a repair can count this node as a holder; `from` is a member known to hold it,
+    /// asked first. Answered with `BlobHas`.
     BlobReplicate {
         hash: [u8; 32],
+        from: Option<u64>,
     },
     /// Whether the receiving node holds the blob, complete (no fetch).
     BlobHas {

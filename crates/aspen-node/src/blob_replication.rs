@@ -37,9 +37,16 @@ fn copy_timeout(size: u64) -> Duration {
 /// Patience for a repair copy of a blob whose size the leader does not know.
 const REPAIR_COPY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Asks the member at `addr` to fetch `hash` and keep it, waiting at most `timeout`.
-async fn copy_to(state: &NodeState, addr: &NodeAddr, hash: &BlobHash, timeout: Duration) -> Result<(), String> {
-    let request = ClientRequest::BlobReplicate { hash: *hash };
+/// Asks the member at `addr` to fetch `hash` (from `from` first) and keep it, waiting at
+/// most `timeout`.
+async fn copy_to(
+    state: &NodeState,
+    addr: &NodeAddr,
+    hash: &BlobHash,
+    from: Option<u64>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let request = ClientRequest::BlobReplicate { hash: *hash, from };
     match state.forwarder.forward_with_timeout(addr, request, timeout).await {
         ClientResponse::BlobHas { present: true, .. } => Ok(()),
         ClientResponse::BlobHas { present: false, .. } => Err("it did not keep the blob".into()),
@@ -65,7 +72,9 @@ pub async fn replicate_added(state: &NodeState, hash: &BlobHash, size: u64) -> R
         if batch.is_empty() {
             break;
         }
-        let results = join_all(batch.iter().map(|(_, addr)| copy_to(state, addr, hash, copy_timeout(size)))).await;
+        let results =
+            join_all(batch.iter().map(|(_, addr)| copy_to(state, addr, hash, Some(state.node_id), copy_timeout(size))))
+                .await;
         for ((node, _), result) in batch.iter().zip(results) {
             match result {
                 Ok(()) => holders += 1,
@@ -149,13 +158,14 @@ pub async fn repair_round(state: &NodeState) -> Result<usize, AspenError> {
     let mut copies = 0;
     for repair in plan_repairs(&live, &holdings, state.blob_replica_target(), MAX_BLOB_REPAIR_COPIES) {
         let hash = Hash::from_bytes(repair.hash);
+        let holder = holdings.iter().find(|(_, held)| held.contains(&repair.hash)).map(|(node, _)| *node);
         for node in repair.to {
             let Some(addr) = state.member_addr(node) else { continue };
             let timeout = match complete_size(&state.blobs, hash).await? {
                 Some(size) => copy_timeout(size),
                 None => REPAIR_COPY_TIMEOUT,
             };
-            match copy_to(state, &addr, &repair.hash, timeout).await {
+            match copy_to(state, &addr, &repair.hash, holder, timeout).await {
                 Ok(()) => {
                     copies += 1;
                     tracing::info!(%hash, node, "blob repair: copied an under-replicated blob");

@@ -245,16 +245,17 @@ pub async fn complete_hashes(store: &FsStore) -> Result<BTreeSet<BlobHash>, Aspe
 }
 
 /// Makes sure this node holds `hash` complete, fetching it from the other members in turn
-/// (in node id order) when it does not. Returns its size and a temp tag that keeps the blob
+/// (`prefer` first, then in node id order) when it does not. Returns its size and a temp tag that keeps the blob
 /// from garbage collection while the caller holds it. A transfer that fails verification
 /// or breaks off is dropped and the next member is asked. Fails with `Unavailable` when no
 /// member provides it whole.
-pub async fn ensure_local(state: &NodeState, hash: Hash) -> Result<(u64, TempTag), AspenError> {
+pub async fn ensure_local(state: &NodeState, hash: Hash, prefer: Option<u64>) -> Result<(u64, TempTag), AspenError> {
     let tag = state.blobs.tags().temp_tag(hash).await.map_err(AspenError::storage)?;
     if let Some(size) = complete_size(&state.blobs, hash).await? {
         return Ok((size, tag));
     }
-    let peers = state.other_members();
+    let mut peers = state.other_members();
+    peers.sort_by_key(|(id, _)| Some(*id) != prefer);
     let mut tried = Vec::new();
     for (peer_id, peer) in peers {
         let Ok(addr) = aspen_net::endpoint::endpoint_addr(&peer) else { continue };

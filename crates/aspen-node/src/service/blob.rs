@@ -61,7 +61,7 @@ pub async fn serve(state: &NodeState, request: &ClientRequest, mut send: SendStr
         ClientRequest::BlobHas { hash } => complete_size(&state.blobs, Hash::from_bytes(*hash))
             .await
             .map(|size| ClientResponse::BlobHas { present: size.is_some(), size }),
-        ClientRequest::BlobReplicate { hash } => replicate_here(state, Hash::from_bytes(*hash)).await,
+        ClientRequest::BlobReplicate { hash, from } => replicate_here(state, Hash::from_bytes(*hash), *from).await,
         ClientRequest::BlobList { after, limit } => list(state, *after, *limit).await,
         ClientRequest::BlobStatus { hash } => {
             status(state, hash).await.map(|holders| ClientResponse::BlobStatus { holders })
@@ -117,8 +117,8 @@ async fn add(state: &NodeState, mut recv: RecvStream) -> Result<ClientResponse, 
 
 /// A member's request to hold `hash`: fetched from the others if need be, and committed to
 /// the store before this node says it holds it.
-async fn replicate_here(state: &NodeState, hash: Hash) -> Result<ClientResponse, AspenError> {
-    let (size, _tag) = ensure_local(state, hash).await?;
+async fn replicate_here(state: &NodeState, hash: Hash, from: Option<u64>) -> Result<ClientResponse, AspenError> {
+    let (size, _tag) = ensure_local(state, hash, from).await?;
     persist(state, hash).await?;
     Ok(ClientResponse::BlobHas { present: true, size: Some(size) })
 }
@@ -127,7 +127,7 @@ async fn replicate_here(state: &NodeState, hash: Hash) -> Result<ClientResponse,
 /// somewhere in the cluster: it is fetched to this node first if need be.
 async fn pin(state: &NodeState, name: &str, hash: &[u8; 32]) -> Result<ClientResponse, AspenError> {
     validate_pin_name(name)?;
-    let (_size, _tag) = ensure_local(state, Hash::from_bytes(*hash)).await?;
+    let (_size, _tag) = ensure_local(state, Hash::from_bytes(*hash), None).await?;
     let put = ClientRequest::Put { key: pin_key(name), value: hash.to_vec(), lease: None };
     match dispatch(state, put).await {
         ClientResponse::Write(_) => Ok(ClientResponse::Done),
@@ -186,7 +186,7 @@ fn list_limit(limit: u32) -> Result<u32, AspenError> {
 /// node lacks it. A failure before the header is an error frame; after it, the stream is
 /// reset so the client cannot mistake a short blob for a whole one.
 async fn get(state: &NodeState, hash: Hash, send: &mut SendStream) {
-    let (size, _tag) = match ensure_local(state, hash).await {
+    let (size, _tag) = match ensure_local(state, hash, None).await {
         Ok(found) => found,
         Err(e) => {
             let _ = aspen_net::write_frame(send, &ClientResponse::Error(e)).await;
