@@ -127,36 +127,47 @@ async fn scan_prefix(state: &NodeState, prefix: &str, mut each: impl FnMut(KeyVa
 /// adds within one eighth of the grace period share a lease, so a burst of small adds costs
 /// one lease grant; each record lives between one and 1 1/8 grace periods.
 pub async fn mark_fresh(state: &NodeState, hash: &BlobHash) -> Result<(), AspenError> {
-    let grace = state.blob_settings.gc_grace;
-    let window = grace / 8;
-    let mut cached = state.fresh_lease.lock().await;
     for attempt in 0..2 {
-        let lease = match cached.as_ref() {
-            Some(l) if attempt == 0 && l.granted.elapsed() < window => l.id,
-            _ => {
-                let ttl_ms = (grace + window).as_millis() as u64;
-                let granted = Instant::now();
-                match dispatch(state, ClientRequest::LeaseGrant { ttl_ms }).await {
-                    ClientResponse::Write(WriteResult::Lease { id, .. }) => {
-                        *cached = Some(FreshLease { id, granted });
-                        id
-                    }
-                    ClientResponse::Error(e) => return Err(e),
-                    other => return Err(AspenError::internal(format!("a lease grant was answered with {other:?}"))),
-                }
-            }
-        };
+        let lease = fresh_lease(state).await?;
         let put = ClientRequest::Put { key: fresh_key(hash), value: Vec::new(), lease: Some(lease) };
         match dispatch(state, put).await {
             ClientResponse::Write(_) => return Ok(()),
-            // The shared lease ended early (revoked, or this node's clock ran slow): grant
-            // another once.
-            ClientResponse::Error(AspenError::LeaseNotFound { .. }) if attempt == 0 => continue,
+            // The shared lease ended early (revoked, or this node's clock ran slow): forget
+            // it, so the next attempt grants another.
+            ClientResponse::Error(AspenError::LeaseNotFound { .. }) if attempt == 0 => {
+                let mut cached = state.fresh_lease.lock().await;
+                if cached.as_ref().is_some_and(|l| l.id == lease) {
+                    *cached = None;
+                }
+            }
             ClientResponse::Error(e) => return Err(e),
             other => return Err(AspenError::internal(format!("a put was answered with {other:?}"))),
         }
     }
     Err(AspenError::internal("the fresh-blob lease vanished twice in a row"))
+}
+
+/// The lease of the current window, granted when the window's is missing or old. Only the
+/// choice is serialized; the puts that use it run concurrently.
+async fn fresh_lease(state: &NodeState) -> Result<LeaseId, AspenError> {
+    let grace = state.blob_settings.gc_grace;
+    let window = grace / 8;
+    let mut cached = state.fresh_lease.lock().await;
+    if let Some(l) = cached.as_ref()
+        && l.granted.elapsed() < window
+    {
+        return Ok(l.id);
+    }
+    let ttl_ms = (grace + window).as_millis() as u64;
+    let granted = Instant::now();
+    match dispatch(state, ClientRequest::LeaseGrant { ttl_ms }).await {
+        ClientResponse::Write(WriteResult::Lease { id, .. }) => {
+            *cached = Some(FreshLease { id, granted });
+            Ok(id)
+        }
+        ClientResponse::Error(e) => Err(e),
+        other => Err(AspenError::internal(format!("a lease grant was answered with {other:?}"))),
+    }
 }
 
 /// The iroh-blobs protocol, for cluster members only.
