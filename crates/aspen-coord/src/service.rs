@@ -256,3 +256,30 @@ impl ServiceWatch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use std::collections::BTreeMap;
+
+    use aspen_core::golden::recorded_text;
+
+    use super::Instance;
+
+    /// An instance record is JSON in the KV, read by every discoverer.
+    #[test]
+    fn instance_records_keep_their_json() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/service_records.txt");
+        let instance = Instance {
+            addr: "10.0.0.1:8080".into(),
+            tags: vec!["blue".into()],
+            meta: BTreeMap::from([("version".into(), "1.2".into())]),
+        };
+        let json = serde_json::to_string(&instance).unwrap();
+        let recorded = recorded_text(&path, "Instance", || json.clone());
+        assert_eq!(recorded, json);
+        assert_eq!(serde_json::from_str::<Instance>(&recorded).unwrap(), instance);
+        // Written by hand, without the defaulted fields: still read.
+        let minimal: Instance = serde_json::from_str(r#"{"addr":"x"}"#).unwrap();
+        assert_eq!(minimal.addr, "x");
+    }
+}

@@ -574,3 +574,26 @@ impl Task {
         self.claim_revision
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use aspen_core::golden::recorded_text;
+
+    use super::{DoneRecord, WorkerRecord};
+
+    /// Worker and completion records are JSON in the KV: a node of the next version (or a
+    /// worker running it) must read the ones written today.
+    #[test]
+    fn worker_records_keep_their_json() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/worker_records.txt");
+        let worker = serde_json::to_string(&WorkerRecord { capacity: 4 }).unwrap();
+        let recorded = recorded_text(&path, "WorkerRecord", || worker.clone());
+        assert_eq!(recorded, worker);
+        assert_eq!(serde_json::from_str::<WorkerRecord>(&recorded).unwrap().capacity, 4);
+        let done = serde_json::to_string(&DoneRecord { worker: "w1".into(), claim_revision: 17 }).unwrap();
+        let recorded = recorded_text(&path, "DoneRecord", || done.clone());
+        assert_eq!(recorded, done);
+        let back: DoneRecord = serde_json::from_str(&recorded).unwrap();
+        assert_eq!((back.worker.as_str(), back.claim_revision), ("w1", 17));
+    }
+}

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ClientRequest;
 use crate::command::TxnOp;
+use crate::keys::prefix_end;
 
 /// One right a token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,28 +93,13 @@ pub enum Need<'a> {
     Authenticated,
 }
 
-/// The first key after every key that starts with `prefix`, or `None` when no key does
-/// (an empty prefix, or one of only 0xff bytes, reaches the end of the keyspace).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// Whether the range `[start, end)` (empty `end`: unbounded) lies inside `prefix`.
 fn range_in_prefix(prefix: &[u8], start: &[u8], end: &[u8]) -> bool {
     if !start.starts_with(prefix) {
         return false;
     }
-    match prefix_end(prefix) {
-        None => true,
-        Some(limit) => !end.is_empty() && end <= limit.as_slice(),
-    }
+    let limit = prefix_end(prefix);
+    limit.is_empty() || (!end.is_empty() && end <= limit.as_slice())
 }
 
 impl Need<'_> {
@@ -232,14 +218,6 @@ mod tests {
         assert!(!Need::ReadRange(b"ap", b"app0").satisfied_by(&caps[0]));
         assert!(Need::ReadRange(b"", b"").satisfied_by(&Capability::Read(Vec::new())));
         assert!(Need::ReadRange(b"\xff\xff", b"").satisfied_by(&Capability::Read(vec![0xff])));
-    }
-
-    #[test]
-    fn prefix_end_skips_trailing_ff() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
-        assert_eq!(prefix_end(b""), None);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod blob;
 pub mod capability;
 pub mod command;
 pub mod error;
+pub mod golden;
+pub mod keys;
 pub mod limits;
 pub mod mem_store;
 pub mod queue;

@@ -28,8 +28,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::apply;
-use crate::capability::prefix_end;
 use crate::error::AspenError;
+use crate::keys::prefix_end;
 use crate::limits::{MAX_LEASE_TTL_MS, MAX_VALUE_BYTES};
 use crate::store::KvStore;
 use crate::types::Event;
@@ -566,7 +566,7 @@ fn next_candidate<S: KvStore>(
         Some(key) => (key, false),
         None => {
             let start = keys.ready_all();
-            let end = prefix_end(&start).unwrap_or_default();
+            let end = prefix_end(&start);
             match tx.first_key(&start, &end)? {
                 Some(key) => (key, true),
                 None => return Ok(None),
@@ -629,7 +629,7 @@ fn dequeue<S: KvStore>(
         });
     }
     let next_visible_in_ms = if items.is_empty() {
-        tx.first_key(&keys.inflight_all(), &prefix_end(&keys.inflight_all()).unwrap_or_default())?
+        tx.first_key(&keys.inflight_all(), &prefix_end(&keys.inflight_all()))?
             .and_then(|k| deadline_of(&k))
             .map(|d| d.saturating_sub(now_ms))
     } else {
@@ -722,7 +722,7 @@ fn redrive<S: KvStore>(
     };
     let mut to_meta = meta_or_default(tx, &to_keys)?;
     let start = from_keys.ready_all();
-    let end = prefix_end(&start).unwrap_or_default();
+    let end = prefix_end(&start);
     let mut moved = 0;
     for index_key in tx.store.range_keys(&start, &end, max as usize)? {
         let seq = seq_of(&index_key).unwrap_or(0);
@@ -771,5 +771,18 @@ mod tests {
         for bad in ["", "a/b", "a b", &"x".repeat(129)] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use super::DedupRecord;
+    use crate::golden::{check_file, sample};
+
+    /// The dedup record is private to the apply step, but it is stored in the KV.
+    #[test]
+    fn the_dedup_record_keeps_its_bytes() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/queue_private.txt");
+        check_file(&path, &[sample("DedupRecord", &DedupRecord { seq: 41, expires_ms: 1_700_000_300_000 })]);
     }
 }

@@ -97,7 +97,7 @@ pub async fn live_blobs(state: &NodeState) -> Result<BTreeSet<BlobHash>, AspenEr
 
 /// Every key under `prefix`, page by page, read linearizably through the leader.
 async fn scan_prefix(state: &NodeState, prefix: &str, mut each: impl FnMut(KeyValue)) -> Result<(), AspenError> {
-    let end = aspen_core::capability::prefix_end(prefix.as_bytes()).unwrap_or_default();
+    let end = aspen_core::keys::prefix_end(prefix.as_bytes());
     let mut start = prefix.as_bytes().to_vec();
     loop {
         let request = ClientRequest::Scan {

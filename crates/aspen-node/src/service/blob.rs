@@ -154,7 +154,7 @@ async fn pins(state: &NodeState, after: Option<&str>, limit: u32) -> Result<Clie
     if after.is_some() {
         start.push(0);
     }
-    let end = aspen_core::capability::prefix_end(PIN_PREFIX.as_bytes()).unwrap_or_default();
+    let end = aspen_core::keys::prefix_end(PIN_PREFIX.as_bytes());
     let scan = ClientRequest::Scan { start, end, limit, consistency: ReadConsistency::Linearizable };
     match dispatch(state, scan).await {
         ClientResponse::Scan { kvs, more, .. } => {

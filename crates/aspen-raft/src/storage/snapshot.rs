@@ -137,3 +137,47 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod golden {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use aspen_core::api::NodeAddr;
+    use aspen_core::golden::{check_file, sample};
+
+    use super::{FORMAT_VERSION, SnapshotHeader, SnapshotRecord};
+    use crate::types::{SnapshotMeta, StoredMembership};
+
+    /// A snapshot file is a header frame and record frames: both must keep their bytes, or a
+    /// node could not install a snapshot a peer of the previous version built.
+    #[test]
+    fn snapshot_frames_keep_their_bytes() {
+        let log_id = openraft::testing::log_id::<crate::TypeConfig>(3, 1, 9);
+        let addr = NodeAddr { endpoint_id: [1; 32], addrs: vec!["127.0.0.1:7701".parse().unwrap()] };
+        let membership =
+            openraft::Membership::new(vec![BTreeSet::from([1])], BTreeMap::from([(1, addr)])).expect("membership");
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: StoredMembership::new(Some(log_id), membership),
+        };
+        let header = SnapshotHeader {
+            format_version: FORMAT_VERSION,
+            meta,
+            revision: 42,
+            next_lease_id: 7,
+            cluster_root: Some([3; 32]),
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot.txt");
+        check_file(
+            &path,
+            &[
+                sample("Header", &header),
+                sample("Record.Kv", &SnapshotRecord::Kv(b"k".to_vec(), b"entry".to_vec())),
+                sample("Record.Lease", &SnapshotRecord::Lease(7, b"lease".to_vec())),
+                sample("Record.LeaseKey", &SnapshotRecord::LeaseKey(b"lk".to_vec())),
+                sample("Record.End", &SnapshotRecord::End),
+                sample("Record.Revoked", &SnapshotRecord::Revoked([4; 32])),
+            ],
+        );
+    }
+}
