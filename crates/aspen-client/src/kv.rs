@@ -1,59 +1,15 @@
 //! Typed key-value calls: get, scan, put, delete, transactions and compare-and-swap.
 
 use aspen_core::api::{ClientRequest, ClientResponse, ReadConsistency};
-use aspen_core::command::{Txn, TxnOpResult, WriteResult};
+use aspen_core::command::{Txn, WriteResult};
 use aspen_core::{KeyValue, LeaseId};
 
-use crate::cas::{CasOutcome, cas_outcome, cas_txn};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::keys::prefix_end;
-
-/// A key read with the store revision it was read at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GetResult {
-    pub kv: Option<KeyValue>,
-    pub revision: u64,
-}
-
-/// One page of a scan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanPage {
-    /// Entries in key order.
-    pub kvs: Vec<KeyValue>,
-    /// True when the range holds more keys after the last one returned.
-    pub more: bool,
-    /// The store revision the page was read at.
-    pub revision: u64,
-}
-
-/// What a put did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PutResult {
-    /// The revision of the write.
-    pub revision: u64,
-    /// The key's previous state, when it existed.
-    pub prev: Option<KeyValue>,
-}
-
-/// What a delete did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeleteResult {
-    /// The store revision after the delete (unchanged when nothing was deleted).
-    pub revision: u64,
-    /// How many keys were removed.
-    pub deleted: u64,
-}
-
-/// What a transaction did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxnResponse {
-    pub revision: u64,
-    /// True when every compare held and the success branch ran.
-    pub succeeded: bool,
-    /// One result per operation of the branch that ran, in order.
-    pub results: Vec<TxnOpResult>,
-}
+use aspen_kv::{
+    CasOutcome, DeleteResult, GetResult, PutResult, ScanPage, ScanRequest, TxnResponse, cas_outcome, cas_txn,
+};
 
 impl Client {
     /// Reads `key`.
@@ -75,6 +31,20 @@ impl Client {
         match self.request(req).await? {
             ClientResponse::Get { kv, revision } => Ok(GetResult { kv, revision }),
             other => Err(ClientError::unexpected("get", &other)),
+        }
+    }
+
+    /// One page of a scan with options (keys only, all pages from one snapshot).
+    pub async fn scan_range(&self, request: ScanRequest) -> Result<ScanPage, ClientError> {
+        let req = if request.is_plain() {
+            let ScanRequest { start, end, limit, consistency, .. } = request;
+            ClientRequest::Scan { start, end, limit, consistency }
+        } else {
+            ClientRequest::ScanWith(request)
+        };
+        match self.request(req).await? {
+            ClientResponse::Scan { kvs, more, revision } => Ok(ScanPage { kvs, more, revision }),
+            other => Err(ClientError::unexpected("scan", &other)),
         }
     }
 

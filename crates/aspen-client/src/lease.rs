@@ -6,26 +6,10 @@ use aspen_core::LeaseId;
 use aspen_core::api::{ClientRequest, ClientResponse, LeaseInfo};
 use aspen_core::command::WriteResult;
 
+use aspen_kv::{LeaseGrant, LeaseRevoked};
+
 use crate::client::Client;
 use crate::error::ClientError;
-
-/// A lease as granted or refreshed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseGrant {
-    pub id: LeaseId,
-    /// The lease's time to live; it ends this long after the last grant or keepalive.
-    pub ttl: Duration,
-    /// When it ends unless kept alive, in milliseconds since the Unix epoch (leader's clock).
-    pub expires_at_ms: u64,
-}
-
-/// What revoking a lease did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseRevoked {
-    pub revision: u64,
-    /// Keys attached to the lease, now deleted.
-    pub deleted_keys: u64,
-}
 
 impl Client {
     /// Grants a lease that lives `ttl` unless kept alive.

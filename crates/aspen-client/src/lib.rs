@@ -10,14 +10,13 @@
 //! Not for: running nodes (`aspen-node`) or the command line (`aspen-cli`).
 
 mod admin;
-mod blob;
-pub mod cas;
 mod client;
 mod config;
 mod coord_ops;
 mod error;
 pub mod keys;
 mod kv;
+mod kv_impl;
 mod lease;
 mod pool;
 pub mod retry;
@@ -25,18 +24,17 @@ mod watch;
 pub mod watch_cursor;
 
 pub use admin::NodeInfo;
-pub use aspen_core::api::BlobEntry;
 pub use aspen_core::api::{ClusterStatus, LeaseInfo, MemberStatus, NodeAddr, ReadConsistency};
 pub use aspen_core::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResult};
 pub use aspen_core::{AspenError, Event, EventKind, KeyValue, LeaseId};
+pub use aspen_kv::{
+    CasOutcome, DeleteResult, GetResult, Kv, KvError, KvExt, KvWatch, LeaseGrant, LeaseRevoked, PutResult, ScanPage,
+    ScanRequest, SharedKv, TxnResponse,
+};
 pub use aspen_net::{ClusterTicket, TicketError};
-pub use blob::{BlobInfo, Restart, blob_hash_hex, parse_blob_hash};
-pub use cas::CasOutcome;
-pub use client::Client;
+pub use client::{Answer, AppChannel, AppStream, Client};
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use keys::{key_successor, prefix_end};
-pub use kv::{DeleteResult, GetResult, PutResult, ScanPage, TxnResponse};
-pub use lease::{LeaseGrant, LeaseRevoked};
 pub use pool::describe as describe_node;
 pub use watch::{WATCH_CLIENT_BUFFER, WatchStream};

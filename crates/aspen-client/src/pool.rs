@@ -13,7 +13,8 @@
 
 use std::net::SocketAddr;
 
-use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse, NodeAddr};
+use aspen_app::wire::{Hello, HelloReply};
+use aspen_core::api::{ClientRequest, ClientResponse, NodeAddr};
 use aspen_core::error::AspenError;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -56,48 +57,22 @@ pub(crate) enum ConnectFailure {
     Refused(AspenError),
 }
 
-/// The endpoint, the known nodes and the current connection.
+/// The client's QUIC endpoint, shared by its connections to every protocol. Replaced when
+/// its driver dies (see the module docs), unless the client was closed on purpose.
 #[derive(Debug)]
-pub(crate) struct NodePool {
-    /// Replaced when it dies (see the module docs).
+pub(crate) struct SharedEndpoint {
     endpoint: std::sync::Mutex<Endpoint>,
-    /// Set by [`NodePool::close`]: a closed endpoint then stays closed.
+    /// Set by [`SharedEndpoint::close`]: a closed endpoint then stays closed.
     closed: std::sync::atomic::AtomicBool,
+    /// The nodes, for the address family of a rebound endpoint.
     nodes: Vec<NodeAddr>,
-    config: ClientConfig,
-    /// The encoded token presented on every new connection.
-    token: Option<Vec<u8>>,
     /// The client's fixed iroh key, if it has one (kept across rebinds).
     identity: Option<iroh::SecretKey>,
-    state: Mutex<State>,
 }
 
-impl NodePool {
-    /// A pool over `nodes` (which must not be empty), connecting lazily.
-    pub(crate) fn new(
-        endpoint: Endpoint,
-        nodes: Vec<NodeAddr>,
-        config: ClientConfig,
-        token: Option<Vec<u8>>,
-        identity: Option<iroh::SecretKey>,
-    ) -> Self {
-        NodePool {
-            endpoint: std::sync::Mutex::new(endpoint),
-            closed: Default::default(),
-            nodes,
-            config,
-            token,
-            identity,
-            state: Mutex::new(State { current: None, next: 0, generation: 0 }),
-        }
-    }
-
-    pub(crate) fn nodes(&self) -> &[NodeAddr] {
-        &self.nodes
-    }
-
-    pub(crate) fn config(&self) -> &ClientConfig {
-        &self.config
+impl SharedEndpoint {
+    pub(crate) fn new(endpoint: Endpoint, nodes: Vec<NodeAddr>, identity: Option<iroh::SecretKey>) -> Self {
+        SharedEndpoint { endpoint: std::sync::Mutex::new(endpoint), closed: Default::default(), nodes, identity }
     }
 
     pub(crate) fn endpoint(&self) -> Endpoint {
@@ -123,6 +98,68 @@ impl NodePool {
             }
             Err(e) => tracing::warn!("the client's QUIC endpoint stopped and a new one cannot be bound: {e}"),
         }
+    }
+
+    /// Closes the endpoint for good.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.endpoint().close().await;
+    }
+}
+
+/// How a new connection presents the client's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Presentation {
+    /// The client protocol's `Authenticate` request (skipped without a token).
+    ClientProtocol,
+    /// An app protocol's `Hello` on the connection's first stream (a token is required).
+    AppHello,
+}
+
+/// The known nodes and the current connection on one ALPN.
+#[derive(Debug)]
+pub(crate) struct NodePool {
+    shared: std::sync::Arc<SharedEndpoint>,
+    alpn: Vec<u8>,
+    presentation: Presentation,
+    nodes: Vec<NodeAddr>,
+    config: ClientConfig,
+    /// The encoded token presented on every new connection.
+    token: Option<Vec<u8>>,
+    state: Mutex<State>,
+}
+
+impl NodePool {
+    /// A pool over `nodes` (which must not be empty), connecting lazily.
+    pub(crate) fn new(
+        shared: std::sync::Arc<SharedEndpoint>,
+        alpn: Vec<u8>,
+        presentation: Presentation,
+        nodes: Vec<NodeAddr>,
+        config: ClientConfig,
+        token: Option<Vec<u8>>,
+    ) -> Self {
+        NodePool {
+            shared,
+            alpn,
+            presentation,
+            nodes,
+            config,
+            token,
+            state: Mutex::new(State { current: None, next: 0, generation: 0 }),
+        }
+    }
+
+    pub(crate) fn nodes(&self) -> &[NodeAddr] {
+        &self.nodes
+    }
+
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    pub(crate) fn endpoint(&self) -> Endpoint {
+        self.shared.endpoint()
     }
 
     /// The current connection, or a new one to the first node that answers, trying each
@@ -199,7 +236,7 @@ impl NodePool {
         }
         if endpoint_dead {
             // The request's retry loop tries again, on the fresh endpoint.
-            self.rebind().await;
+            self.shared.rebind().await;
         }
         Err(ConnectFailure::Unreachable { tried: tried.join(", ") })
     }
@@ -207,13 +244,22 @@ impl NodePool {
     async fn connect(&self, node: &NodeAddr) -> Result<Connection, AttemptFailure> {
         let addr =
             aspen_net::endpoint_addr(node).map_err(|e| AttemptFailure::new(format!("invalid endpoint id: {e}")))?;
-        let conn = self.endpoint().connect(addr, CLIENT_ALPN).await.map_err(|e| AttemptFailure {
+        let conn = self.endpoint().connect(addr, &self.alpn).await.map_err(|e| AttemptFailure {
             endpoint_dead: is_endpoint_dead(&e),
             reason: error_chain(&e),
             refused: None,
         })?;
-        if let Some(token) = &self.token {
-            authenticate(&conn, token).await?;
+        match (self.presentation, &self.token) {
+            (Presentation::ClientProtocol, Some(token)) => authenticate(&conn, token).await?,
+            (Presentation::ClientProtocol, None) => {}
+            (Presentation::AppHello, Some(token)) => hello(&conn, token).await?,
+            (Presentation::AppHello, None) => {
+                let e = AspenError::Unauthenticated {
+                    reason: "an app protocol needs a token: pass --token, set ASPEN_TOKEN, or use a ticket with one"
+                        .into(),
+                };
+                return Err(AttemptFailure { reason: e.to_string(), endpoint_dead: false, refused: Some(e) });
+            }
         }
         Ok(conn)
     }
@@ -231,13 +277,11 @@ impl NodePool {
         }
     }
 
-    /// Closes the current connection and the endpoint.
+    /// Closes the current connection.
     pub(crate) async fn close(&self) {
         if let Some((_, current)) = self.state.lock().await.current.take() {
             current.conn.close(0u32.into(), b"client closed");
         }
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.endpoint().close().await;
     }
 }
 
@@ -279,6 +323,30 @@ async fn authenticate(conn: &Connection, token: &[u8]) -> Result<(), AttemptFail
         Ok(Ok(other)) => Err(AttemptFailure::new(format!("unexpected answer to authenticate: {other:?}"))),
         Ok(Err(e)) => Err(AttemptFailure::new(format!("authenticate failed: {e}"))),
         Err(_) => Err(AttemptFailure::new("authenticate got no answer within 5s".into())),
+    }
+}
+
+/// Presents the token on an app connection's first stream.
+async fn hello(conn: &Connection, token: &[u8]) -> Result<(), AttemptFailure> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("cannot open a stream: {e}"))?;
+        aspen_net::write_frame(&mut send, &Hello::Token(token.to_vec())).await.map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        aspen_net::read_frame::<HelloReply>(&mut recv)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the node closed the stream without answering".to_string())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await {
+        Ok(Ok(HelloReply::Accepted)) => Ok(()),
+        Ok(Ok(HelloReply::Refused(e))) if e.is_retryable_without_effect() => {
+            Err(AttemptFailure::new(format!("token not checked: {e}")))
+        }
+        Ok(Ok(HelloReply::Refused(e))) => {
+            Err(AttemptFailure { reason: e.to_string(), endpoint_dead: false, refused: Some(e) })
+        }
+        Ok(Err(e)) => Err(AttemptFailure::new(format!("presenting the token failed: {e}"))),
+        Err(_) => Err(AttemptFailure::new("presenting the token got no answer within 5s".into())),
     }
 }
 

@@ -21,6 +21,8 @@ pub fn is_safe_to_repeat(req: &ClientRequest) -> bool {
     match req {
         ClientRequest::Get { .. }
         | ClientRequest::Scan { .. }
+        | ClientRequest::ScanWith(_)
+        | ClientRequest::Apps
         | ClientRequest::LeaseList
         | ClientRequest::Watch { .. }
         | ClientRequest::Status

@@ -33,7 +33,8 @@
 
 use std::time::Duration;
 
-use aspen_client::{Client, Compare, CompareOp, CompareTarget, EventKind, ReadConsistency, Txn, TxnOp};
+use aspen_kv::{Compare, CompareOp, CompareTarget, EventKind, ReadConsistency, SharedKv, Txn, TxnOp};
+use aspen_kv::{Kv as _, KvExt as _};
 
 use crate::idempotent::retry;
 use crate::name::{invalid, validate_name};
@@ -48,17 +49,17 @@ pub const MAX_BARRIER_PARTICIPANTS: usize = 5_000;
 /// A barrier that holds waiters back while its key exists; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Barrier {
-    client: Client,
+    client: SharedKv,
     name: String,
     key: Vec<u8>,
 }
 
 impl Barrier {
     /// The barrier `name` (non-empty, no `/`).
-    pub fn new(client: &Client, name: &str) -> Result<Barrier, CoordError> {
+    pub fn new(kv: impl aspen_kv::IntoSharedKv, name: &str) -> Result<Barrier, CoordError> {
         validate_name("barrier name", name)?;
         let key = format!("{COORD_PREFIX}barrier/{name}").into_bytes();
-        Ok(Barrier { client: client.clone(), name: name.to_string(), key })
+        Ok(Barrier { client: kv.into_shared_kv(), name: name.to_string(), key })
     }
 
     pub fn name(&self) -> &str {
@@ -232,14 +233,14 @@ impl DoubleBarrier {
                     }],
                     failure: vec![],
                 };
-                let resp = retry("double barrier ready", || self.session.client().txn(txn.clone())).await?;
+                let resp = retry("double barrier ready", || self.session.kv().txn(txn.clone())).await?;
                 if resp.succeeded {
                     return Ok(resp.revision);
                 }
                 continue;
             }
             // Wait for an arrival, a new mark, or the end of our own key.
-            let mut watch = self.session.client().watch(&self.prefix, snap.revision + 1);
+            let mut watch = self.session.kv().watch(&self.prefix, snap.revision + 1);
             wait_for(&mut watch, |kind, key| match kind {
                 EventKind::Put => true,
                 EventKind::Delete => key == self.my_key.as_slice(),
@@ -266,7 +267,7 @@ impl DoubleBarrier {
             }],
             failure: vec![TxnOp::Get { key: self.my_key.clone() }],
         };
-        let resp = retry("double barrier enter", || self.session.client().txn(txn.clone())).await;
+        let resp = retry("double barrier enter", || self.session.kv().txn(txn.clone())).await;
         let resp = match resp {
             Err(e) if crate::idempotent::is_lease_gone(&e) => return Err(CoordError::SessionEnded),
             other => other?,
@@ -275,7 +276,7 @@ impl DoubleBarrier {
             return Ok(resp.revision);
         }
         match resp.results.into_iter().next() {
-            Some(aspen_client::TxnOpResult::Get { kv: Some(kv) }) => Ok(kv.create_revision),
+            Some(aspen_kv::TxnOpResult::Get { kv: Some(kv) }) => Ok(kv.create_revision),
             // Created and gone again between the compare and the read: the lease ended.
             _ => Err(CoordError::SessionEnded),
         }
@@ -290,7 +291,7 @@ impl DoubleBarrier {
                 }
                 return Ok(());
             }
-            let mut watch = self.session.client().watch(&self.arrivals, snap.revision + 1);
+            let mut watch = self.session.kv().watch(&self.arrivals, snap.revision + 1);
             wait_for(&mut watch, |kind, _| kind == EventKind::Delete).await;
         }
     }
@@ -307,18 +308,17 @@ impl DoubleBarrier {
             success: vec![TxnOp::Delete { key: self.ready.clone() }],
             failure: vec![],
         };
-        if let Err(e) = self.session.client().txn(txn).await {
+        if let Err(e) = self.session.kv().txn(txn).await {
             tracing::debug!(barrier = %self.name, "could not delete the ready key: {e}");
         }
     }
 
     async fn delete_my_key(&self) -> Result<(), CoordError> {
-        retry("double barrier leave", || self.session.client().delete(&self.my_key)).await.map(drop)
+        retry("double barrier leave", || self.session.kv().delete(&self.my_key)).await.map(drop)
     }
 
     async fn read(&self) -> Result<Snapshot, CoordError> {
-        let page =
-            self.session.client().scan_prefix(&self.prefix, MAX_BARRIER_KEYS, ReadConsistency::Linearizable).await?;
+        let page = self.session.kv().scan_prefix(&self.prefix, MAX_BARRIER_KEYS, ReadConsistency::Linearizable).await?;
         if page.more {
             return Err(invalid(format!("double barrier {} holds more than {MAX_BARRIER_KEYS} keys", self.name)));
         }

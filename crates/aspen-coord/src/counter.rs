@@ -4,14 +4,15 @@
 //! An `add` whose answer is lost (`outcome_unknown` during a leader change) is not retried:
 //! it may have applied, and adding twice would be wrong. The error says so.
 
-use aspen_client::{Client, Compare, CompareOp, CompareTarget, KeyValue, ReadConsistency, Txn, TxnOp};
+use aspen_kv::{Compare, CompareOp, CompareTarget, KeyValue, ReadConsistency, SharedKv, Txn, TxnOp};
+use aspen_kv::{Kv as _, KvExt as _};
 
 use crate::{COORD_PREFIX, CoordError};
 
 /// A shared counter.
 #[derive(Debug, Clone)]
 pub struct Counter {
-    client: Client,
+    client: SharedKv,
     key: Vec<u8>,
 }
 
@@ -34,8 +35,8 @@ fn unchanged(key: &[u8], kv: &Option<KeyValue>) -> Compare {
 }
 
 impl Counter {
-    pub fn new(client: &Client, name: &str) -> Counter {
-        Counter { client: client.clone(), key: format!("{COORD_PREFIX}counter/{name}").into_bytes() }
+    pub fn new(kv: impl aspen_kv::IntoSharedKv, name: &str) -> Counter {
+        Counter { client: kv.into_shared_kv(), key: format!("{COORD_PREFIX}counter/{name}").into_bytes() }
     }
 
     pub async fn get(&self) -> Result<u64, CoordError> {
@@ -89,8 +90,8 @@ pub struct Sequence {
 
 impl Sequence {
     /// A sequence that reserves `block` ids at a time (at least 1).
-    pub fn new(client: &Client, name: &str, block: u64) -> Sequence {
-        Sequence { counter: Counter::new(client, &format!("seq/{name}")), block: block.max(1), next: 1, end: 1 }
+    pub fn new(kv: impl aspen_kv::IntoSharedKv, name: &str, block: u64) -> Sequence {
+        Sequence { counter: Counter::new(kv, &format!("seq/{name}")), block: block.max(1), next: 1, end: 1 }
     }
 
     /// Reserves `n` ids for the caller: `[first, first + n)`, never handed out again.

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use aspen_client::ReadConsistency;
+use aspen_kv::ReadConsistency;
+use aspen_kv::{Kv as _, KvExt as _};
 
 use crate::lock::{Lock, LockGuard};
 use crate::{CoordError, Session};
@@ -58,7 +59,7 @@ impl Election {
             if now.as_ref() != known {
                 return Ok(now);
             }
-            let mut watch = self.queue.session.client().watch(&self.queue.prefix, revision + 1);
+            let mut watch = self.queue.session.kv().watch(&self.queue.prefix, revision + 1);
             let _ = watch.next().await;
         }
     }
@@ -66,7 +67,7 @@ impl Election {
     /// Whether `leadership` still holds: its key is still there, with its term (no key can
     /// move ahead of it, since later keys get later revisions).
     pub async fn is_leader(&self, leadership: &Leadership) -> Result<bool, CoordError> {
-        let kv = self.queue.session.client().get(&self.queue.my_key, ReadConsistency::Linearizable).await?;
+        let kv = self.queue.session.kv().get(&self.queue.my_key, ReadConsistency::Linearizable).await?;
         Ok(kv.is_some_and(|kv| kv.create_revision == leadership.term()))
     }
 }

@@ -1,9 +1,9 @@
-use aspen_client::ClientError;
+use aspen_kv::KvError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Kv(#[from] KvError),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, String),
     /// The lock was lost (its session's lease ended, or it was released) before this

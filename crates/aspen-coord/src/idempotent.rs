@@ -7,37 +7,25 @@
 
 use std::time::Duration;
 
-use aspen_client::{AspenError, ClientError};
+use aspen_kv::{AspenError, KvError};
 
 use crate::CoordError;
 
 /// Attempts of one idempotent write before its error is returned.
 const WRITE_ATTEMPTS: usize = 8;
 
-fn is_retryable(e: &ClientError) -> bool {
-    matches!(
-        e.aspen(),
-        Some(
-            AspenError::OutcomeUnknown { .. }
-                | AspenError::Unavailable { .. }
-                | AspenError::NotLeader { .. }
-                | AspenError::Timeout { .. }
-        )
-    ) || matches!(e, ClientError::Unreachable { .. })
-}
-
 /// Runs `op` until it succeeds, fails in a way retrying cannot fix, or has been tried
 /// [`WRITE_ATTEMPTS`] times. `op` must be idempotent; `what` names it for the logs.
 pub(crate) async fn retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, CoordError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
+    Fut: std::future::Future<Output = Result<T, KvError>>,
 {
     let mut attempt = 0;
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if is_retryable(&e) && attempt + 1 < WRITE_ATTEMPTS => {
+            Err(e) if e.is_transient() && attempt + 1 < WRITE_ATTEMPTS => {
                 attempt += 1;
                 tracing::debug!(what, attempt, "retrying an idempotent write: {e}");
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
@@ -49,5 +37,5 @@ where
 
 /// Whether `e` says the lease a write named is gone: the session has ended.
 pub(crate) fn is_lease_gone(e: &CoordError) -> bool {
-    matches!(e, CoordError::Client(ClientError::Aspen(AspenError::LeaseNotFound { .. })))
+    matches!(e, CoordError::Kv(KvError::Aspen(AspenError::LeaseNotFound { .. })))
 }

@@ -17,9 +17,10 @@
 
 use std::time::Duration;
 
-use aspen_client::{
-    ClientError, Compare, CompareOp, CompareTarget, EventKind, KeyValue, ReadConsistency, Txn, TxnOp, TxnResponse,
+use aspen_kv::{
+    Compare, CompareOp, CompareTarget, EventKind, KeyValue, KvError, ReadConsistency, Txn, TxnOp, TxnResponse,
 };
+use aspen_kv::{Kv as _, KvExt as _};
 
 use crate::{COORD_PREFIX, CoordError, Session};
 
@@ -79,28 +80,27 @@ impl Lock {
             success: vec![TxnOp::Put { key: self.my_key.clone(), value, lease: Some(self.session.lease()) }],
             failure: vec![TxnOp::Get { key: self.my_key.clone() }],
         };
-        let resp = self.retry_write(|| self.session.client().txn(txn.clone())).await?;
+        let resp = self.retry_write(|| self.session.kv().txn(txn.clone())).await?;
         if resp.succeeded {
             return Ok(resp.revision);
         }
         match resp.results.into_iter().next() {
-            Some(aspen_client::TxnOpResult::Get { kv: Some(kv) }) => Ok(kv.create_revision),
-            _ => Err(CoordError::Client(ClientError::Config("lock key vanished while joining the queue".into()))),
+            Some(aspen_kv::TxnOpResult::Get { kv: Some(kv) }) => Ok(kv.create_revision),
+            _ => Err(CoordError::Corrupt("lock key vanished while joining the queue".into())),
         }
     }
 
     pub(crate) async fn retry_write<T, F, Fut>(&self, op: F) -> Result<T, CoordError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, ClientError>>,
+        Fut: std::future::Future<Output = Result<T, KvError>>,
     {
         crate::idempotent::retry(&format!("lock {}", self.name), op).await
     }
 
     /// The contenders in queue order, and the revision they were read at.
     pub(crate) async fn contenders(&self) -> Result<(Vec<KeyValue>, u64), CoordError> {
-        let page =
-            self.session.client().scan_prefix(&self.prefix, MAX_CONTENDERS, ReadConsistency::Linearizable).await?;
+        let page = self.session.kv().scan_prefix(&self.prefix, MAX_CONTENDERS, ReadConsistency::Linearizable).await?;
         let mut kvs = page.kvs;
         kvs.sort_by_key(|kv| kv.create_revision);
         Ok((kvs, page.revision))
@@ -146,7 +146,7 @@ impl Lock {
             }
             // Wait for the contender just before us to go, then look again.
             let before = kvs[mine - 1].key.clone();
-            let mut watch = self.session.client().watch(&before, revision + 1);
+            let mut watch = self.session.kv().watch(&before, revision + 1);
             loop {
                 match watch.next().await {
                     Some(Ok(event)) if event.kind == EventKind::Delete && event.kv.key == before => break,
@@ -166,7 +166,7 @@ impl Lock {
 
     /// Leaves the queue (or releases the lock): deletes this session's key.
     pub(crate) async fn leave(&self) -> Result<(), CoordError> {
-        self.retry_write(|| self.session.client().delete(&self.my_key)).await.map(drop)
+        self.retry_write(|| self.session.kv().delete(&self.my_key)).await.map(drop)
     }
 }
 
@@ -196,9 +196,9 @@ impl LockGuard {
         // is told apart from a failed caller compare.
         let fence = Txn { compare: vec![self.fence()], success: vec![], failure: vec![] };
         txn.compare.insert(0, self.fence());
-        let resp = self.lock.session.client().txn(txn).await?;
+        let resp = self.lock.session.kv().txn(txn).await?;
         if !resp.succeeded {
-            let check = self.lock.session.client().txn(fence).await?;
+            let check = self.lock.session.kv().txn(fence).await?;
             if !check.succeeded {
                 return Err(CoordError::StaleToken { lock: self.lock.name.clone(), token: self.token });
             }
@@ -235,6 +235,6 @@ impl LockGuard {
             success: vec![TxnOp::Delete { key: self.lock.my_key.clone() }],
             failure: vec![],
         };
-        self.lock.retry_write(|| self.lock.session.client().txn(txn.clone())).await.map(drop)
+        self.lock.retry_write(|| self.lock.session.kv().txn(txn.clone())).await.map(drop)
     }
 }

@@ -13,11 +13,12 @@
 
 use std::time::Duration;
 
-use aspen_client::{Client, EventKind, ReadConsistency};
 use aspen_core::queue::{
     Enqueued, NewItem, QueueCommand, QueueConfig, QueueItem, QueueMeta, QueueResult, Receipt, queue_prefix,
     validate_name,
 };
+use aspen_kv::{EventKind, ReadConsistency, SharedKv};
+use aspen_kv::{Kv as _, KvExt as _};
 use tokio::time::Instant;
 
 use crate::CoordError;
@@ -58,7 +59,7 @@ pub struct ItemInfo {
 
 #[derive(Debug, Clone)]
 pub struct Queue {
-    client: Client,
+    client: SharedKv,
     name: String,
 }
 
@@ -69,9 +70,9 @@ fn unexpected(what: &str, result: QueueResult) -> CoordError {
 impl Queue {
     /// A handle on queue `name` (1..=128 ASCII letters, digits, `.`, `_`, `-`). The queue
     /// is created with the default configuration by its first enqueue or configure.
-    pub fn new(client: &Client, name: &str) -> Result<Queue, CoordError> {
+    pub fn new(kv: impl aspen_kv::IntoSharedKv, name: &str) -> Result<Queue, CoordError> {
         validate_name(name).map_err(|e| CoordError::Invalid(e.to_string()))?;
-        Ok(Queue { client: client.clone(), name: name.to_string() })
+        Ok(Queue { client: kv.into_shared_kv(), name: name.to_string() })
     }
 
     pub fn name(&self) -> &str {
@@ -156,7 +157,7 @@ impl Queue {
             // Read a revision first and watch from just after it: an enqueue after this
             // read is either seen by the dequeue below or replayed by the watch.
             let revision =
-                self.client.get_with_revision(self.meta_key(), ReadConsistency::Linearizable).await?.revision;
+                self.client.get_with_revision(&self.meta_key(), ReadConsistency::Linearizable).await?.revision;
             let (messages, next_visible) = self.dequeue_once(max, visibility).await?;
             let now = Instant::now();
             if !messages.is_empty() || now >= deadline {
@@ -214,7 +215,7 @@ impl Queue {
     async fn reschedule(&self, command: QueueCommand) -> Result<(), CoordError> {
         match self.client.queue(command).await {
             Ok(_) => Ok(()),
-            Err(aspen_client::ClientError::Aspen(aspen_client::AspenError::StaleReceipt { queue, receipt })) => {
+            Err(aspen_kv::KvError::Aspen(aspen_kv::AspenError::StaleReceipt { queue, receipt })) => {
                 Err(CoordError::StaleReceipt { queue, receipt })
             }
             Err(e) => Err(e.into()),

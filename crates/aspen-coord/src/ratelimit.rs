@@ -7,26 +7,33 @@
 
 use std::time::Duration;
 
-use aspen_client::Client;
 use aspen_core::ratelimit::{RateLimitResult, RateLimitTake, validate};
+use aspen_kv::Kv as _;
+use aspen_kv::SharedKv;
 use tokio::time::Instant;
 
 use crate::CoordError;
 
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
-    client: Client,
+    client: SharedKv,
     shape: RateLimitTake,
 }
 
 impl RateLimiter {
     /// Bucket `name` holding up to `capacity` tokens and gaining `refill` tokens every
     /// `per`. Every user of a name should use the same shape.
-    pub fn new(client: &Client, name: &str, capacity: u64, refill: u64, per: Duration) -> Result<Self, CoordError> {
+    pub fn new(
+        kv: impl aspen_kv::IntoSharedKv,
+        name: &str,
+        capacity: u64,
+        refill: u64,
+        per: Duration,
+    ) -> Result<Self, CoordError> {
         let shape =
             RateLimitTake { name: name.to_string(), capacity, refill, per_ms: per.as_millis() as u64, tokens: 1 };
         validate(&shape).map_err(|e| CoordError::Invalid(e.to_string()))?;
-        Ok(RateLimiter { client: client.clone(), shape })
+        Ok(RateLimiter { client: kv.into_shared_kv(), shape })
     }
 
     /// Takes `tokens` if the bucket holds them now.

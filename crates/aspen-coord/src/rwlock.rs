@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use aspen_client::{EventKind, KeyValue};
+use aspen_kv::Kv as _;
+use aspen_kv::{EventKind, KeyValue};
 
 use crate::lock::{Lock, LockGuard};
 use crate::{CoordError, Session};
@@ -66,7 +67,7 @@ impl RwLock {
             };
             // A delete frees us; a downgrade (w -> r) may too.
             let key = blocker.key.clone();
-            let mut watch = self.queue.session.client().watch(&key, revision + 1);
+            let mut watch = self.queue.session.kv().watch(&key, revision + 1);
             loop {
                 match watch.next().await {
                     Some(Ok(event))

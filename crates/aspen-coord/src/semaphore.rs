@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use aspen_client::EventKind;
+use aspen_kv::EventKind;
+use aspen_kv::Kv as _;
 
 use crate::lock::Lock;
 use crate::{CoordError, Session};
@@ -50,7 +51,7 @@ impl Semaphore {
             if mine < self.permits {
                 return Ok(Permit { queue: self.queue.clone() });
             }
-            let mut watch = self.queue.session.client().watch(&self.queue.prefix, revision + 1);
+            let mut watch = self.queue.session.kv().watch(&self.queue.prefix, revision + 1);
             loop {
                 match watch.next().await {
                     Some(Ok(event)) if event.kind == EventKind::Delete => break,

@@ -16,9 +16,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use aspen_client::{
-    Client, Compare, CompareOp, CompareTarget, EventKind, KeyValue, LeaseId, ReadConsistency, Txn, TxnOp, WatchStream,
+use aspen_kv::{
+    Compare, CompareOp, CompareTarget, EventKind, KeyValue, KvWatch, LeaseId, ReadConsistency, SharedKv, Txn, TxnOp,
 };
+use aspen_kv::{Kv as _, KvExt as _};
 use serde::{Deserialize, Serialize};
 
 use crate::idempotent::{is_lease_gone, retry};
@@ -56,7 +57,7 @@ pub struct ServiceInstance {
 /// A named service; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Service {
-    client: Client,
+    client: SharedKv,
     name: String,
     prefix: Vec<u8>,
 }
@@ -85,7 +86,7 @@ pub struct ServiceWatch {
     service: Service,
     known: BTreeMap<String, ServiceInstance>,
     pending: VecDeque<ServiceChange>,
-    stream: WatchStream,
+    stream: KvWatch,
 }
 
 impl Instance {
@@ -97,10 +98,10 @@ impl Instance {
 
 impl Service {
     /// The service `name` (non-empty, no `/`).
-    pub fn new(client: &Client, name: &str) -> Result<Service, CoordError> {
+    pub fn new(kv: impl aspen_kv::IntoSharedKv, name: &str) -> Result<Service, CoordError> {
         validate_name("service name", name)?;
         let prefix = format!("{COORD_PREFIX}service/{name}/").into_bytes();
-        Ok(Service { client: client.clone(), name: name.to_string(), prefix })
+        Ok(Service { client: kv.into_shared_kv(), name: name.to_string(), prefix })
     }
 
     pub fn name(&self) -> &str {
@@ -117,7 +118,7 @@ impl Service {
         let value = serde_json::to_vec(instance)
             .map_err(|e| CoordError::Corrupt(format!("cannot encode instance {id}: {e}")))?;
         let key = [self.prefix.as_slice(), id.as_bytes()].concat();
-        let put = || session.client().put_with_lease(&key, value.clone(), session.lease());
+        let put = || session.kv().put_with_lease(&key, value.clone(), session.lease());
         match retry("service register", put).await {
             Err(e) if is_lease_gone(&e) => Err(CoordError::SessionEnded),
             Err(e) => Err(e),
@@ -180,7 +181,7 @@ impl Registration {
             success: vec![TxnOp::Delete { key: self.key.clone() }],
             failure: vec![],
         };
-        retry("service deregister", || self.session.client().txn(txn.clone())).await.map(drop)
+        retry("service deregister", || self.session.kv().txn(txn.clone())).await.map(drop)
     }
 }
 
@@ -215,7 +216,7 @@ impl ServiceWatch {
                 ended => {
                     resyncs += 1;
                     let error = match ended {
-                        Some(Err(e)) => CoordError::Client(e),
+                        Some(Err(e)) => CoordError::Kv(e),
                         _ => CoordError::Corrupt("the watch stream closed".into()),
                     };
                     if resyncs > WATCH_RESYNCS {

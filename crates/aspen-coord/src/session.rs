@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use aspen_client::{Client, ClientError, LeaseId};
+use aspen_kv::Kv as _;
+use aspen_kv::{KvError, LeaseId, SharedKv};
 
 use crate::CoordError;
 
 #[derive(Debug)]
 struct Inner {
-    client: Client,
+    client: SharedKv,
     lease: LeaseId,
     ttl: Duration,
     ended: Arc<AtomicBool>,
@@ -28,21 +29,21 @@ pub struct Session {
 impl Session {
     /// Grants a lease of `ttl` and keeps it alive every `ttl / 3` until [`Session::close`]
     /// or until a keepalive finds it gone.
-    pub async fn new(client: Client, ttl: Duration) -> Result<Session, CoordError> {
-        Session::start(client, ttl, true).await
+    pub async fn new(kv: impl aspen_kv::IntoSharedKv, ttl: Duration) -> Result<Session, CoordError> {
+        Session::start(kv.into_shared_kv(), ttl, true).await
     }
 
     /// A session the caller keeps alive itself with [`Session::keepalive`]: its holds end
     /// when the caller stops (a stalled process loses them, as it should).
-    pub async fn new_manual(client: Client, ttl: Duration) -> Result<Session, CoordError> {
-        Session::start(client, ttl, false).await
+    pub async fn new_manual(kv: impl aspen_kv::IntoSharedKv, ttl: Duration) -> Result<Session, CoordError> {
+        Session::start(kv.into_shared_kv(), ttl, false).await
     }
 
     /// Extends the lease by its TTL from now (leader's clock).
     pub async fn keepalive(&self) -> Result<(), CoordError> {
         match self.inner.client.lease_keepalive(self.inner.lease).await {
             Ok(_) => Ok(()),
-            Err(ClientError::Aspen(aspen_client::AspenError::LeaseNotFound { .. })) => {
+            Err(KvError::Aspen(aspen_kv::AspenError::LeaseNotFound { .. })) => {
                 self.inner.ended.store(true, Ordering::SeqCst);
                 Err(CoordError::SessionEnded)
             }
@@ -50,7 +51,7 @@ impl Session {
         }
     }
 
-    async fn start(client: Client, ttl: Duration, auto: bool) -> Result<Session, CoordError> {
+    async fn start(client: SharedKv, ttl: Duration, auto: bool) -> Result<Session, CoordError> {
         let grant = client.lease_grant(ttl).await?;
         let lease = grant.id;
         let ended = Arc::new(AtomicBool::new(false));
@@ -66,7 +67,7 @@ impl Session {
                     tokio::time::sleep(ttl / 3).await;
                     match client.lease_keepalive(lease).await {
                         Ok(_) => {}
-                        Err(ClientError::Aspen(aspen_client::AspenError::LeaseNotFound { .. })) => {
+                        Err(KvError::Aspen(aspen_kv::AspenError::LeaseNotFound { .. })) => {
                             tracing::warn!(%lease, "session lease ended");
                             ended.store(true, Ordering::SeqCst);
                             return;
@@ -79,7 +80,8 @@ impl Session {
         Ok(Session { inner: Arc::new(Inner { client, lease, ttl, ended, keepalive }) })
     }
 
-    pub fn client(&self) -> &Client {
+    /// The KV this session's holds live in.
+    pub fn kv(&self) -> &SharedKv {
         &self.inner.client
     }
 
@@ -100,7 +102,7 @@ impl Session {
     pub async fn close(&self) -> Result<(), CoordError> {
         self.inner.keepalive.abort();
         match self.inner.client.lease_revoke(self.inner.lease).await {
-            Ok(_) | Err(ClientError::Aspen(aspen_client::AspenError::LeaseNotFound { .. })) => Ok(()),
+            Ok(_) | Err(KvError::Aspen(aspen_kv::AspenError::LeaseNotFound { .. })) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

@@ -31,10 +31,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use aspen_client::{
-    Client, Compare, CompareOp, CompareTarget, EventKind, KeyValue, LeaseId, ReadConsistency, Txn, TxnOp, TxnOpResult,
-    key_successor, prefix_end,
+use aspen_kv::{
+    Compare, CompareOp, CompareTarget, EventKind, KeyValue, LeaseId, ReadConsistency, SharedKv, Txn, TxnOp,
+    TxnOpResult, key_successor, prefix_end,
 };
+use aspen_kv::{Kv as _, KvExt as _};
 use serde::{Deserialize, Serialize};
 
 use crate::idempotent::{is_lease_gone, retry};
@@ -57,7 +58,7 @@ const REGISTER_ROUNDS: usize = 3;
 /// A pool of tasks, as seen by whoever submits or inspects them; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WorkPool {
-    client: Client,
+    client: SharedKv,
     name: String,
     workers: Vec<u8>,
     tasks: Vec<u8>,
@@ -166,11 +167,11 @@ fn corrupt(what: &str, kv: &KeyValue, e: serde_json::Error) -> CoordError {
 
 impl WorkPool {
     /// The pool `name` (non-empty, no `/`).
-    pub fn new(client: &Client, name: &str) -> Result<WorkPool, CoordError> {
+    pub fn new(kv: impl aspen_kv::IntoSharedKv, name: &str) -> Result<WorkPool, CoordError> {
         validate_name("pool name", name)?;
         let prefix = format!("{COORD_PREFIX}work/{name}/");
         Ok(WorkPool {
-            client: client.clone(),
+            client: kv.into_shared_kv(),
             name: name.to_string(),
             workers: format!("{prefix}workers/").into_bytes(),
             tasks: format!("{prefix}tasks/").into_bytes(),
@@ -312,7 +313,7 @@ impl Worker {
     /// Registers worker `id` in pool `pool` on `session`'s lease, taking up to `capacity`
     /// tasks at once. Refused while another live session has registered the same id.
     pub async fn register(session: &Session, pool: &str, id: &str, capacity: usize) -> Result<Worker, CoordError> {
-        let pool = WorkPool::new(session.client(), pool)?;
+        let pool = WorkPool::new(session.kv(), pool)?;
         validate_name("worker id", id)?;
         if capacity == 0 || capacity > MAX_WORKER_CAPACITY {
             return Err(invalid(format!(
@@ -349,7 +350,7 @@ impl Worker {
         // ends meanwhile: a few rounds settle it.
         for _ in 0..REGISTER_ROUNDS {
             for txn in [&create, &rewrite] {
-                let resp = match retry("worker register", || session.client().txn(txn.clone())).await {
+                let resp = match retry("worker register", || session.kv().txn(txn.clone())).await {
                     Err(e) if is_lease_gone(&e) => return Err(CoordError::SessionEnded),
                     other => other?,
                 };
@@ -403,7 +404,7 @@ impl Worker {
                 return Ok(task);
             }
             // Wait for a new task, a freed claim, or the end of our registration.
-            let mut watch = pool.client.watch(pool.prefix(), revision + 1);
+            let mut watch = pool.client.watch(&pool.prefix(), revision + 1);
             wait_for(&mut watch, |kind, key| match kind {
                 EventKind::Put => key.starts_with(&pool.tasks),
                 EventKind::Delete => key.starts_with(&pool.assign) || key == self.key.as_slice(),

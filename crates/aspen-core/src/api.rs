@@ -33,6 +33,75 @@ pub struct NodeAddr {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// A range scan, one page at a time.
+///
+/// A page ends at `limit` entries (0: the node's default) or at the node's byte budget per
+/// answer, whichever comes first; `more` then says whether keys remain. With `at_revision`
+/// set (to the revision an earlier page reported), the page is read from the same snapshot
+/// as that page, so the pages of one scan form one consistent view; a node that no longer
+/// holds that snapshot refuses with `AspenError::RevisionUnavailable` and the scan must start
+/// over. `keys_only` leaves every value empty (metadata is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanRequest {
+    #[serde(with = "serde_bytes")]
+    pub start: Vec<u8>,
+    /// Exclusive; empty means no upper bound.
+    #[serde(with = "serde_bytes")]
+    pub end: Vec<u8>,
+    pub limit: u32,
+    pub consistency: ReadConsistency,
+    pub keys_only: bool,
+    /// Read from the snapshot of an earlier page at this revision. `Some(0)` asks the node
+    /// to keep a snapshot of this first page for the pages that follow.
+    pub at_revision: Option<u64>,
+}
+
+impl ScanRequest {
+    /// Keys in `[start, end)`, linearizable, the node's default page size.
+    pub fn range(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
+        ScanRequest {
+            start: start.into(),
+            end: end.into(),
+            limit: 0,
+            consistency: ReadConsistency::Linearizable,
+            keys_only: false,
+            at_revision: None,
+        }
+    }
+
+    /// Keys starting with `prefix`.
+    pub fn prefix(prefix: impl AsRef<[u8]>) -> Self {
+        let prefix = prefix.as_ref();
+        ScanRequest::range(prefix, crate::keys::prefix_end(prefix))
+    }
+
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    pub fn consistency(mut self, consistency: ReadConsistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+
+    pub fn keys_only(mut self) -> Self {
+        self.keys_only = true;
+        self
+    }
+
+    /// Every page from one snapshot: the first page asks for one, later pages name it.
+    pub fn snapshot(mut self) -> Self {
+        self.at_revision = Some(self.at_revision.unwrap_or(0));
+        self
+    }
+
+    /// Whether this request needs more than the first version of the scan request carries.
+    pub fn is_plain(&self) -> bool {
+        !self.keys_only && self.at_revision.is_none()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     Get {
@@ -170,6 +239,12 @@ pub enum ClientRequest {
         after: Option<String>,
         limit: u32,
     },
+    /// A scan with options: keys only, and pages read from one snapshot. Answered with
+    /// `Scan`.
+    ScanWith(ScanRequest),
+    /// The applications this node serves, each with its ALPN and rights. Answered with
+    /// `Apps`.
+    Apps,
 }
 
 impl ClientRequest {
@@ -211,6 +286,8 @@ impl ClientRequest {
             ClientRequest::BlobPin { .. } => "blob_pin",
             ClientRequest::BlobUnpin { .. } => "blob_unpin",
             ClientRequest::BlobPins { .. } => "blob_pins",
+            ClientRequest::ScanWith(_) => "scan",
+            ClientRequest::Apps => "apps",
         }
     }
 }
@@ -277,6 +354,20 @@ pub enum ClientResponse {
     },
     Done,
     Error(AspenError),
+    /// The applications a node serves.
+    Apps {
+        apps: Vec<AppInfo>,
+    },
+}
+
+/// An application a node serves beside the KV: its name (the `app` of its capabilities),
+/// the ALPN of its protocol and the rights its requests need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    pub name: String,
+    #[serde(with = "serde_bytes")]
+    pub alpn: Vec<u8>,
+    pub rights: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -152,6 +152,7 @@ pub fn required(request: &ClientRequest) -> Option<Vec<Need<'_>>> {
     Some(match request {
         R::Get { key, .. } => vec![Need::Read(key)],
         R::Scan { start, end, .. } => vec![Need::ReadRange(start, end)],
+        R::ScanWith(scan) => vec![Need::ReadRange(&scan.start, &scan.end)],
         R::Put { key, .. } => vec![Need::Write(key)],
         R::Delete { key } => vec![Need::Delete(key)],
         R::DeleteRange { start, end } => vec![Need::DeleteRange(start, end)],
@@ -176,7 +177,7 @@ pub fn required(request: &ClientRequest) -> Option<Vec<Need<'_>>> {
         | R::TransferLeader { .. }
         | R::TriggerSnapshot
         | R::RevokeToken { .. } => vec![Need::Admin],
-        R::Status | R::Ticket | R::NodeInfo => vec![Need::Authenticated],
+        R::Status | R::Ticket | R::NodeInfo | R::Apps => vec![Need::Authenticated],
         R::Queue(command) => command.queues().iter().map(|q| Need::WriteUnder(crate::queue::queue_prefix(q))).collect(),
         R::BlobAdd | R::BlobReplicate { .. } | R::BlobPin { .. } | R::BlobUnpin { .. } => vec![Need::BlobWrite],
         R::BlobGet { .. } | R::BlobHas { .. } | R::BlobList { .. } | R::BlobStatus { .. } | R::BlobPins { .. } => {

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     Unauthenticated,
     PermissionDenied,
     StaleReceipt,
+    RevisionUnavailable,
+    ResponseTooLarge,
 }
 
 impl ErrorCode {
@@ -62,6 +64,8 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::StaleReceipt => "stale_receipt",
+            ErrorCode::RevisionUnavailable => "revision_unavailable",
+            ErrorCode::ResponseTooLarge => "response_too_large",
         }
     }
 }
@@ -129,6 +133,13 @@ pub enum AspenError {
         "receipt {receipt} of queue {queue:?} is stale: the item was acked, or its visibility timeout passed and it was delivered again"
     )]
     StaleReceipt { queue: String, receipt: String },
+    /// A paged read asked for a snapshot the node no longer keeps (expired, or another
+    /// node answered): the read must start over.
+    #[error("revision {revision} cannot be read here any more ({reason}); start the scan over")]
+    RevisionUnavailable { revision: u64, reason: String },
+    /// The answer does not fit in one frame. For a write, `what` says that it was applied.
+    #[error("the answer to {what} is {len} bytes, over the limit MAX_FRAME_BYTES = {max}")]
+    ResponseTooLarge { what: String, len: usize, max: usize },
 }
 
 impl AspenError {
@@ -160,6 +171,8 @@ impl AspenError {
             AspenError::Unauthenticated { .. } => ErrorCode::Unauthenticated,
             AspenError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             AspenError::StaleReceipt { .. } => ErrorCode::StaleReceipt,
+            AspenError::RevisionUnavailable { .. } => ErrorCode::RevisionUnavailable,
+            AspenError::ResponseTooLarge { .. } => ErrorCode::ResponseTooLarge,
         }
     }
 

@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod apply;
-pub mod blob;
 pub mod capability;
 pub mod command;
 pub mod error;

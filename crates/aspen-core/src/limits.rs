@@ -13,6 +13,15 @@ pub const MAX_TXN_OPS: usize = 128;
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 /// Entries a scan returns when the request names no limit.
 pub const DEFAULT_SCAN_LIMIT: u32 = 1_000;
+/// Most bytes of keys and values one scan page carries; a page stops early at this budget
+/// (with `more` set), so an answer always fits in a frame.
+pub const MAX_SCAN_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of keys and values in one watch frame; a batch of events is split by it.
+pub const MAX_WATCH_FRAME_BYTES: usize = 2 * 1024 * 1024;
+/// Snapshots a node keeps for scans that read every page at one revision.
+pub const MAX_SCAN_SNAPSHOTS: usize = 64;
+/// How long an unused scan snapshot is kept.
+pub const SCAN_SNAPSHOT_IDLE_MS: u64 = 60_000;
 /// Largest length-prefixed frame on any Aspen protocol.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 /// Most client writes grouped into one Raft entry.
@@ -54,7 +63,3 @@ pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 pub const CONNECTION_IDLE_TIMEOUT_MS: u32 = 5_000;
 /// Keep-alive interval on every connection, well below the idle timeout.
 pub const CONNECTION_KEEPALIVE_MS: u64 = 1_000;
-/// Most blobs one blob-list answer names.
-pub const MAX_BLOB_LIST: u32 = 10_000;
-/// Most blob copies one repair round makes.
-pub const MAX_BLOB_REPAIR_COPIES: usize = 256;

@@ -161,6 +161,8 @@ fn errors() -> Vec<AspenError> {
         AspenError::Unauthenticated { reason: "no token".into() },
         AspenError::PermissionDenied { reason: "read x".into() },
         AspenError::StaleReceipt { queue: "jobs".into(), receipt: "41.2".into() },
+        AspenError::RevisionUnavailable { revision: 12, reason: "expired".into() },
+        AspenError::ResponseTooLarge { what: "txn".into(), len: 9_000_000, max: 8_388_608 },
     ]
 }
 
@@ -192,6 +194,8 @@ fn variant_error(e: &AspenError) -> &'static str {
         AspenError::Unauthenticated { .. } => "Unauthenticated",
         AspenError::PermissionDenied { .. } => "PermissionDenied",
         AspenError::StaleReceipt { .. } => "StaleReceipt",
+        AspenError::RevisionUnavailable { .. } => "RevisionUnavailable",
+        AspenError::ResponseTooLarge { .. } => "ResponseTooLarge",
     }
 }
 
@@ -315,6 +319,15 @@ fn client_requests() -> Vec<ClientRequest> {
         ClientRequest::BlobPin { name: "release/v1".into(), hash },
         ClientRequest::BlobUnpin { name: "release/v1".into() },
         ClientRequest::BlobPins { after: Some("a".into()), limit: 10 },
+        ClientRequest::ScanWith(ScanRequest {
+            start: b"a".to_vec(),
+            end: b"b".to_vec(),
+            limit: 5,
+            consistency: ReadConsistency::Linearizable,
+            keys_only: true,
+            at_revision: Some(42),
+        }),
+        ClientRequest::Apps,
     ];
     requests.extend(queue_commands().into_iter().map(ClientRequest::Queue));
     requests
@@ -357,6 +370,8 @@ fn variant_client_request(r: &ClientRequest) -> String {
         ClientRequest::BlobPin { .. } => "BlobPin",
         ClientRequest::BlobUnpin { .. } => "BlobUnpin",
         ClientRequest::BlobPins { .. } => "BlobPins",
+        ClientRequest::ScanWith(_) => "ScanWith",
+        ClientRequest::Apps => "Apps",
     };
     name.into()
 }
@@ -405,6 +420,13 @@ fn client_responses() -> Vec<ClientResponse> {
         ClientResponse::BlobUnpinned { existed: true },
         ClientResponse::BlobPins { pins: vec![BlobPinEntry { name: "release/v1".into(), hash }], more: true },
         ClientResponse::Done,
+        ClientResponse::Apps {
+            apps: vec![AppInfo {
+                name: "blob".into(),
+                alpn: b"aspen/blob/1".to_vec(),
+                rights: vec!["read".into(), "write".into()],
+            }],
+        },
     ];
     responses.extend(write_results().into_iter().map(ClientResponse::Write));
     responses.extend(errors().into_iter().map(ClientResponse::Error));
@@ -430,6 +452,7 @@ fn variant_client_response(r: &ClientResponse) -> String {
         ClientResponse::BlobPins { .. } => "BlobPins",
         ClientResponse::Done => "Done",
         ClientResponse::Error(e) => return format!("Error.{}", variant_error(e)),
+        ClientResponse::Apps { .. } => "Apps",
     };
     name.into()
 }

@@ -5,12 +5,14 @@
 //! Protocol logic lives elsewhere (`aspen-raft` for Raft, `aspen-node` for the client
 //! service); this crate only moves typed frames and knows who is who.
 
+pub mod clock;
 pub mod endpoint;
 pub mod frame;
 pub mod identity;
 pub mod ticket;
 pub mod token;
 
+pub use clock::now_ms;
 pub use endpoint::{EndpointConfig, EndpointError, bind_endpoint, endpoint_addr};
 pub use frame::{FrameError, read_frame, write_frame};
 pub use ticket::{ClusterTicket, TicketError};

@@ -51,20 +51,6 @@ pub struct NodeArgs {
     /// restart (with the entries the restart replays).
     #[arg(long, env = "ASPEN_WATCH_HISTORY", default_value_t = aspen_core::limits::WATCH_HISTORY_EVENTS, value_parser = parse_positive)]
     pub watch_history: usize,
-    /// Nodes that must hold a blob (this one included) before an add is acknowledged;
-    /// 0 means a majority of the voters. Capped at the number of members.
-    #[arg(long, env = "ASPEN_BLOB_REPLICAS", default_value_t = 0)]
-    pub blob_replicas: usize,
-    /// Seconds a freshly added blob is kept without a pin before garbage collection may
-    /// remove it (decided by the leader's clock, through a lease).
-    #[arg(long, env = "ASPEN_BLOB_GC_GRACE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
-    pub blob_gc_grace_secs: u64,
-    /// Seconds between garbage-collection rounds of this node's blob store.
-    #[arg(long, env = "ASPEN_BLOB_GC_INTERVAL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
-    pub blob_gc_interval_secs: u64,
-    /// Seconds between the leader's rounds that copy under-replicated blobs to more nodes.
-    #[arg(long, env = "ASPEN_BLOB_REPAIR_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-    pub blob_repair_interval_secs: u64,
     /// Log entries kept after a snapshot.
     #[arg(long, env = "ASPEN_LOG_KEEP", default_value_t = aspen_core::limits::LOG_KEPT_AFTER_SNAPSHOT)]
     pub log_keep: u64,

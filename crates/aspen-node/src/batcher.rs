@@ -6,12 +6,12 @@
 //! pipeline stays full.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aspen_core::command::{WriteBatch, WriteCommand, WriteResult};
 use aspen_core::error::AspenError;
 use aspen_core::limits::{MAX_WRITE_BATCH, MAX_WRITE_BATCH_BYTES};
 use aspen_core::validate;
+use aspen_net::now_ms;
 use aspen_raft::Raft;
 use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -29,10 +29,6 @@ struct Pending {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Pending>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Batcher {

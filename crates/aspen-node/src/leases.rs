@@ -10,8 +10,8 @@ use aspen_core::command::WriteCommand;
 use aspen_core::limits::MAX_EXPIRE_PER_ENTRY;
 use openraft::async_runtime::watch::WatchReceiver;
 
-use crate::batcher::now_ms;
 use crate::state::NodeState;
+use aspen_net::now_ms;
 
 /// How often the leader looks for expired leases.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse};
+use aspen_app::App;
+use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse, NodeAddr};
+use aspen_core::capability::Capability;
 use aspen_core::limits::MAX_RAFT_PAYLOAD_ENTRIES;
 use aspen_net::{ClusterTicket, EndpointConfig};
 use aspen_raft::network::NetworkFactory;
@@ -16,8 +18,11 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::NodeArgs;
+use crate::apps::{AppProtocol, AppRegistry};
 use crate::batcher::Batcher;
+use crate::cluster::NodeCluster;
 use crate::forward::Forwarder;
+use crate::member::MemberService;
 use crate::read_gate::ReadGate;
 use crate::service::ClientService;
 use crate::state::NodeState;
@@ -90,7 +95,72 @@ fn raft_config(args: &NodeArgs) -> anyhow::Result<Config> {
     Ok(config.validate()?)
 }
 
-pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+/// A node that serves, until [`RunningNode::shutdown`].
+pub struct RunningNode {
+    state: Arc<NodeState>,
+    cluster: Arc<NodeCluster>,
+    apps: Arc<AppRegistry>,
+    router: iroh::protocol::Router,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ready_file: std::path::PathBuf,
+}
+
+impl RunningNode {
+    pub fn node_id(&self) -> u64 {
+        self.state.node_id
+    }
+
+    /// How clients and peers reach this node.
+    pub fn addr(&self) -> NodeAddr {
+        self.state.addr.clone()
+    }
+
+    /// The KV as this node serves it in-process, with every right: for code embedding a
+    /// node (and its tests). Clients use a token instead.
+    pub fn kv(&self) -> aspen_kv::SharedKv {
+        aspen_app::Cluster::kv_with_rights(&*self.cluster, vec![aspen_core::capability::Capability::All])
+    }
+
+    /// The cluster as the node's apps see it.
+    pub fn cluster(&self) -> Arc<dyn aspen_app::Cluster> {
+        self.cluster.clone()
+    }
+
+    /// Stops serving: background duties, apps, protocols, Raft, the endpoint.
+    pub async fn shutdown(self) {
+        crate::notify::notify("STOPPING=1");
+        let _ = std::fs::remove_file(&self.ready_file);
+        for task in &self.tasks {
+            task.abort();
+        }
+        for app in self.apps.all() {
+            app.shutdown().await;
+        }
+        let _ = self.router.shutdown().await;
+        let _ = self.state.raft.shutdown().await;
+        self.state.endpoint.close().await;
+        tracing::info!(node_id = self.state.node_id, "node stopped");
+    }
+}
+
+/// Runs a node with `apps` until SIGTERM or SIGINT.
+pub async fn run(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let node = start(args, apps).await?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Starts a node serving the core protocols and `apps`; returns once it serves (its ticket
+/// written to `node.ticket`, systemd told it is ready).
+pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<RunningNode> {
+    let reserved: [&[u8]; 3] = [RAFT_ALPN, CLIENT_ALPN, aspen_app::MEMBER_ALPN];
+    crate::apps::check_unique(&apps, &reserved).map_err(|e| anyhow::anyhow!("cannot assemble the node: {e}"))?;
     let data_dir = args.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let ready_file = data_dir.join(READY_TICKET_FILE);
@@ -104,7 +174,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let endpoint = aspen_net::bind_endpoint(EndpointConfig {
         secret_key,
         bind: args.bind,
-        alpns: vec![RAFT_ALPN.to_vec(), CLIENT_ALPN.to_vec(), iroh_blobs::ALPN.to_vec()],
+        // The router sets the full list (apps' ALPNs included) when it starts.
+        alpns: vec![RAFT_ALPN.to_vec(), CLIENT_ALPN.to_vec()],
         relays: args.relays,
     })
     .await?;
@@ -115,14 +186,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = Arc::new(raft_config(&args)?);
     let log_bytes = log.clone();
     let raft: Raft = Raft::new(node_id, config, NetworkFactory::new(endpoint.clone()), log, sm).await?;
-    let snapshot_task = tokio::spawn(snapshot_by_log_bytes(raft.clone(), log_bytes, args.snapshot_every_bytes.max(1)));
     // No wait_for_recovery here: it needs a reachable leader. Linearizable reads wait
     // for the apply index through ReadIndex; startup itself re-applies the log up to the
     // persisted commit index.
-
-    let node_slot = crate::blobs::NodeSlot::default();
-    let blobs =
-        crate::blobs::open_store(&data_dir, Duration::from_secs(args.blob_gc_interval_secs), node_slot.clone()).await?;
     let raft_server = RaftServer::new(raft.clone(), incoming_snapshot);
     let state = Arc::new(NodeState {
         raft_refused: raft_server.refused_counter(),
@@ -136,24 +202,51 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         hub,
         security,
         data_dir: data_dir.clone(),
-        blobs: blobs.clone(),
-        blob_settings: crate::blobs::BlobSettings {
-            replicas: args.blob_replicas,
-            gc_grace: Duration::from_secs(args.blob_gc_grace_secs),
-            repair_interval: Duration::from_secs(args.blob_repair_interval_secs),
-        },
-        fresh_lease: tokio::sync::Mutex::new(None),
         endpoint: endpoint.clone(),
+        apps: apps.iter().map(|a| a.info()).collect(),
     });
-    let router = iroh::protocol::Router::builder(endpoint.clone())
+    let cluster = NodeCluster::new(&state);
+    let registry = Arc::new(AppRegistry::default());
+
+    let mut router = iroh::protocol::Router::builder(endpoint.clone())
         .accept(RAFT_ALPN, raft_server)
-        .accept(CLIENT_ALPN, ClientService::new(state.clone()))
-        .accept(iroh_blobs::ALPN, crate::blobs::MemberBlobs::new(&blobs, state.clone()))
-        .spawn();
-    let _ = node_slot.set(Arc::downgrade(&state));
-    let lease_task = crate::leases::spawn(state.clone());
-    let repair_task = crate::blob_replication::spawn_repair(state.clone());
-    let root_task = crate::root::spawn_if_pending(state.clone());
+        .accept(CLIENT_ALPN, ClientService::new(state.clone(), cluster.clone()))
+        .accept(aspen_app::MEMBER_ALPN, MemberService::new(state.clone(), registry.clone()));
+    let mut handlers = std::collections::HashMap::new();
+    for app in &apps {
+        let info = app.info();
+        let prefix = aspen_app::rights::app_prefix(&info.name).into_bytes();
+        let own_rights = vec![
+            Capability::Read(prefix.clone()),
+            Capability::Write(prefix.clone()),
+            Capability::Delete(prefix.clone()),
+            Capability::Watch(prefix),
+        ];
+        let context = aspen_app::NodeContext {
+            node_id,
+            data_dir: data_dir.clone(),
+            endpoint: endpoint.clone(),
+            kv: aspen_app::Cluster::kv_with_rights(&*cluster, own_rights),
+            cluster: cluster.clone(),
+        };
+        let handler =
+            app.start(context).await.map_err(|e| anyhow::anyhow!("app {:?} did not start: {e}", info.name))?;
+        for (alpn, protocol) in handler.protocols() {
+            router = router.accept(alpn, protocol);
+        }
+        router =
+            router.accept(info.alpn.clone(), AppProtocol::new(info.name.clone(), handler.clone(), cluster.clone()));
+        tracing::info!(app = %info.name, alpn = %String::from_utf8_lossy(&info.alpn), "app started");
+        handlers.insert(info.name, handler);
+    }
+    registry.set(handlers);
+    let router = router.spawn();
+
+    let mut tasks = vec![
+        tokio::spawn(snapshot_by_log_bytes(raft.clone(), log_bytes, args.snapshot_every_bytes.max(1))),
+        crate::leases::spawn(state.clone()),
+    ];
+    tasks.extend(crate::root::spawn_if_pending(state.clone()));
 
     if let Some(ticket_file) = &args.join_ticket_file
         && !state.is_initialized()
@@ -165,26 +258,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     write_atomic(&ready_file, own.encode().as_bytes())?;
     crate::notify::notify("READY=1");
     tracing::info!(node_id, "node ready");
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    crate::notify::notify("STOPPING=1");
-    let _ = std::fs::remove_file(&ready_file);
-    lease_task.abort();
-    repair_task.abort();
-    if let Some(t) = root_task {
-        t.abort();
-    }
-    snapshot_task.abort();
-    let _ = router.shutdown().await;
-    let _ = raft.shutdown().await;
-    endpoint.close().await;
-    tracing::info!(node_id, "node stopped");
-    Ok(())
+    Ok(RunningNode { state, cluster, apps: registry, router, tasks, ready_file })
 }
 
 /// Triggers a snapshot (and so a log purge) whenever `every` bytes of log were appended
@@ -223,7 +297,7 @@ async fn join(state: &NodeState, ticket_file: &Path, as_voter: bool) -> anyhow::
         loop {
             let to = &ticket.nodes[attempt % ticket.nodes.len()];
             attempt += 1;
-            match state.forwarder.call_as(to, step.clone(), true, token.as_deref()).await {
+            match state.forwarder.call_as_client(to, step.clone(), token.as_deref()).await {
                 ClientResponse::Done => break,
                 ClientResponse::Error(e) if tokio::time::Instant::now() < deadline => {
                     tracing::info!("join step {} not done yet: {e}; retrying", step.name());

@@ -1,10 +1,12 @@
 //! What every request handler shares: the Raft handle, the applied-state reader, the
 //! watch hub and the write/read machinery.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_core::api::NodeAddr;
+use aspen_app::Members;
+use aspen_core::api::{AppInfo, NodeAddr};
 use aspen_core::error::AspenError;
 use aspen_raft::watch::WatchHub;
 use aspen_raft::{KvReader, Raft};
@@ -26,15 +28,11 @@ pub struct NodeState {
     /// The replicated root key and revocations, as this node has applied them.
     pub security: Arc<aspen_raft::SecurityView>,
     pub data_dir: std::path::PathBuf,
-    /// This node's blob store (`<data dir>/blobs`).
-    pub blobs: iroh_blobs::store::fs::FsStore,
-    /// Replication, grace period and repair settings of the blob store.
-    pub blob_settings: crate::blobs::BlobSettings,
-    /// The lease fresh-blob records are attached to, shared by the adds of a short window.
-    pub fresh_lease: tokio::sync::Mutex<Option<crate::blobs::FreshLease>>,
     pub endpoint: iroh::Endpoint,
     /// Raft connections and streams refused to non-members.
     pub raft_refused: Arc<std::sync::atomic::AtomicU64>,
+    /// The apps this node serves (known before they start).
+    pub apps: Vec<AppInfo>,
 }
 
 /// Where a request should be served.
@@ -65,24 +63,17 @@ impl NodeState {
         m.membership_config.membership().nodes().any(|(_, n)| &n.endpoint_id == key)
     }
 
-    /// How many nodes must hold a blob under the current membership.
-    pub fn blob_replica_target(&self) -> usize {
+    /// The membership and leader as this node knows them.
+    pub fn members(&self) -> Members {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         let membership = m.membership_config.membership();
-        aspen_core::blob::replica_target(
-            self.blob_settings.replicas,
-            membership.voter_ids().count(),
-            membership.nodes().count(),
-        )
-    }
-
-    /// Every other member (voter or learner) of the cluster, in node id order.
-    pub fn other_members(&self) -> Vec<(u64, NodeAddr)> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let membership = m.membership_config.membership();
-        membership.nodes().filter(|(id, _)| **id != self.node_id).map(|(id, n)| (*id, n.clone())).collect()
+        Members {
+            node_id: self.node_id,
+            leader: m.current_leader,
+            voters: membership.voter_ids().collect::<BTreeSet<u64>>(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        }
     }
 
     pub fn member_addr(&self, node_id: u64) -> Option<NodeAddr> {

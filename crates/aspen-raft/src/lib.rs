@@ -13,5 +13,5 @@ pub mod types;
 pub mod watch;
 
 pub use security::SecurityView;
-pub use storage::{KvReader, LogStore, StateMachine, Storage, open_storage};
+pub use storage::{KvReader, LogStore, ScanOptions, StateMachine, Storage, open_storage};
 pub use types::{RAFT_ALPN, Raft, TypeConfig};

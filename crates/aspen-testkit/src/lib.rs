@@ -5,8 +5,11 @@
 //! * [`TestNet`] gives each node its own Linux network namespace on a private bridge, so
 //!   partitions are real packet loss the nodes cannot tell from a network fault (needs root; falls
 //!   back to loopback without partitions otherwise).
+//! * [`harness::TestCluster`] is an initialized cluster of real `aspen` nodes with its root
+//!   token, for the integration tests of any crate.
 //! * [`linearizability`] checks recorded client histories.
 
+pub mod harness;
 pub mod linearizability;
 
 mod alloc;
@@ -24,5 +27,6 @@ mod ready;
 
 pub use cluster::{ClusterOptions, LOG_FILE, NodeSpec, ProcessCluster, TICKET_FILE};
 pub use error::TestkitError;
+pub use harness::{TestCluster, eventually};
 pub use net::{NETNS_ENV, NETNS_NODE_PORT, NetMode, TestNet};
 pub use process::process_state;

@@ -404,9 +404,9 @@ async fn lock_loop(client: Client, name: String, deadline: Instant) -> anyhow::R
                 let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 latencies.saturating_record(us.max(1));
             }
-            Err(aspen_coord::CoordError::Client(e)) => {
+            Err(aspen_coord::CoordError::Kv(e)) => {
                 errors += 1;
-                last_error = Some(e);
+                last_error = Some(e.into());
             }
             Err(e) => {
                 errors += 1;

@@ -12,7 +12,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use aspen_client::{Client, ClusterTicket, blob_hash_hex};
+use aspen_blob::{BlobClient, blob_hash_hex};
+use aspen_client::{Client, ClusterTicket};
 use rand::{RngCore, SeedableRng};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -86,17 +87,20 @@ pub async fn run(ctx: &Ctx, args: &BenchBlobArgs, ticket: ClusterTicket) -> anyh
     let first = node_client(0).await?;
     let started = Instant::now();
     let mut file = tokio::fs::File::open(&source).await.with_context(|| format!("cannot open {}", source.display()))?;
-    let info = first.blob_add(&mut file).await.context("blob add")?;
+    let info = BlobClient::new(&first).add(&mut file).await.context("blob add")?;
     figures.push(Figure {
         what: "aspen blob add",
         seconds: Some(started.elapsed().as_secs_f64()),
         note: format!("on node 1, acknowledged with {} replicas", info.replicas),
     });
 
+    // A node that lacks the blob reads it from a peer: the figure of a fetch.
+    let holders = BlobClient::new(&first).status(info.hash).await.context("blob status")?;
+    let lacks = |node_id: u64| holders.iter().any(|h| h.node_id == node_id && h.size.is_none());
     let mut lacking = None;
     for i in 1..ticket.nodes.len() {
         let client = node_client(i).await?;
-        if client.blob_has(info.hash).await.context("blob has")?.is_none() {
+        if lacks(client.node_info().await.context("node info")?.node_id) {
             lacking = Some((i, client));
             break;
         }
@@ -196,7 +200,7 @@ async fn time_get(client: &Client, hash: [u8; 32], out: &Path, what: &'static st
     let started = Instant::now();
     let result = async {
         let mut file = tokio::fs::File::create(out).await?;
-        client.blob_get_to(hash, &mut file).await?;
+        BlobClient::new(client).get_to(hash, &mut file).await?;
         file.sync_all().await?;
         anyhow::Ok(())
     }

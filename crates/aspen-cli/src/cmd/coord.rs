@@ -14,7 +14,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use aspen_client::{AspenError, ClientError};
+use aspen_client::{AspenError, KvError};
 use aspen_coord::{CoordError, Leadership, LockGuard, Permit, RwGuard, Session, validate_name};
 use serde_json::json;
 
@@ -27,9 +27,9 @@ pub fn parse_name(name: &str) -> Result<String, String> {
     match validate_name("the name", name) {
         Ok(()) => Ok(name.to_string()),
         // Only the reason: clap already says that the value is invalid.
-        Err(
-            CoordError::Client(ClientError::Aspen(AspenError::InvalidRequest { reason })) | CoordError::Invalid(reason),
-        ) => Err(reason),
+        Err(CoordError::Kv(KvError::Aspen(AspenError::InvalidRequest { reason })) | CoordError::Invalid(reason)) => {
+            Err(reason)
+        }
         Err(e) => Err(e.to_string()),
     }
 }

@@ -1,12 +1,32 @@
-//! `aspen node`: run one node in this process (the same as the `aspen-node` binary).
+//! `aspen node` (and the `aspen-node` binary): run one node in this process, with every
+//! app this distribution ships. This is the one place a node is assembled: an app is one
+//! line in [`apps`] and its settings one field of [`AppArgs`].
+
+use std::sync::Arc;
+
+use aspen_app::App;
+
+/// The settings of every app a node serves, each a flag with an environment-variable twin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AppArgs {
+    #[command(flatten)]
+    pub blob: aspen_blob::BlobArgs,
+}
+
+/// The apps a node serves.
+pub fn apps(args: &AppArgs) -> Vec<Arc<dyn App>> {
+    vec![Arc::new(aspen_blob::BlobApp::new(args.blob.settings()))]
+}
 
 #[derive(Debug, clap::Args)]
 pub struct NodeCommand {
     #[command(flatten)]
     pub args: aspen_node::NodeArgs,
+    #[command(flatten)]
+    pub apps: AppArgs,
 }
 
 /// Runs the node until SIGTERM or SIGINT.
 pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
-    aspen_node::run(cmd.args).await
+    aspen_node::run(cmd.args, apps(&cmd.apps)).await
 }

@@ -10,7 +10,7 @@ use aspen_core::limits::{MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
 use aspen_core::{AspenError, ErrorCode};
 use aspen_testkit::{ClusterOptions, NodeSpec, ProcessCluster};
 
-use crate::common::TestCluster;
+use aspen_testkit::harness::TestCluster;
 
 fn code(err: &aspen_client::ClientError) -> Option<ErrorCode> {
     err.aspen().map(AspenError::code)
@@ -50,7 +50,7 @@ async fn oversize_and_malformed_requests_are_refused_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_is_not_initialized_says_so() {
     let mut spec = NodeSpec::new(7);
-    spec.extra_args = crate::common::fast_raft_args();
+    spec.extra_args = aspen_testkit::harness::fast_raft_args();
     let mut nodes =
         ProcessCluster::with_specs(env!("CARGO_BIN_EXE_aspen"), vec![spec], ClusterOptions::default()).unwrap();
     nodes.start_all().await.unwrap();
@@ -72,7 +72,8 @@ async fn a_node_that_is_not_initialized_says_so() {
     let token = aspen_net::token::Token::decode(&std::fs::read_to_string(&done.root_token_file).unwrap()).unwrap();
     let client =
         Client::for_node_with_token(ticket.nodes[0].clone(), ClientConfig::default(), Some(token)).await.unwrap();
-    crate::common::eventually("the single node serves writes", || async { client.put("k", "v").await.ok() }).await;
+    aspen_testkit::harness::eventually("the single node serves writes", || async { client.put("k", "v").await.ok() })
+        .await;
     assert_eq!(client.get("k", ReadConsistency::Linearizable).await.unwrap().unwrap().value, b"v");
 }
 

@@ -7,7 +7,7 @@ use aspen_core::api::ReadConsistency;
 use aspen_core::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResult};
 use aspen_core::{AspenError, EventKind};
 
-use crate::common::{TestCluster, eventually};
+use aspen_testkit::harness::{TestCluster, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_one_node_are_read_linearizably_through_every_node() {

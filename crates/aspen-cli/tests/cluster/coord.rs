@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use aspen_client::{AspenError, ClientConfig, ReadConsistency};
 use aspen_coord::{CoordError, Lock, Session};
 
-use crate::common::TestCluster;
+use aspen_testkit::harness::TestCluster;
 
 /// One critical section as a worker saw it.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ async fn lock_holders_never_overlap_and_tokens_only_grow_while_the_leader_is_kil
                             lost = true;
                             break;
                         }
-                        Err(CoordError::Client(e)) if matches!(e.aspen(), Some(AspenError::OutcomeUnknown { .. })) => {
+                        Err(CoordError::Kv(e)) if matches!(e.aspen(), Some(AspenError::OutcomeUnknown { .. })) => {
                             // Did it land? Only we write while we hold the lock.
                             let now = loop {
                                 if let Ok(kv) = client.get("coord/counter", ReadConsistency::Linearizable).await {

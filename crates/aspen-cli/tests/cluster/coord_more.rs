@@ -16,7 +16,7 @@ use aspen_coord::{
     WorkPool, Worker,
 };
 
-use crate::common::{TestCluster, eventually};
+use aspen_testkit::harness::{TestCluster, eventually};
 
 /// Bound on each wait for a primitive to let a caller through.
 const PATIENCE: Duration = Duration::from_secs(60);

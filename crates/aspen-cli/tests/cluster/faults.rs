@@ -6,8 +6,8 @@ use std::time::Duration;
 use aspen_client::{Client, ClientConfig};
 use aspen_core::api::ReadConsistency;
 
-use crate::common::{TestCluster, eventually};
-use crate::require_partitions;
+use aspen_testkit::harness::{TestCluster, eventually};
+use aspen_testkit::require_partitions;
 
 /// Puts `prefix/i` for i in `range`, retrying each key until it is acknowledged
 /// (a real client's behaviour; a retried put of the same value is harmless here).

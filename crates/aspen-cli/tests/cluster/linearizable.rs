@@ -10,7 +10,7 @@ use std::time::Duration;
 use aspen_core::api::ReadConsistency;
 use aspen_testkit::linearizability::{History, OpKind, Operation, Verdict, check};
 
-use crate::common::TestCluster;
+use aspen_testkit::harness::TestCluster;
 
 const KEYS: u64 = 4;
 const CLIENTS: u64 = 5;

@@ -3,8 +3,6 @@
 
 mod bad_input;
 mod basic;
-mod blobs;
-mod common;
 mod coord;
 mod coord_more;
 mod faults;

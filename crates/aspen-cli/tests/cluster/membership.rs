@@ -9,7 +9,7 @@ use aspen_core::api::ReadConsistency;
 use aspen_testkit::NodeSpec;
 use tokio::sync::Mutex;
 
-use crate::common::{TestCluster, eventually, fast_raft_args};
+use aspen_testkit::harness::{TestCluster, eventually, fast_raft_args};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_under_load_lose_no_acknowledged_write() {

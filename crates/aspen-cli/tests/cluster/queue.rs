@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use aspen_client::ClientConfig;
 use aspen_coord::{CoordError, Queue, QueueConfig, RateLimiter, Receipt};
 
-use crate::common::{TestCluster, eventually};
+use aspen_testkit::harness::{TestCluster, eventually};
 
 /// What the workers saw, for the checks at the end.
 #[derive(Default)]

@@ -10,7 +10,7 @@ use aspen_core::error::ErrorCode;
 use aspen_net::token::{Audience, LinkSpec, Token};
 use iroh::SecretKey;
 
-use crate::common::{TestCluster, eventually};
+use aspen_testkit::harness::{TestCluster, eventually};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64

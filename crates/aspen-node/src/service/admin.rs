@@ -12,9 +12,9 @@ use openraft::ChangeMembers;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use super::Placement;
-use crate::batcher::now_ms;
 use crate::root::{CLUSTER_KEY_FILE, ROOT_TOKEN_FILE};
 use crate::state::NodeState;
+use aspen_net::now_ms;
 
 pub fn placement(request: &ClientRequest) -> Option<Placement> {
     Some(match request {
@@ -22,7 +22,8 @@ pub fn placement(request: &ClientRequest) -> Option<Placement> {
         | ClientRequest::TriggerSnapshot
         | ClientRequest::Status
         | ClientRequest::Ticket
-        | ClientRequest::NodeInfo => Placement::Local,
+        | ClientRequest::NodeInfo
+        | ClientRequest::Apps => Placement::Local,
         ClientRequest::AddLearner { .. }
         | ClientRequest::Promote { .. }
         | ClientRequest::Remove { .. }
@@ -126,6 +127,7 @@ pub async fn serve(state: &NodeState, request: ClientRequest) -> Result<ClientRe
             addr: state.addr.clone(),
             initialized: state.is_initialized(),
         }),
+        ClientRequest::Apps => Ok(ClientResponse::Apps { apps: state.apps.clone() }),
         other => Err(AspenError::invalid(format!("request {} is not an admin request", other.name()))),
     }
 }

@@ -4,18 +4,20 @@
 use aspen_core::api::{ClientRequest, ClientResponse, LeaseInfo, ReadConsistency};
 use aspen_core::command::WriteCommand;
 use aspen_core::error::AspenError;
+use aspen_core::limits::MAX_SCAN_PAGE_BYTES;
 use aspen_core::validate;
+use aspen_raft::ScanOptions;
 
 use super::Placement;
-use crate::batcher::now_ms;
 use crate::state::NodeState;
+use aspen_net::now_ms;
 
 pub fn placement(request: &ClientRequest) -> Option<Placement> {
     Some(match request {
-        ClientRequest::Get { consistency, .. } | ClientRequest::Scan { consistency, .. } => match consistency {
-            ReadConsistency::Linearizable => Placement::Leader { is_write: false },
-            ReadConsistency::Stale => Placement::Local,
-        },
+        ClientRequest::Get { consistency, .. } | ClientRequest::Scan { consistency, .. } => {
+            read_placement(*consistency)
+        }
+        ClientRequest::ScanWith(scan) => read_placement(scan.consistency),
         ClientRequest::LeaseList => Placement::Leader { is_write: false },
         ClientRequest::Put { .. }
         | ClientRequest::Delete { .. }
@@ -30,6 +32,13 @@ pub fn placement(request: &ClientRequest) -> Option<Placement> {
         | ClientRequest::RateLimit(_) => Placement::Leader { is_write: true },
         _ => return None,
     })
+}
+
+fn read_placement(consistency: ReadConsistency) -> Placement {
+    match consistency {
+        ReadConsistency::Linearizable => Placement::Leader { is_write: false },
+        ReadConsistency::Stale => Placement::Local,
+    }
 }
 
 fn write_command(request: &ClientRequest) -> Option<WriteCommand> {
@@ -81,6 +90,26 @@ pub async fn serve(state: &NodeState, request: &ClientRequest) -> Option<Result<
                 let limit = validate::scan_limit(*limit)?;
                 linearize(state, *consistency).await?;
                 let (kvs, more, revision) = state.reader.scan(start, end, limit)?;
+                Ok(ClientResponse::Scan { kvs, more, revision })
+            }
+            .await
+        }
+        ClientRequest::ScanWith(scan) => {
+            async {
+                validate::range_bound(&scan.start)?;
+                validate::range_bound(&scan.end)?;
+                let limit = validate::scan_limit(scan.limit)?;
+                // A page of a kept snapshot needs no new ReadIndex round: the snapshot was
+                // linearized when its first page was read.
+                let continues = scan.at_revision.is_some_and(|r| r != 0);
+                linearize(state, if continues { ReadConsistency::Stale } else { scan.consistency }).await?;
+                let options = ScanOptions {
+                    limit,
+                    max_bytes: MAX_SCAN_PAGE_BYTES,
+                    keys_only: scan.keys_only,
+                    at_revision: scan.at_revision,
+                };
+                let (kvs, more, revision) = state.reader.scan_page(&scan.start, &scan.end, options)?;
                 Ok(ClientResponse::Scan { kvs, more, revision })
             }
             .await

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use log_store::LogStore;
-pub use reader::KvReader;
+pub use reader::{KvReader, ScanOptions};
 pub(crate) use redb_kv::{SecurityChanges, read_cluster_root};
 pub use state_machine::StateMachine;
 

@@ -2,11 +2,14 @@
 //! durable or not, and never an uncommitted Raft entry: only applied entries are
 //! written to these tables).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aspen_core::error::AspenError;
+use aspen_core::limits::{MAX_SCAN_SNAPSHOTS, SCAN_SNAPSHOT_IDLE_MS};
 use aspen_core::types::{KeyValue, KvEntry, LeaseRecord};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::redb_kv::read_u64;
 use super::tables::{self, KV, LEASES, SM_META};
@@ -14,6 +17,28 @@ use super::tables::{self, KV, LEASES, SM_META};
 #[derive(Clone)]
 pub struct KvReader {
     db: Arc<Database>,
+    /// Read transactions kept for scans whose pages all read one revision.
+    snapshots: Arc<Mutex<HashMap<u64, Snapshot>>>,
+}
+
+struct Snapshot {
+    txn: Arc<ReadTransaction>,
+    last_used: Instant,
+}
+
+/// How one page of a scan is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Most entries in the page.
+    pub limit: u32,
+    /// Most bytes of keys and values in the page; it ends early (with `more`) past this,
+    /// but always holds at least one entry.
+    pub max_bytes: usize,
+    /// Leave every value empty.
+    pub keys_only: bool,
+    /// `None`: the current state. `Some(0)`: the current state, kept for later pages.
+    /// `Some(r)`: the state kept at revision `r` (or the current one, if still at `r`).
+    pub at_revision: Option<u64>,
 }
 
 fn st(e: impl std::fmt::Display) -> AspenError {
@@ -22,7 +47,7 @@ fn st(e: impl std::fmt::Display) -> AspenError {
 
 impl KvReader {
     pub(super) fn new(db: Arc<Database>) -> Self {
-        KvReader { db }
+        KvReader { db, snapshots: Arc::default() }
     }
 
     /// The value at `key` and the store's revision, read in one consistent view.
@@ -39,24 +64,102 @@ impl KvReader {
 
     /// Up to `limit` keys in `[start, end)`; `more` says whether the range holds more.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: u32) -> Result<(Vec<KeyValue>, bool, u64), AspenError> {
-        let txn = self.db.begin_read().map_err(st)?;
-        let revision = read_u64(&txn.open_table(SM_META).map_err(st)?, tables::SM_REVISION)?.unwrap_or(0);
+        let options = ScanOptions {
+            limit,
+            max_bytes: aspen_core::limits::MAX_SCAN_PAGE_BYTES,
+            keys_only: false,
+            at_revision: None,
+        };
+        self.scan_page(start, end, options)
+    }
+
+    /// One page of keys in `[start, end)`, read as `options` says; `more` says whether the
+    /// range holds more. Returns the revision the page was read at.
+    pub fn scan_page(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        options: ScanOptions,
+    ) -> Result<(Vec<KeyValue>, bool, u64), AspenError> {
+        let txn = match options.at_revision {
+            None => Arc::new(self.db.begin_read().map_err(st)?),
+            Some(0) => {
+                let txn = Arc::new(self.db.begin_read().map_err(st)?);
+                let revision = txn_revision(&txn)?;
+                self.keep_snapshot(revision, txn.clone());
+                txn
+            }
+            Some(revision) => self.snapshot(revision)?,
+        };
+        let revision = txn_revision(&txn)?;
         if !end.is_empty() && end <= start {
             return Ok((Vec::new(), false, revision));
         }
         let table = txn.open_table(KV).map_err(st)?;
         let iter = if end.is_empty() { table.range::<&[u8]>(start..) } else { table.range::<&[u8]>(start..end) };
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let mut more = false;
         for item in iter.map_err(st)? {
-            if out.len() == limit as usize {
+            if out.len() == options.limit as usize || (!out.is_empty() && bytes >= options.max_bytes) {
                 more = true;
                 break;
             }
             let (k, v) = item.map_err(st)?;
-            out.push(tables::decode::<KvEntry>(v.value()).map_err(st)?.into_key_value(k.value().to_vec()));
+            let mut kv = tables::decode::<KvEntry>(v.value()).map_err(st)?.into_key_value(k.value().to_vec());
+            if options.keys_only {
+                kv.value = Vec::new();
+            }
+            bytes += kv.key.len() + kv.value.len();
+            if bytes > options.max_bytes && !out.is_empty() {
+                more = true;
+                break;
+            }
+            out.push(kv);
         }
         Ok((out, more, revision))
+    }
+
+    /// Keeps `txn` for later pages at `revision`, forgetting idle and excess snapshots.
+    fn keep_snapshot(&self, revision: u64, txn: Arc<ReadTransaction>) {
+        let Ok(mut kept) = self.snapshots.lock() else { return };
+        let idle = Duration::from_millis(SCAN_SNAPSHOT_IDLE_MS);
+        kept.retain(|_, s| s.last_used.elapsed() < idle);
+        while kept.len() >= MAX_SCAN_SNAPSHOTS {
+            let Some(oldest) = kept.iter().min_by_key(|(_, s)| s.last_used).map(|(r, _)| *r) else { break };
+            kept.remove(&oldest);
+        }
+        kept.insert(revision, Snapshot { txn, last_used: Instant::now() });
+    }
+
+    /// The state at `revision`: a kept snapshot, or the current state if nothing changed since.
+    fn snapshot(&self, revision: u64) -> Result<Arc<ReadTransaction>, AspenError> {
+        if let Ok(mut kept) = self.snapshots.lock()
+            && let Some(s) = kept.get_mut(&revision)
+        {
+            if s.last_used.elapsed() < Duration::from_millis(SCAN_SNAPSHOT_IDLE_MS) {
+                s.last_used = Instant::now();
+                return Ok(s.txn.clone());
+            }
+            kept.remove(&revision);
+        }
+        let txn = Arc::new(self.db.begin_read().map_err(st)?);
+        if txn_revision(&txn)? == revision {
+            self.keep_snapshot(revision, txn.clone());
+            return Ok(txn);
+        }
+        Err(AspenError::RevisionUnavailable {
+            revision,
+            reason: "this node keeps no snapshot at that revision (it expired, or another node read the first page)"
+                .into(),
+        })
+    }
+
+    /// Drops every kept scan snapshot (after a snapshot install replaced the state).
+    pub fn forget_snapshots(&self) {
+        if let Ok(mut kept) = self.snapshots.lock() {
+            kept.clear();
+        }
     }
 
     pub fn revision(&self) -> Result<u64, AspenError> {
@@ -74,4 +177,8 @@ impl KvReader {
         }
         Ok(out)
     }
+}
+
+fn txn_revision(txn: &ReadTransaction) -> Result<u64, AspenError> {
+    Ok(read_u64(&txn.open_table(SM_META).map_err(st)?, tables::SM_REVISION)?.unwrap_or(0))
 }

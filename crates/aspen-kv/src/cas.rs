@@ -3,7 +3,7 @@
 use aspen_core::KeyValue;
 use aspen_core::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp, TxnOpResult};
 
-/// The result of [`crate::Client::cas`].
+/// The result of [`crate::KvExt::cas`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CasOutcome {
     /// True when the key held the expected value and now holds the new one.

@@ -1,10 +1,14 @@
-//! What the cluster knows about blobs, kept in the KV: named pins, and the records that
-//! keep a freshly added blob alive through its grace period. Also the pure decisions made
-//! from them: how many replicas a blob needs, and which nodes a repair round copies to.
+//! What the cluster knows about blobs, kept in the KV under the blob app's prefix: named
+//! pins, the index from a blob to the pins that name it, and the records that keep a
+//! freshly added blob alive through its grace period. Also the pure decisions made from
+//! them: how many replicas a blob needs, and which nodes a repair round copies to.
 //!
 //! The blob bytes themselves live in each node's iroh-blobs store, never in the KV.
 //!
 //! - A pin is the key `_aspen/blob/pin/<name>` whose value is the 32-byte BLAKE3 hash.
+//! - Its index entry is the key `_aspen/blob/by-hash/<hex hash>/<name>` (empty value),
+//!   written in the same transaction: a token scoped to pins under `S` may read a blob that a
+//!   pin under `S` names.
 //! - A fresh record is the key `_aspen/blob/fresh/<hex hash>`, attached to a lease whose
 //!   TTL is the grace period: the leader's clock ends it, through the log, like any lease.
 //!
@@ -13,12 +17,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::error::AspenError;
+use aspen_core::AspenError;
 
-/// Prefix of every key the blob store keeps in the KV.
+/// Prefix of every key the blob store keeps in the KV (the blob app's own prefix).
 pub const BLOB_PREFIX: &str = "_aspen/blob/";
 /// Prefix of named pins.
 pub const PIN_PREFIX: &str = "_aspen/blob/pin/";
+/// Prefix of the index from a hash to the pins naming it.
+pub const BY_HASH_PREFIX: &str = "_aspen/blob/by-hash/";
 /// Prefix of the lease-backed records that protect a fresh blob.
 pub const FRESH_PREFIX: &str = "_aspen/blob/fresh/";
 /// Longest pin name, in bytes.
@@ -26,6 +32,10 @@ pub const MAX_PIN_NAME_BYTES: usize = 256;
 
 /// A blob's name.
 pub type BlobHash = [u8; 32];
+
+fn hex(hash: &BlobHash) -> String {
+    data_encoding::HEXLOWER.encode(hash)
+}
 
 /// The key of pin `name`.
 pub fn pin_key(name: &str) -> Vec<u8> {
@@ -42,26 +52,27 @@ pub fn pin_hash(value: &[u8]) -> Option<BlobHash> {
     value.try_into().ok()
 }
 
+/// The index key recording that pin `name` names `hash`.
+pub fn by_hash_key(hash: &BlobHash, name: &str) -> Vec<u8> {
+    format!("{BY_HASH_PREFIX}{}/{name}", hex(hash)).into_bytes()
+}
+
+/// The prefix of the index keys of `hash`'s pins whose names start with `scope`.
+pub fn by_hash_prefix(hash: &BlobHash, scope: &[u8]) -> Vec<u8> {
+    let mut key = format!("{BY_HASH_PREFIX}{}/", hex(hash)).into_bytes();
+    key.extend_from_slice(scope);
+    key
+}
+
 /// The key of `hash`'s fresh record.
 pub fn fresh_key(hash: &BlobHash) -> Vec<u8> {
-    let mut key = FRESH_PREFIX.as_bytes().to_vec();
-    for b in hash {
-        key.extend_from_slice(format!("{b:02x}").as_bytes());
-    }
-    key
+    format!("{FRESH_PREFIX}{}", hex(hash)).into_bytes()
 }
 
 /// The hash a fresh record's key names, if it is one.
 pub fn fresh_hash(key: &[u8]) -> Option<BlobHash> {
     let hex = key.strip_prefix(FRESH_PREFIX.as_bytes())?;
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        hash[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(hash)
+    data_encoding::HEXLOWER.decode(hex).ok()?.try_into().ok()
 }
 
 /// Pin names are 1..=256 bytes of ASCII letters, digits and `.`, `_`, `-`, `/`, `:`.
@@ -139,6 +150,8 @@ mod tests {
     fn fresh_keys_round_trip_and_reject_other_keys() {
         let hash: BlobHash = std::array::from_fn(|i| (i * 7) as u8);
         assert_eq!(fresh_hash(&fresh_key(&hash)), Some(hash));
+        assert!(by_hash_key(&hash, "forge/a").starts_with(&by_hash_prefix(&hash, b"forge/")));
+        assert!(!by_hash_key(&hash, "cache/a").starts_with(&by_hash_prefix(&hash, b"forge/")));
         assert_eq!(fresh_hash(b"_aspen/blob/fresh/zz"), None);
         assert_eq!(fresh_hash(&pin_key("x")), None);
         assert_eq!(pin_name(&pin_key("forge/repo:main")), Some("forge/repo:main"));

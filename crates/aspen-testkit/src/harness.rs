@@ -1,30 +1,65 @@
-//! Starting an initialized cluster for a test, and waiting on it with bounded patience.
+//! [`TestCluster`]: an initialized cluster of real `aspen` node processes for any crate's
+//! integration tests, with its root token, clients, narrower tokens, bounded waits and the
+//! usual nemesis.
+//!
+//! The node binary is `aspen` (every app included), found as [`aspen_bin`] says: `cargo
+//! test --workspace` builds it beside every test executable.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aspen_client::{Client, ClientConfig};
 use aspen_core::api::{NodeAddr, ReadConsistency};
+use aspen_core::capability::Capability;
 use aspen_net::ClusterTicket;
-use aspen_net::token::Token;
-use aspen_testkit::{ClusterOptions, NodeSpec, ProcessCluster};
+use aspen_net::token::{Audience, LinkSpec, Token};
+
+use crate::{ClusterOptions, NodeSpec, ProcessCluster};
 
 /// Generous bound for anything a healthy or healing cluster must reach.
 pub const CONVERGE: Duration = Duration::from_secs(60);
 
-pub struct TestCluster {
-    pub nodes: ProcessCluster,
-    /// The root token `init` wrote: every test client presents it.
-    pub token: Token,
+/// Environment variable naming the node binary, overriding the search.
+pub const ASPEN_BIN_ENV: &str = "ASPEN_BIN";
+
+/// The `aspen` binary nodes run as: `$ASPEN_BIN`, else `aspen` in the target directory the
+/// running test executable was built into (`target/<profile>/deps/<test>` →
+/// `target/<profile>/aspen`). Panics with what to do when there is none.
+pub fn aspen_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os(ASPEN_BIN_ENV) {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let candidates = exe.ancestors().skip(1).take(2).map(|dir| dir.join("aspen")).collect::<Vec<_>>();
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "no aspen binary at {candidates:?}: build it first (`cargo build -p aspen-cli`; `cargo test --workspace` \
+             does), or set {ASPEN_BIN_ENV}"
+        )
+    })
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_aspen")
+/// A running, initialized cluster.
+pub struct TestCluster {
+    pub nodes: ProcessCluster,
+    /// The root token `init` wrote: every test client presents it unless told otherwise.
+    pub token: Token,
 }
 
 /// Fast elections keep fault tests short; the bounds in tests stay generous anyway.
 pub fn fast_raft_args() -> Vec<String> {
     ["--heartbeat-ms", "50", "--election-timeout-ms", "400"].iter().map(|s| s.to_string()).collect()
+}
+
+/// Owned strings from string slices, for node arguments.
+pub fn args(extra: &[&str]) -> Vec<String> {
+    extra.iter().map(|s| s.to_string()).collect()
+}
+
+/// Wall-clock milliseconds, for token validity windows.
+pub fn now_ms() -> u64 {
+    aspen_net::now_ms()
 }
 
 impl TestCluster {
@@ -33,6 +68,7 @@ impl TestCluster {
         Self::start_with(n, Vec::new()).await
     }
 
+    /// Starts `n` nodes, each with [`fast_raft_args`] and `extra`, and initializes them.
     pub async fn start_with(n: usize, extra: Vec<String>) -> TestCluster {
         let specs = (1..=n as u64)
             .map(|id| {
@@ -41,7 +77,8 @@ impl TestCluster {
                 s
             })
             .collect();
-        let mut nodes = ProcessCluster::with_specs(bin(), specs, ClusterOptions::default()).expect("create cluster");
+        let mut nodes =
+            ProcessCluster::with_specs(aspen_bin(), specs, ClusterOptions::default()).expect("create cluster");
         nodes.start_all().await.expect("start nodes");
         let first_addr =
             ClusterTicket::decode(&nodes.node_ticket(0).expect("node ticket")).expect("ticket").nodes.remove(0);
@@ -88,10 +125,29 @@ impl TestCluster {
         self.for_node(self.node_addr(i), ClientConfig::default()).await
     }
 
-    /// A client over every node, with failover.
+    /// A client over every running node, with failover.
     pub async fn client(&self) -> Client {
         let nodes = (0..self.nodes.len()).filter(|i| self.nodes.is_running(*i)).map(|i| self.node_addr(i)).collect();
         self.over(nodes, ClientConfig::default()).await
+    }
+
+    /// A bearer token granting exactly `caps` for an hour, delegated from the root token.
+    pub fn token_with(&self, caps: Vec<Capability>) -> Token {
+        let holder = iroh::SecretKey::from_bytes(&self.token.holder_secret.expect("the root token may delegate"));
+        let spec = LinkSpec {
+            caps,
+            audience: Audience::Bearer,
+            not_before_ms: now_ms() - 60_000,
+            expires_ms: Some(now_ms() + 3_600_000),
+            may_delegate: false,
+        };
+        self.token.delegate(&holder, spec).expect("a narrower token")
+    }
+
+    /// A client bound to node `i` presenting a token that grants exactly `caps`.
+    pub async fn client_with_caps(&self, i: usize, caps: Vec<Capability>) -> Client {
+        let token = self.token_with(caps);
+        Client::for_node_with_token(self.node_addr(i), ClientConfig::default(), Some(token)).await.expect("client")
     }
 
     /// Index of the current leader, as seen by a running node.
@@ -110,7 +166,9 @@ impl TestCluster {
                 else {
                     continue;
                 };
-                if let Ok(s) = c.status().await
+                let status = c.status().await;
+                c.close().await;
+                if let Ok(s) = status
                     && let Some(leader) = s.leader
                     && let Some(idx) = (0..self.nodes.len()).find(|j| self.nodes.node_id(*j) == leader)
                     && self.nodes.is_running(idx)
@@ -123,8 +181,7 @@ impl TestCluster {
         .await
     }
 
-    /// The nemesis of the coordination tests: kill -9 the leader, and bring it back half a
-    /// second later.
+    /// The usual nemesis: kill -9 the leader, and bring it back half a second later.
     pub async fn kill_and_restart_leader(&mut self) {
         let leader = self.wait_for_leader().await;
         self.nodes.kill(leader).unwrap();
