@@ -179,7 +179,9 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
         relays: args.relays,
     })
     .await?;
-    let advertise = args.advertise_addr.or((!args.bind.ip().is_unspecified()).then_some(args.bind));
+    // A fixed bind address is what peers reach; with port 0 the bound socket says which.
+    let fixed = !args.bind.ip().is_unspecified() && args.bind.port() != 0;
+    let advertise = args.advertise_addr.or(fixed.then_some(args.bind));
     let addr = aspen_net::endpoint::node_addr(&endpoint, advertise);
     tracing::info!(node_id, endpoint = %endpoint.id(), addrs = ?addr.addrs, "node starting");
 
