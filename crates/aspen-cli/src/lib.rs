@@ -10,7 +10,6 @@ pub mod context;
 pub mod duration;
 pub mod local_cluster;
 pub mod output;
-pub mod ticket_source;
 pub mod txn_parse;
 
 use std::process::ExitCode;
@@ -81,47 +80,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Barrier(cmd) => cmd::barrier::run(&ctx, cmd).await,
         Command::Service(cmd) => cmd::service::run(&ctx, cmd).await,
         Command::Worker(cmd) => cmd::worker::run(&ctx, cmd).await,
-        Command::Kv(cmd) => {
-            let client = ctx.client().await?;
-            let result = cmd::kv::run(&ctx, &client, cmd).await;
-            client.close().await;
-            result
-        }
-        Command::Blob(cmd) => {
-            let client = ctx.client().await?;
-            let result = cmd::blob::run(&ctx, &client, cmd).await;
-            client.close().await;
-            result
-        }
-        Command::Queue(cmd) => {
-            let client = ctx.client().await?;
-            let result = cmd::queue::run(&ctx, &client, cmd).await;
-            client.close().await;
-            result
-        }
-        Command::Ratelimit(cmd) => {
-            let client = ctx.client().await?;
-            let result = cmd::ratelimit::run(&ctx, &client, cmd).await;
-            client.close().await;
-            result
-        }
-        Command::Lease(cmd) => {
-            let client = ctx.client().await?;
-            let result = cmd::lease::run(&ctx, &client, cmd).await;
-            client.close().await;
-            result
-        }
-        Command::Watch(args) => {
-            let client = ctx.client().await?;
-            let result = cmd::watch::run(&ctx, &client, args).await;
-            client.close().await;
-            result
-        }
-        Command::Cluster(cmd) => {
-            let client = ctx.client().await?;
-            let result = cmd::cluster::run(&ctx, &client, cmd).await;
-            client.close().await;
-            result
-        }
+        Command::Kv(cmd) => ctx.with_client(async |client| cmd::kv::run(&ctx, client, cmd).await).await,
+        Command::Blob(cmd) => ctx.with_client(async |client| cmd::blob::run(&ctx, client, cmd).await).await,
+        Command::Queue(cmd) => ctx.with_client(async |client| cmd::queue::run(&ctx, client, cmd).await).await,
+        Command::Ratelimit(cmd) => ctx.with_client(async |client| cmd::ratelimit::run(&ctx, client, cmd).await).await,
+        Command::Lease(cmd) => ctx.with_client(async |client| cmd::lease::run(&ctx, client, cmd).await).await,
+        Command::Watch(args) => ctx.with_client(async |client| cmd::watch::run(&ctx, client, args).await).await,
+        Command::Cluster(cmd) => ctx.with_client(async |client| cmd::cluster::run(&ctx, client, cmd).await).await,
     }
 }

@@ -19,7 +19,7 @@ use indicatif::ProgressBar;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::ticket_source::read_ticket_file;
+use aspen_client::discovery::read_ticket_file;
 
 /// Longest wait for a node to write its ticket, and for the cluster to elect a leader.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);

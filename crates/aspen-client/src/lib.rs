@@ -13,6 +13,7 @@ mod admin;
 mod client;
 mod config;
 mod coord_ops;
+pub mod discovery;
 mod error;
 pub mod keys;
 mod kv;
@@ -34,6 +35,7 @@ pub use aspen_kv::{
 pub use aspen_net::{ClusterTicket, TicketError};
 pub use client::{Answer, AppChannel, AppStream, Client};
 pub use config::ClientConfig;
+pub use discovery::Discovery;
 pub use error::ClientError;
 pub use keys::{key_successor, prefix_end};
 pub use pool::describe as describe_node;

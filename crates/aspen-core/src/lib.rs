@@ -22,4 +22,4 @@ pub mod types;
 pub mod validate;
 
 pub use error::{AspenError, ErrorCode};
-pub use types::{Event, EventKind, KeyValue, KvEntry, LeaseId, LeaseRecord, Revision};
+pub use types::{Event, EventKind, KeyValue, KvEntry, LeaseId, LeaseRecord};

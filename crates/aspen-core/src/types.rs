@@ -1,16 +1,7 @@
-//! Revisions, leases, stored entries and watch events.
+//! Leases, stored entries and watch events. Revisions are plain `u64`s: the store's
+//! revision, bumped once by every committed write that changes keys.
 
 use serde::{Deserialize, Serialize};
-
-/// A cluster-wide revision: bumped once by every committed write that changes keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-pub struct Revision(pub u64);
-
-impl std::fmt::Display for Revision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// Identifies a lease; assigned by the state machine at grant time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

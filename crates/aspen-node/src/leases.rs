@@ -1,11 +1,12 @@
 //! The leader's lease duties: expire leases its clock has seen run out, and refresh
 //! every lease once when it takes over, so a leader change never expires one early.
-//! Both decisions go through the log, so every replica applies the same outcome.
+//! Both decisions go through the log, so every replica applies the same outcome. Expired
+//! leases are found through the state machine's expiry index: a tick reads only the leases
+//! due, however many are live.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aspen_core::apply::expired_leases;
 use aspen_core::command::WriteCommand;
 use aspen_core::limits::MAX_EXPIRE_PER_ENTRY;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -39,14 +40,13 @@ pub fn spawn(state: Arc<NodeState>) -> tokio::task::JoinHandle<()> {
                     }
                 }
             }
-            let leases = match state.reader.leases() {
-                Ok(l) => l,
+            let due = match state.reader.expired_leases(now_ms(), MAX_EXPIRE_PER_ENTRY) {
+                Ok(due) => due,
                 Err(e) => {
-                    tracing::warn!("reading leases failed: {e}");
+                    tracing::warn!("reading expired leases failed: {e}");
                     continue;
                 }
             };
-            let due = expired_leases(&leases, now_ms(), MAX_EXPIRE_PER_ENTRY);
             if !due.is_empty() {
                 let n = due.len();
                 match state.batcher.write(WriteCommand::LeaseExpire { ids: due }).await {

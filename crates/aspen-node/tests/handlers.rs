@@ -46,7 +46,7 @@ impl AppHandler for EchoHandler {
             let answer: Result<Vec<u8>, AspenError> = async {
                 caller.require("echo", "use", scope.as_bytes())?;
                 let key = format!("_aspen/echo/calls/{scope}");
-                self.ctx.kv.put(key, body.clone()).await.map_err(|e| AspenError::internal(e))?;
+                self.ctx.kv.put(key, body.clone()).await.map_err(AspenError::internal)?;
                 // The app's own KV may not leave its prefix.
                 match self.ctx.kv.put("elsewhere", "x").await {
                     Err(e) if e.aspen().is_some_and(|e| e.code() == ErrorCode::PermissionDenied) => {}

@@ -1,5 +1,5 @@
-//! Raft for Aspen: openraft's type configuration, the redb storage that holds the log,
-//! the vote and the state machine in one file, snapshots, the watch hub fed by the
+//! Raft for Aspen: openraft's type configuration, the redb storage (the log and vote in
+//! `raft-log.redb`, the state machine in `state.redb`), snapshots, the watch hub fed by the
 //! apply step, and the Raft network over one iroh ALPN.
 //!
 //! The KV semantics themselves live in `aspen_core::apply`; this crate only moves

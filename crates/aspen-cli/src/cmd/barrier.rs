@@ -55,27 +55,25 @@ pub enum BarrierCommand {
 }
 
 pub async fn run(ctx: &Ctx, cmd: BarrierCommand) -> anyhow::Result<()> {
-    let client = ctx.client().await?;
-    let result = match cmd {
+    ctx.with_client(async |client| match cmd {
         BarrierCommand::Hold { name } => {
-            Barrier::new(&client, &name)?.hold().await?;
+            Barrier::new(client, &name)?.hold().await?;
             report(ctx, &name, "held")
         }
         BarrierCommand::Release { name } => {
-            Barrier::new(&client, &name)?.release().await?;
+            Barrier::new(client, &name)?.release().await?;
             report(ctx, &name, "released")
         }
         BarrierCommand::Wait { name, timeout } => {
-            Barrier::new(&client, &name)?.wait(timeout).await?;
+            Barrier::new(client, &name)?.wait(timeout).await?;
             report(ctx, &name, "passed")
         }
         BarrierCommand::Enter { name, count, timeout, ttl, command } => {
             let count = usize::try_from(count).context("--count does not fit this machine's word")?;
-            enter_run_leave(ctx, &client, &name, count, timeout, ttl, &command).await
+            enter_run_leave(ctx, client, &name, count, timeout, ttl, &command).await
         }
-    };
-    client.close().await;
-    result
+    })
+    .await
 }
 
 fn report(ctx: &Ctx, name: &str, state: &str) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::context::Ctx;
 use crate::local_cluster::{LocalCluster, LocalClusterSpec};
 use crate::output::{self, endpoint_hex};
-use crate::ticket_source::read_ticket_file;
+use aspen_client::discovery::read_ticket_file;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCommand {

@@ -128,18 +128,14 @@ where
     Fut: Future<Output = Result<H, CoordError>>,
 {
     let what = format!("{kind} {name}");
-    let client = ctx.client().await?;
-    let result = async {
-        let session =
-            Session::new(client.clone(), ttl).await.with_context(|| format!("cannot start a session for {what}"))?;
+    ctx.with_client(async |client| {
+        let session = Session::new(client, ttl).await.with_context(|| format!("cannot start a session for {what}"))?;
         let result = hold_and_run(ctx, &what, name, &session, command, acquire).await;
         // Revoking the lease also frees what an error or Ctrl-C left held or queued.
         let _ = session.close().await;
         result
-    }
-    .await;
-    client.close().await;
-    result
+    })
+    .await
 }
 
 async fn hold_and_run<H, Fut>(

@@ -44,10 +44,7 @@ pub enum CounterCommand {
 }
 
 pub async fn run(ctx: &Ctx, cmd: CounterCommand) -> anyhow::Result<()> {
-    let client = ctx.client().await?;
-    let result = run_with(ctx, &client, cmd).await;
-    client.close().await;
-    result
+    ctx.with_client(async |client| run_with(ctx, client, cmd).await).await
 }
 
 async fn run_with(ctx: &Ctx, client: &Client, cmd: CounterCommand) -> anyhow::Result<()> {

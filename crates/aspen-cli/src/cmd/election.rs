@@ -78,18 +78,15 @@ async fn observe<F>(ctx: &Ctx, name: &str, f: F) -> anyhow::Result<()>
 where
     F: AsyncFnOnce(&Ctx, &str, &Election) -> anyhow::Result<()>,
 {
-    let client = ctx.client().await?;
-    let result = async {
-        let session = Session::new(client.clone(), OBSERVER_TTL)
+    ctx.with_client(async |client| {
+        let session = Session::new(client, OBSERVER_TTL)
             .await
             .with_context(|| format!("cannot start a session to read election {name}"))?;
         let result = f(ctx, name, &Election::new(&session, name)).await;
         let _ = session.close().await;
         result
-    }
-    .await;
-    client.close().await;
-    result
+    })
+    .await
 }
 
 async fn leader(ctx: &Ctx, name: &str, election: &Election) -> anyhow::Result<()> {

@@ -31,10 +31,7 @@ pub enum SequenceCommand {
 }
 
 pub async fn run(ctx: &Ctx, cmd: SequenceCommand) -> anyhow::Result<()> {
-    let client = ctx.client().await?;
-    let result = run_with(ctx, &client, cmd).await;
-    client.close().await;
-    result
+    ctx.with_client(async |client| run_with(ctx, client, cmd).await).await
 }
 
 async fn run_with(ctx: &Ctx, client: &Client, cmd: SequenceCommand) -> anyhow::Result<()> {

@@ -67,14 +67,13 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(ctx: &Ctx, cmd: ServiceCommand) -> anyhow::Result<()> {
-    let client = ctx.client().await?;
-    let result = match cmd {
+    ctx.with_client(async |client| match cmd {
         ServiceCommand::Register { name, id, addr, tags, meta, ttl, command } => {
             let instance = Instance { addr, tags, meta: meta.into_iter().collect::<BTreeMap<_, _>>() };
-            register_while_running(&client, &Service::new(&client, &name)?, &id, &instance, ttl, &command).await
+            register_while_running(client, &Service::new(client, &name)?, &id, &instance, ttl, &command).await
         }
         ServiceCommand::List { name, tags } => {
-            let instances = Service::new(&client, &name)?.discover(&tags).await?;
+            let instances = Service::new(client, &name)?.discover(&tags).await?;
             if ctx.json {
                 let list: Vec<Value> = instances.iter().map(instance_json).collect();
                 output::print_json(&json!({"service": name, "instances": list}))?;
@@ -85,10 +84,9 @@ pub async fn run(ctx: &Ctx, cmd: ServiceCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ServiceCommand::Watch { name } => watch(ctx, &Service::new(&client, &name)?).await,
-    };
-    client.close().await;
-    result
+        ServiceCommand::Watch { name } => watch(ctx, &Service::new(client, &name)?).await,
+    })
+    .await
 }
 
 /// `ID ADDR tags=a,b meta=k=v,k2=v2`.

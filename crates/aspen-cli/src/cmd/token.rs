@@ -7,7 +7,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use aspen_client::Client;
 use aspen_core::capability::Capability;
 use aspen_net::token::{Audience, LinkSpec, Token, cluster_id_text, link_hash};
 use clap::{Args, Subcommand};
@@ -54,15 +53,20 @@ pub struct CreateArgs {
     /// Allow membership changes, snapshots and revocations.
     #[arg(long)]
     pub admin: bool,
-    /// Allow reading blobs.
+    /// Allow reading every blob (the same as --app blob:read:).
     #[arg(long)]
     pub blob_read: bool,
-    /// Allow writing blobs.
+    /// Allow adding blobs and every pin (the same as --app blob:write:).
     #[arg(long)]
     pub blob_write: bool,
-    /// An application right, APP:RIGHT:SCOPE (repeatable), e.g. forge:push:repos/aspen/.
-    #[arg(long = "app", value_name = "APP:RIGHT:SCOPE")]
-    pub app: Vec<String>,
+    /// An application right, APP:RIGHT:SCOPE (repeatable), e.g. forge:push:repos/aspen/ or
+    /// blob:write:forge/. The cluster is asked which apps and rights it serves.
+    #[arg(long = "app", value_name = "APP:RIGHT:SCOPE", value_parser = aspen_app::rights::parse)]
+    pub app: Vec<Capability>,
+    /// Do not ask the cluster whether it serves the apps of --app (a token for an app the
+    /// cluster does not serve is refused when presented).
+    #[arg(long)]
+    pub no_check_apps: bool,
     /// How long the token is valid (e.g. 1h, 30m, 7d).
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub ttl: Duration,
@@ -74,9 +78,7 @@ pub struct CreateArgs {
     pub no_delegate: bool,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use aspen_net::now_ms;
 
 fn capabilities(args: &CreateArgs) -> anyhow::Result<Vec<Capability>> {
     let mut caps = Vec::new();
@@ -87,28 +89,52 @@ fn capabilities(args: &CreateArgs) -> anyhow::Result<Vec<Capability>> {
     if args.admin {
         caps.push(Capability::ClusterAdmin);
     }
+    let blob = |right: &str| Capability::App { app: "blob".into(), right: right.into(), scope: Vec::new() };
     if args.blob_read {
-        caps.push(Capability::BlobRead);
+        caps.push(blob("read"));
     }
     if args.blob_write {
-        caps.push(Capability::BlobWrite);
+        caps.push(blob("write"));
     }
-    for spec in &args.app {
-        let mut parts = spec.splitn(3, ':');
-        let (Some(app), Some(right), Some(scope)) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("--app {spec:?}: expected APP:RIGHT:SCOPE (the scope may be empty: forge:push:)");
-        };
-        if app.is_empty() || right.is_empty() {
-            bail!("--app {spec:?}: APP and RIGHT must not be empty");
-        }
-        caps.push(Capability::App { app: app.into(), right: right.into(), scope: scope.as_bytes().to_vec() });
-    }
+    caps.extend(args.app.iter().cloned());
     if caps.is_empty() {
         bail!(
             "a token needs at least one right: --read, --write, --delete, --watch, --admin, --blob-read, --blob-write or --app"
         );
     }
     Ok(caps)
+}
+
+/// Checks every app right in `caps` against the apps the cluster serves: an unknown app or
+/// right is refused here, not later when the token is presented.
+async fn check_apps(ctx: &Ctx, caps: &[Capability]) -> anyhow::Result<()> {
+    let wanted: Vec<(&str, &str)> = caps
+        .iter()
+        .filter_map(|c| match c {
+            Capability::App { app, right, .. } => Some((app.as_str(), right.as_str())),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let apps = ctx
+        .with_client(async |client| match client.request(aspen_core::api::ClientRequest::Apps).await? {
+            aspen_core::api::ClientResponse::Apps { apps } => Ok(apps),
+            other => bail!("the cluster answered the apps request with {other:?}"),
+        })
+        .await
+        .context("cannot ask the cluster which apps it serves (pass --no-check-apps to skip)")?;
+    for (app, right) in wanted {
+        let Some(info) = apps.iter().find(|a| a.name == app) else {
+            let served: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+            bail!("--app {app}:{right}:...: the cluster serves no app {app:?} (it serves: {})", served.join(", "));
+        };
+        if !info.rights.iter().any(|r| r == right) {
+            bail!("--app {app}:{right}:...: app {app} has no right {right:?} (its rights: {})", info.rights.join(", "));
+        }
+    }
+    Ok(())
 }
 
 /// The token in use: explicit sources first, then the ticket's.
@@ -166,9 +192,13 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
                 ),
                 None => Audience::Bearer,
             };
+            let caps = capabilities(&args)?;
+            if !args.no_check_apps {
+                check_apps(ctx, &caps).await?;
+            }
             let now = now_ms();
             let spec = LinkSpec {
-                caps: capabilities(&args)?,
+                caps,
                 audience,
                 not_before_ms: now.saturating_sub(60_000),
                 expires_ms: Some(now.saturating_add(args.ttl.as_millis() as u64)),
@@ -237,10 +267,7 @@ pub async fn run(ctx: &Ctx, cmd: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { token_or_id } => {
             let id = parse_id(&token_or_id)?;
-            let client: Client = ctx.client().await?;
-            let result = client.revoke_token(id).await;
-            client.close().await;
-            result?;
+            ctx.with_client(async |client| Ok(client.revoke_token(id).await?)).await?;
             if ctx.json {
                 output::print_json(&json!({"revoked": hex(&id)}))?;
             } else {

@@ -75,16 +75,10 @@ pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<()> {
         }
         WorkerCommand::Run { pool, id, capacity, ttl, max_tasks, command } => {
             let capacity = usize::try_from(capacity).context("--capacity does not fit this machine's word")?;
-            let client = ctx.client().await?;
-            let result = work(&client, &pool, &id, capacity, ttl, max_tasks, &command).await;
-            client.close().await;
-            result
+            ctx.with_client(async |client| work(client, &pool, &id, capacity, ttl, max_tasks, &command).await).await
         }
         WorkerCommand::List { pool } => {
-            let client = ctx.client().await?;
-            let result = async { list(ctx, &WorkPool::new(&client, &pool)?).await }.await;
-            client.close().await;
-            result
+            ctx.with_client(async |client| list(ctx, &WorkPool::new(client, &pool)?).await).await
         }
     }
 }
@@ -101,10 +95,8 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
 }
 
 async fn submit(ctx: &Ctx, pool: &str, task_id: &str, payload: Vec<u8>) -> anyhow::Result<()> {
-    let client = ctx.client().await?;
-    let result = WorkPool::new(&client, pool)?.submit(task_id, payload).await;
-    client.close().await;
-    let state = match result? {
+    let submitted = ctx.with_client(async |client| Ok(WorkPool::new(client, pool)?.submit(task_id, payload).await?));
+    let state = match submitted.await? {
         Submitted::Added => "added",
         Submitted::AlreadyPending => "already pending",
         Submitted::AlreadyCompleted => "already completed",

@@ -48,8 +48,10 @@ impl Mortal {
     }
 }
 
-async fn count_keys(client: &Client, prefix: &str) -> usize {
-    client.scan_prefix(prefix, 1000, ReadConsistency::Linearizable).await.map(|p| p.kvs.len()).unwrap_or(usize::MAX)
+/// How many keys start with `prefix`, or `None` when the cluster cannot say right now (a
+/// caller polling with `eventually` then asks again).
+async fn count_keys(client: &Client, prefix: &str) -> Option<usize> {
+    client.scan_prefix(prefix, 1000, ReadConsistency::Linearizable).await.ok().map(|p| p.kvs.len())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -101,7 +103,7 @@ async fn nobody_passes_a_double_barrier_before_all_n_entered_and_leave_waits_for
     }
     // N - 1 have registered and are waiting: nobody may pass yet.
     eventually("N - 1 participants are registered", || async {
-        (count_keys(&client, "_aspen/coord/dbarrier/phase/in/").await == N - 1).then_some(())
+        (count_keys(&client, "_aspen/coord/dbarrier/phase/in/").await? == N - 1).then_some(())
     })
     .await;
     assert_eq!(passed.load(Ordering::SeqCst), 0, "someone passed with only {} of {N} in", N - 1);
@@ -110,7 +112,7 @@ async fn nobody_passes_a_double_barrier_before_all_n_entered_and_leave_waits_for
 
     // The first N - 1 leave; they must wait for the last, which has not left yet.
     eventually("N - 1 participants have left and wait", || async {
-        (count_keys(&client, "_aspen/coord/dbarrier/phase/in/").await == 1).then_some(())
+        (count_keys(&client, "_aspen/coord/dbarrier/phase/in/").await? == 1).then_some(())
     })
     .await;
     assert_eq!(left.load(Ordering::SeqCst), 0, "someone finished leaving before the last participant left");

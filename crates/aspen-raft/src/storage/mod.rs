@@ -86,6 +86,10 @@ pub fn open_storage(data_dir: &Path) -> Result<Storage, OpenError> {
         .map_err(|source| OpenError::Io { path: snap_dir.display().to_string(), source })?;
     let log_db = open_db(&data_dir.join(LOG_FILE), tables::ensure_log_tables)?;
     let state_db = open_db(&data_dir.join(STATE_FILE), tables::ensure_state_tables)?;
+    tables::ensure_lease_expiry_index(&state_db).map_err(|e| OpenError::Database {
+        path: data_dir.join(STATE_FILE).display().to_string(),
+        reason: format!("cannot index lease expiries: {e}"),
+    })?;
     let reader = KvReader::new(state_db.clone());
     let hub = Arc::new(WatchHub::new(reader.revision().unwrap_or(0)));
     let security = Arc::new(SecurityView::default());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aspen_core::error::AspenError;
 use aspen_core::limits::{MAX_SCAN_SNAPSHOTS, SCAN_SNAPSHOT_IDLE_MS};
-use aspen_core::types::{KeyValue, KvEntry, LeaseRecord};
+use aspen_core::types::{KeyValue, KvEntry, LeaseId, LeaseRecord};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::redb_kv::read_u64;
@@ -167,6 +167,21 @@ impl KvReader {
         Ok(read_u64(&txn.open_table(SM_META).map_err(st)?, tables::SM_REVISION)?.unwrap_or(0))
     }
 
+    /// Up to `max` leases whose expiry is at or before `now_ms`, soonest first: a range read
+    /// of the expiry index, whatever the number of live leases.
+    pub fn expired_leases(&self, now_ms: u64, max: usize) -> Result<Vec<LeaseId>, AspenError> {
+        let txn = self.db.begin_read().map_err(st)?;
+        let index = txn.open_table(tables::LEASE_EXPIRY).map_err(st)?;
+        let end = tables::expiry_key(now_ms, u64::MAX);
+        let mut due = Vec::new();
+        for item in index.range::<&[u8]>(..=end.as_slice()).map_err(st)?.take(max) {
+            let (key, _) = item.map_err(st)?;
+            let id = key.value().get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+            due.push(LeaseId(id.ok_or_else(|| AspenError::storage("a lease expiry key is not 16 bytes"))?));
+        }
+        Ok(due)
+    }
+
     pub fn leases(&self) -> Result<Vec<LeaseRecord>, AspenError> {
         let txn = self.db.begin_read().map_err(st)?;
         let table = txn.open_table(LEASES).map_err(st)?;
@@ -181,4 +196,81 @@ impl KvReader {
 
 fn txn_revision(txn: &ReadTransaction) -> Result<u64, AspenError> {
     Ok(read_u64(&txn.open_table(SM_META).map_err(st)?, tables::SM_REVISION)?.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use aspen_core::apply::{apply_batch, expired_leases};
+    use aspen_core::command::{WriteBatch, WriteCommand};
+    use aspen_core::mem_store::MemStore;
+    use aspen_core::store::KvStore;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::storage::redb_kv::RedbKv;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Grant(u64),
+        KeepAlive(u64),
+        Revoke(u64),
+        RefreshAll,
+        Expire(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1_000u64..20_000).prop_map(Op::Grant),
+            (1u64..8).prop_map(Op::KeepAlive),
+            (1u64..8).prop_map(Op::Revoke),
+            Just(Op::RefreshAll),
+            (1u64..8).prop_map(Op::Expire),
+        ]
+    }
+
+    fn command(op: &Op) -> WriteCommand {
+        match op {
+            Op::Grant(ttl_ms) => WriteCommand::LeaseGrant { ttl_ms: *ttl_ms },
+            Op::KeepAlive(id) => WriteCommand::LeaseKeepAlive { id: LeaseId(*id) },
+            Op::Revoke(id) => WriteCommand::LeaseRevoke { id: LeaseId(*id) },
+            Op::RefreshAll => WriteCommand::LeaseRefreshAll,
+            Op::Expire(id) => WriteCommand::LeaseExpire { ids: vec![LeaseId(*id)] },
+        }
+    }
+
+    proptest! {
+        /// The reaper's index answers what scanning every lease would, after any sequence of
+        /// grants, keepalives, revocations, refreshes and expiries.
+        #[test]
+        fn the_expiry_index_agrees_with_a_scan_of_every_lease(
+            ops in proptest::collection::vec((op(), 0u64..5_000), 1..40),
+            now in 0u64..40_000,
+            max in 1usize..6,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Arc::new(Database::create(dir.path().join("state.redb")).unwrap());
+            tables::ensure_state_tables(&db).unwrap();
+            let mut model = MemStore::new();
+            let mut clock = 0u64;
+            for (op, advance) in &ops {
+                clock += advance;
+                let batch = WriteBatch { leader_time_ms: clock, commands: vec![command(op)] };
+                apply_batch(&mut model, &batch).unwrap();
+                let txn = db.begin_write().unwrap();
+                let mut store = RedbKv::open(&txn).unwrap();
+                apply_batch(&mut store, &batch).unwrap();
+                store.finish(&txn).unwrap();
+                txn.commit().unwrap();
+            }
+            let reader = KvReader::new(db.clone());
+            let want = expired_leases(&model.leases().unwrap(), now, max);
+            prop_assert_eq!(reader.expired_leases(now, max).unwrap(), want.clone());
+            // An index lost (or never written) is rebuilt on open to the same answer.
+            let txn = db.begin_write().unwrap();
+            txn.open_table(tables::LEASE_EXPIRY).unwrap().retain(|_, _| false).unwrap();
+            txn.commit().unwrap();
+            tables::ensure_lease_expiry_index(&db).unwrap();
+            prop_assert_eq!(reader.expired_leases(now, max).unwrap(), want);
+        }
+    }
 }

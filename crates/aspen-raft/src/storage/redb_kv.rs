@@ -5,12 +5,13 @@ use aspen_core::store::KvStore;
 use aspen_core::types::{KvEntry, LeaseId, LeaseRecord};
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
-use super::tables::{self, KV, LEASE_KEYS, LEASES, REVOKED, SM_META};
+use super::tables::{self, KV, LEASE_EXPIRY, LEASE_KEYS, LEASES, REVOKED, SM_META};
 
 pub struct RedbKv<'txn> {
     kv: Table<'txn, &'static [u8], &'static [u8]>,
     leases: Table<'txn, u64, &'static [u8]>,
     lease_keys: Table<'txn, &'static [u8], ()>,
+    lease_expiry: Table<'txn, &'static [u8], ()>,
     revoked: Table<'txn, &'static [u8], ()>,
     revision: u64,
     next_lease_id: u64,
@@ -52,6 +53,7 @@ impl<'txn> RedbKv<'txn> {
             kv: txn.open_table(KV).map_err(st)?,
             leases: txn.open_table(LEASES).map_err(st)?,
             lease_keys: txn.open_table(LEASE_KEYS).map_err(st)?,
+            lease_expiry: txn.open_table(LEASE_EXPIRY).map_err(st)?,
             revoked: txn.open_table(REVOKED).map_err(st)?,
             revision,
             next_lease_id,
@@ -63,8 +65,8 @@ impl<'txn> RedbKv<'txn> {
 
     /// Writes the counters back; call before committing. Returns the security changes.
     pub fn finish(self, txn: &'txn WriteTransaction) -> Result<SecurityChanges, AspenError> {
-        let RedbKv { kv, leases, lease_keys, revoked, .. } = self;
-        drop((kv, leases, lease_keys, revoked));
+        let RedbKv { kv, leases, lease_keys, lease_expiry, revoked, .. } = self;
+        drop((kv, leases, lease_keys, lease_expiry, revoked));
         let mut meta = txn.open_table(SM_META).map_err(st)?;
         meta.insert(tables::SM_REVISION, self.revision.to_be_bytes().as_slice()).map_err(st)?;
         meta.insert(tables::SM_NEXT_LEASE, self.next_lease_id.to_be_bytes().as_slice()).map_err(st)?;
@@ -124,11 +126,18 @@ impl KvStore for RedbKv<'_> {
         }
     }
     fn put_lease(&mut self, lease: &LeaseRecord) -> Result<(), AspenError> {
+        if let Some(old) = self.lease(lease.id)? {
+            self.lease_expiry.remove(tables::expiry_key(old.expires_at_ms, old.id.0).as_slice()).map_err(st)?;
+        }
         let bytes = tables::encode(lease).map_err(st)?;
         self.leases.insert(lease.id.0, bytes.as_slice()).map_err(st)?;
+        self.lease_expiry.insert(tables::expiry_key(lease.expires_at_ms, lease.id.0).as_slice(), ()).map_err(st)?;
         Ok(())
     }
     fn remove_lease(&mut self, id: LeaseId) -> Result<(), AspenError> {
+        if let Some(old) = self.lease(id)? {
+            self.lease_expiry.remove(tables::expiry_key(old.expires_at_ms, old.id.0).as_slice()).map_err(st)?;
+        }
         self.leases.remove(id.0).map_err(st)?;
         Ok(())
     }

@@ -171,6 +171,8 @@ fn install_snapshot_file(db: &Database, file: std::fs::File, meta: &SnapshotMeta
                 SnapshotRecord::End => break,
             }
         }
+        let mut index = txn.open_table(tables::LEASE_EXPIRY).map_err(io_err)?;
+        tables::rebuild_lease_expiry(&leases, &mut index).map_err(io_err)?;
         let mut m = txn.open_table(SM_META).map_err(io_err)?;
         m.insert(tables::SM_APPLIED, tables::encode(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
         m.insert(tables::SM_MEMBERSHIP, tables::encode(&meta.last_membership)?.as_slice()).map_err(io_err)?;

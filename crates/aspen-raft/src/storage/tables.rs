@@ -12,6 +12,10 @@ pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
 /// lease id (8 bytes, big endian) ++ key -> ().
 pub const LEASE_KEYS: TableDefinition<&[u8], ()> = TableDefinition::new("lease_keys");
+/// expiry (ms, 8 bytes big endian) ++ lease id (8 bytes big endian) -> (): the leases in
+/// the order they run out, so the leader's reaper reads only the expired ones. Derived from
+/// `leases` (rebuilt when it disagrees, e.g. in a data dir from before it existed).
+pub const LEASE_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("lease_expiry");
 /// Hashes of revoked token links -> ().
 pub const REVOKED: TableDefinition<&[u8], ()> = TableDefinition::new("revoked_tokens");
 /// "applied" | "membership" | "revision" | "next_lease" | "cluster_root" -> postcard or raw.
@@ -42,6 +46,7 @@ pub fn ensure_state_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(LEASES)?;
     txn.open_table(LEASE_KEYS)?;
     txn.open_table(REVOKED)?;
+    txn.open_table(LEASE_EXPIRY)?;
     txn.open_table(SM_META)?;
     txn.commit()?;
     Ok(())
@@ -52,6 +57,45 @@ pub fn lease_key(id: u64, key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&id.to_be_bytes());
     k.extend_from_slice(key);
     k
+}
+
+/// The [`LEASE_EXPIRY`] key of a lease.
+pub fn expiry_key(expires_at_ms: u64, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Rebuilds [`LEASE_EXPIRY`] from the leases when the two disagree in size (a data dir
+/// written before the index existed, or a snapshot just installed).
+pub fn ensure_lease_expiry_index(db: &Database) -> Result<(), redb::Error> {
+    use redb::ReadableTableMetadata;
+    let txn = db.begin_write()?;
+    {
+        let leases = txn.open_table(LEASES)?;
+        let mut index = txn.open_table(LEASE_EXPIRY)?;
+        if leases.len()? != index.len()? {
+            rebuild_lease_expiry(&leases, &mut index)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Refills the expiry index from the lease table.
+pub fn rebuild_lease_expiry(
+    leases: &impl redb::ReadableTable<u64, &'static [u8]>,
+    index: &mut redb::Table<&'static [u8], ()>,
+) -> Result<(), redb::Error> {
+    index.retain(|_, _| false)?;
+    for item in leases.iter()? {
+        let (id, value) = item?;
+        let record: aspen_core::types::LeaseRecord =
+            postcard::from_bytes(value.value()).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        index.insert(expiry_key(record.expires_at_ms, id.value()).as_slice(), ())?;
+    }
+    Ok(())
 }
 
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, std::io::Error> {

@@ -1,15 +1,27 @@
-//! Where the cluster ticket comes from, in order: `--ticket`, `--ticket-file`,
-//! `ASPEN_TICKET`, `ASPEN_TICKET_FILE`, then `./.aspen/cluster/cluster.ticket` as written
-//! by `aspen cluster up`.
+//! How a tool finds its cluster and its token, the same way for every tool (the `aspen`
+//! CLI, `git-remote-aspen`, a service): [`Discovery`].
+//!
+//! The ticket comes from, in order: an explicit ticket (`--ticket`), an explicit file
+//! (`--ticket-file`), `ASPEN_TICKET`, `ASPEN_TICKET_FILE`, then
+//! `./.aspen/cluster/cluster.ticket` as written by `aspen cluster up`. The token from: an
+//! explicit token (`--token`), an explicit file (`--token-file`), `ASPEN_TOKEN`,
+//! `ASPEN_TOKEN_FILE`, then the token the ticket carries.
 
 use std::path::{Path, PathBuf};
 
+use aspen_net::token::{Token, TokenError};
 use aspen_net::{ClusterTicket, TicketError};
+
+use crate::{Client, ClientConfig, ClientError};
 
 /// Environment variable holding a ticket.
 pub const TICKET_ENV: &str = "ASPEN_TICKET";
 /// Environment variable naming a file holding a ticket.
 pub const TICKET_FILE_ENV: &str = "ASPEN_TICKET_FILE";
+/// Environment variable holding a capability token.
+pub const TOKEN_ENV: &str = "ASPEN_TOKEN";
+/// Environment variable naming a file holding a capability token.
+pub const TOKEN_FILE_ENV: &str = "ASPEN_TOKEN_FILE";
 /// The ticket `aspen cluster up` writes, relative to the working directory.
 pub const DEFAULT_TICKET_FILE: &str = ".aspen/cluster/cluster.ticket";
 
@@ -101,6 +113,97 @@ impl TicketSource {
             }
         };
         ClusterTicket::decode(&text).map_err(|source| TicketSourceError::Bad { origin, source })
+    }
+}
+
+/// What a tool was told about where its cluster is and who it is; everything else comes
+/// from the environment and the working directory.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// A ticket given explicitly (`--ticket`).
+    pub ticket: Option<String>,
+    /// A ticket file given explicitly (`--ticket-file`).
+    pub ticket_file: Option<PathBuf>,
+    /// A token given explicitly (`--token`).
+    pub token: Option<String>,
+    /// A token file given explicitly (`--token-file`).
+    pub token_file: Option<PathBuf>,
+    /// The client's key file (created, mode 0600, if missing): what a key-bound token names.
+    pub identity_file: Option<PathBuf>,
+}
+
+/// Why a tool could not find its cluster or its credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error(transparent)]
+    Ticket(#[from] TicketSourceError),
+    #[error("cannot read the token file {path} (from {origin}): {source}")]
+    TokenFile { path: PathBuf, origin: String, source: std::io::Error },
+    #[error("bad token in {origin}: {source}")]
+    Token { origin: String, source: TokenError },
+    #[error(transparent)]
+    Identity(#[from] aspen_net::identity::IdentityError),
+}
+
+impl Discovery {
+    /// The cluster ticket, from the first source that has one.
+    pub fn ticket(&self) -> Result<ClusterTicket, DiscoveryError> {
+        let source = TicketInputs::gather(self.ticket.clone(), self.ticket_file.clone()).choose()?;
+        Ok(source.load()?)
+    }
+
+    /// The explicitly chosen token: the explicit one, the explicit file, `ASPEN_TOKEN`,
+    /// `ASPEN_TOKEN_FILE`, in that order; `None` when none is given.
+    pub fn explicit_token(&self) -> Result<Option<Token>, DiscoveryError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let read = |path: &Path, origin: String| {
+            std::fs::read_to_string(path).map_err(|source| DiscoveryError::TokenFile {
+                path: path.to_path_buf(),
+                origin,
+                source,
+            })
+        };
+        let (text, origin) = if let Some(t) = &self.token {
+            (t.clone(), "--token".to_string())
+        } else if let Some(path) = &self.token_file {
+            (read(path, "--token-file".into())?, format!("--token-file {}", path.display()))
+        } else if let Some(t) = env(TOKEN_ENV) {
+            (t, format!("${TOKEN_ENV}"))
+        } else if let Some(path) = env(TOKEN_FILE_ENV) {
+            (read(Path::new(&path), format!("${TOKEN_FILE_ENV}"))?, format!("${TOKEN_FILE_ENV} {path}"))
+        } else {
+            return Ok(None);
+        };
+        Token::decode(&text).map(Some).map_err(|source| DiscoveryError::Token { origin, source })
+    }
+
+    /// The token to present to the cluster of `ticket`: the explicit one, else the ticket's.
+    pub fn token_for(&self, ticket: &ClusterTicket) -> Result<Option<Token>, DiscoveryError> {
+        match self.explicit_token()? {
+            Some(t) => Ok(Some(t)),
+            None => ticket
+                .token
+                .as_deref()
+                .map(Token::from_bytes)
+                .transpose()
+                .map_err(|source| DiscoveryError::Token { origin: "the ticket".into(), source }),
+        }
+    }
+
+    /// The client key from the identity file, created on first use.
+    pub fn identity(&self) -> Result<Option<iroh::SecretKey>, DiscoveryError> {
+        match &self.identity_file {
+            Some(path) => Ok(Some(aspen_net::identity::load_or_create_secret_key(path)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A client for the discovered cluster, presenting the discovered token.
+    pub async fn connect(&self, config: ClientConfig) -> Result<Client, ClientError> {
+        let failed = |e: DiscoveryError| ClientError::Config(e.to_string());
+        let ticket = self.ticket().map_err(failed)?;
+        let token = self.token_for(&ticket).map_err(failed)?;
+        Client::over_nodes_as(ticket.nodes.clone(), config, token, self.identity().map_err(failed)?).await
     }
 }
 
