@@ -45,6 +45,13 @@ pub trait App: Send + Sync + 'static {
     /// among a node's apps and is what member streams are routed by.
     fn info(&self) -> AppInfo;
 
+    /// KV rights the app needs beyond its own prefix, for example a coordination queue's
+    /// keys (`Write` on `_aspen/coord/queue/<name>/`); the KV in its [`NodeContext`] gets
+    /// them. Declared, so an app's reach into the KV reads off its code.
+    fn kv_rights(&self) -> Vec<aspen_core::capability::Capability> {
+        Vec::new()
+    }
+
     /// Starts the app on a node that is up (its Raft running, maybe not yet initialized).
     fn start(&self, node: NodeContext) -> BoxFuture<'static, Result<Arc<dyn AppHandler>, aspen_core::AspenError>>;
 }
@@ -84,7 +91,8 @@ pub struct NodeContext {
     /// The node's one iroh endpoint.
     pub endpoint: iroh::Endpoint,
     /// The KV, acting as this app: read, write, delete and watch under the app's own
-    /// prefix ([`rights::app_prefix`]), leases, and nothing else. In-process, no network hop.
+    /// prefix ([`rights::app_prefix`]), leases, what [`App::kv_rights`] declares, and
+    /// nothing else. In-process, no network hop.
     pub kv: SharedKv,
     /// The cluster as this node sees it: membership, leadership, member streams.
     pub cluster: Arc<dyn Cluster>,

@@ -6,16 +6,15 @@
 //! concurrent requests pipeline. Failures are retried only when the retry cannot change
 //! the outcome (see [`crate::retry`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aspen_core::AspenError;
 use std::collections::HashMap;
 
 use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse, NodeAddr};
+use aspen_net::ClusterTicket;
 use aspen_net::frame::{FrameError, encode_frame};
 use aspen_net::token::Token;
-use aspen_net::{ClusterTicket, EndpointConfig};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
@@ -148,8 +147,9 @@ impl Client {
         if nodes.is_empty() {
             return Err(ClientError::Config("no node to connect to".into()));
         }
-        let endpoint =
-            bind_client_endpoint(&nodes, identity.as_ref()).await.map_err(|e| ClientError::Endpoint(e.to_string()))?;
+        let endpoint = crate::pool::bind_client_endpoint(&nodes, identity.as_ref())
+            .await
+            .map_err(|e| ClientError::Endpoint(e.to_string()))?;
         // The holder secret (for offline delegation) never leaves the client.
         let token = token.map(|t| t.without_secret().to_bytes());
         let shared = Arc::new(SharedEndpoint::new(endpoint, nodes.clone(), identity));
@@ -463,25 +463,4 @@ impl Failure {
             }
         }
     }
-}
-
-/// A client's endpoint: a fresh identity, no relays, on an ephemeral port.
-pub(crate) async fn bind_client_endpoint(
-    nodes: &[NodeAddr],
-    identity: Option<&iroh::SecretKey>,
-) -> Result<iroh::Endpoint, aspen_net::EndpointError> {
-    aspen_net::bind_endpoint(EndpointConfig {
-        secret_key: identity.cloned().unwrap_or_else(iroh::SecretKey::generate),
-        bind: bind_addr_for(nodes),
-        alpns: Vec::new(),
-        relays: false,
-    })
-    .await
-}
-
-/// The socket a client binds: IPv4 unless the nodes can only be reached over IPv6.
-fn bind_addr_for(nodes: &[NodeAddr]) -> SocketAddr {
-    let any_v4 = nodes.iter().flat_map(|n| &n.addrs).any(SocketAddr::is_ipv4);
-    let any_v6 = nodes.iter().flat_map(|n| &n.addrs).any(SocketAddr::is_ipv6);
-    if any_v6 && !any_v4 { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0, 0, 0, 0], 0)) }
 }

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use aspen_app::wire::{Hello, HelloReply};
 use aspen_core::api::{ClientRequest, ClientResponse, NodeAddr};
 use aspen_core::error::AspenError;
+use aspen_net::EndpointConfig;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use iroh::Endpoint;
@@ -87,7 +88,7 @@ impl SharedEndpoint {
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        match crate::client::bind_client_endpoint(&self.nodes, self.identity.as_ref()).await {
+        match bind_client_endpoint(&self.nodes, self.identity.as_ref()).await {
             Ok(fresh) => {
                 tracing::warn!("the client's QUIC endpoint stopped; bound a new one");
                 let old = match self.endpoint.lock() {
@@ -383,4 +384,25 @@ pub fn describe(node: &NodeAddr) -> String {
         return format!("{hex}…");
     }
     node.addrs.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join("|")
+}
+
+/// A client's endpoint: a fresh identity, no relays, on an ephemeral port.
+pub(crate) async fn bind_client_endpoint(
+    nodes: &[NodeAddr],
+    identity: Option<&iroh::SecretKey>,
+) -> Result<iroh::Endpoint, aspen_net::EndpointError> {
+    aspen_net::bind_endpoint(EndpointConfig {
+        secret_key: identity.cloned().unwrap_or_else(iroh::SecretKey::generate),
+        bind: bind_addr_for(nodes),
+        alpns: Vec::new(),
+        relays: false,
+    })
+    .await
+}
+
+/// The socket a client binds: IPv4 unless the nodes can only be reached over IPv6.
+fn bind_addr_for(nodes: &[NodeAddr]) -> SocketAddr {
+    let any_v4 = nodes.iter().flat_map(|n| &n.addrs).any(SocketAddr::is_ipv4);
+    let any_v6 = nodes.iter().flat_map(|n| &n.addrs).any(SocketAddr::is_ipv6);
+    if any_v6 && !any_v4 { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0, 0, 0, 0], 0)) }
 }

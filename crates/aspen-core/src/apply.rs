@@ -7,8 +7,8 @@ use crate::command::{
 };
 use crate::error::AspenError;
 use crate::limits::{MAX_DELETE_RANGE_KEYS, MAX_LEASES};
-use crate::store::KvStore;
-use crate::types::{Event, EventKind, KeyValue, KvEntry, LeaseId, LeaseRecord};
+use crate::store::{KvStore, delete, put};
+use crate::types::{Event, KvEntry, LeaseId, LeaseRecord};
 use crate::validate;
 
 /// Applies every command of one entry in order. A command that fails changes nothing;
@@ -153,67 +153,6 @@ fn check_lease<S: KvStore>(store: &S, lease: Option<LeaseId>) -> Result<(), Aspe
         Some(id) if store.lease(id)?.is_none() => Err(AspenError::LeaseNotFound { id: id.0 }),
         _ => Ok(()),
     }
-}
-
-pub(crate) fn put<S: KvStore>(
-    store: &mut S,
-    key: &[u8],
-    value: &[u8],
-    lease: Option<LeaseId>,
-    revision: u64,
-    events: &mut Vec<Event>,
-) -> Result<Option<KeyValue>, AspenError> {
-    let prev = store.get(key)?;
-    let entry = match &prev {
-        Some(p) => KvEntry {
-            value: value.to_vec(),
-            create_revision: p.create_revision,
-            mod_revision: revision,
-            version: p.version + 1,
-            lease,
-        },
-        None => KvEntry { value: value.to_vec(), create_revision: revision, mod_revision: revision, version: 1, lease },
-    };
-    if let Some(old) = prev.as_ref().and_then(|p| p.lease)
-        && Some(old) != lease
-    {
-        store.detach(old, key)?;
-    }
-    if let Some(new) = lease
-        && prev.as_ref().and_then(|p| p.lease) != Some(new)
-    {
-        store.attach(new, key)?;
-    }
-    store.put(key, &entry)?;
-    events.push(Event { kind: EventKind::Put, kv: entry.into_key_value(key.to_vec()) });
-    Ok(prev.map(|p| p.into_key_value(key.to_vec())))
-}
-
-/// Removes `key` if present; returns whether it was.
-pub(crate) fn delete<S: KvStore>(
-    store: &mut S,
-    key: &[u8],
-    revision: u64,
-    events: &mut Vec<Event>,
-) -> Result<bool, AspenError> {
-    let Some(prev) = store.remove(key)? else {
-        return Ok(false);
-    };
-    if let Some(lease) = prev.lease {
-        store.detach(lease, key)?;
-    }
-    events.push(Event {
-        kind: EventKind::Delete,
-        kv: KeyValue {
-            key: key.to_vec(),
-            value: Vec::new(),
-            create_revision: prev.create_revision,
-            mod_revision: revision,
-            version: 0,
-            lease: None,
-        },
-    });
-    Ok(true)
 }
 
 /// Deletes every key attached to the lease and the lease itself.

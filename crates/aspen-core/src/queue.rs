@@ -27,7 +27,6 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::apply;
 use crate::error::AspenError;
 use crate::keys::prefix_end;
 use crate::limits::{MAX_LEASE_TTL_MS, MAX_VALUE_BYTES};
@@ -423,7 +422,7 @@ impl<'a, S: KvStore> Tx<'a, S> {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), AspenError> {
-        apply::put(self.store, key, value, None, self.revision, self.events)?;
+        crate::store::put(self.store, key, value, None, self.revision, self.events)?;
         self.changed = true;
         Ok(())
     }
@@ -434,7 +433,7 @@ impl<'a, S: KvStore> Tx<'a, S> {
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<(), AspenError> {
-        self.changed |= apply::delete(self.store, key, self.revision, self.events)?;
+        self.changed |= crate::store::delete(self.store, key, self.revision, self.events)?;
         Ok(())
     }
 

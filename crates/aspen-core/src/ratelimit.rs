@@ -9,7 +9,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::apply;
 use crate::error::AspenError;
 use crate::store::KvStore;
 use crate::types::Event;
@@ -120,7 +119,7 @@ pub(crate) fn apply<S: KvStore>(
     bucket.level_milli -= need;
     let revision = store.revision() + 1;
     let value = postcard::to_allocvec(&bucket).map_err(AspenError::internal)?;
-    apply::put(store, &key, &value, None, revision, events)?;
+    crate::store::put(store, &key, &value, None, revision, events)?;
     store.set_revision(revision);
     Ok(RateLimitResult { granted, available: available(bucket.level_milli), retry_after_ms: 0 })
 }

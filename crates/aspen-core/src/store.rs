@@ -5,7 +5,7 @@
 //! two cannot drift apart.
 
 use crate::error::AspenError;
-use crate::types::{KvEntry, LeaseId, LeaseRecord};
+use crate::types::{Event, EventKind, KeyValue, KvEntry, LeaseId, LeaseRecord};
 
 pub trait KvStore {
     fn get(&self, key: &[u8]) -> Result<Option<KvEntry>, AspenError>;
@@ -36,4 +36,68 @@ pub trait KvStore {
     fn set_cluster_root(&mut self, key: [u8; 32]) -> Result<(), AspenError>;
     /// Records a revoked token link hash.
     fn revoke(&mut self, id: [u8; 32]) -> Result<(), AspenError>;
+}
+
+/// Writes `key` at `revision`: version and create revision carried over from the previous
+/// entry, lease attachments moved, and the put recorded in `events`. Returns the previous
+/// entry. Every command that changes a key goes through this or [`delete`].
+pub(crate) fn put<S: KvStore>(
+    store: &mut S,
+    key: &[u8],
+    value: &[u8],
+    lease: Option<LeaseId>,
+    revision: u64,
+    events: &mut Vec<Event>,
+) -> Result<Option<KeyValue>, AspenError> {
+    let prev = store.get(key)?;
+    let entry = match &prev {
+        Some(p) => KvEntry {
+            value: value.to_vec(),
+            create_revision: p.create_revision,
+            mod_revision: revision,
+            version: p.version + 1,
+            lease,
+        },
+        None => KvEntry { value: value.to_vec(), create_revision: revision, mod_revision: revision, version: 1, lease },
+    };
+    if let Some(old) = prev.as_ref().and_then(|p| p.lease)
+        && Some(old) != lease
+    {
+        store.detach(old, key)?;
+    }
+    if let Some(new) = lease
+        && prev.as_ref().and_then(|p| p.lease) != Some(new)
+    {
+        store.attach(new, key)?;
+    }
+    store.put(key, &entry)?;
+    events.push(Event { kind: EventKind::Put, kv: entry.into_key_value(key.to_vec()) });
+    Ok(prev.map(|p| p.into_key_value(key.to_vec())))
+}
+
+/// Removes `key` if present; returns whether it was.
+pub(crate) fn delete<S: KvStore>(
+    store: &mut S,
+    key: &[u8],
+    revision: u64,
+    events: &mut Vec<Event>,
+) -> Result<bool, AspenError> {
+    let Some(prev) = store.remove(key)? else {
+        return Ok(false);
+    };
+    if let Some(lease) = prev.lease {
+        store.detach(lease, key)?;
+    }
+    events.push(Event {
+        kind: EventKind::Delete,
+        kv: KeyValue {
+            key: key.to_vec(),
+            value: Vec::new(),
+            create_revision: prev.create_revision,
+            mod_revision: revision,
+            version: 0,
+            lease: None,
+        },
+    });
+    Ok(true)
 }

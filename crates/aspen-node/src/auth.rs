@@ -14,13 +14,12 @@ use aspen_core::api::ClientRequest;
 use aspen_core::capability::{first_unmet, required};
 use aspen_core::error::AspenError;
 
-use crate::cluster::NodeCluster;
 use crate::state::NodeState;
 
 /// Decides whether `request` may run on the connection `auth` belongs to.
 pub fn authorize(
     state: &NodeState,
-    cluster: &NodeCluster,
+    cluster: &dyn aspen_app::Cluster,
     auth: &ConnAuth,
     request: &ClientRequest,
 ) -> Result<(), AspenError> {

@@ -16,6 +16,7 @@ mod local_kv;
 mod member;
 mod node;
 mod notify;
+mod ops;
 mod read_gate;
 mod root;
 mod service;

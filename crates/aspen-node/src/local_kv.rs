@@ -58,7 +58,7 @@ impl LocalKv {
     async fn call(&self, request: ClientRequest) -> Result<ClientResponse, KvError> {
         self.authorize(&request)?;
         let state = self.state()?;
-        match crate::service::dispatch(&state, request, false).await {
+        match crate::ops::dispatch(&state, request, false).await {
             ClientResponse::Error(e) => Err(e.into()),
             other => Ok(other),
         }

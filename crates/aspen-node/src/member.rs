@@ -51,7 +51,7 @@ impl MemberService {
             };
             match request {
                 MemberRequest::Forward(request) => {
-                    crate::service::respond(&mut send, ClientResponse::Error(refused), request.name(), false).await
+                    crate::ops::respond(&mut send, ClientResponse::Error(refused), request.name(), false).await
                 }
                 MemberRequest::App { .. } => {
                     let _ = write_member_reply(&mut send, MemberReply::Refused(refused)).await;
@@ -72,9 +72,9 @@ impl MemberService {
                             "a forwarded request may not be a watch, an authentication or another forward",
                         ))
                     }
-                    request => crate::service::dispatch(&self.state, request, true).instrument(span).await,
+                    request => crate::ops::dispatch(&self.state, request, true).instrument(span).await,
                 };
-                crate::service::respond(&mut send, response, name, is_write).await;
+                crate::ops::respond(&mut send, response, name, is_write).await;
             }
             MemberRequest::App { app } => match self.apps.handler(&app) {
                 Ok(handler) => {

@@ -218,12 +218,13 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
     for app in &apps {
         let info = app.info();
         let prefix = aspen_app::rights::app_prefix(&info.name).into_bytes();
-        let own_rights = vec![
+        let mut own_rights = vec![
             Capability::Read(prefix.clone()),
             Capability::Write(prefix.clone()),
             Capability::Delete(prefix.clone()),
             Capability::Watch(prefix),
         ];
+        own_rights.extend(app.kv_rights());
         let context = aspen_app::NodeContext {
             node_id,
             data_dir: data_dir.clone(),

@@ -4,8 +4,9 @@
 //!
 //! The test app ("echo", ALPN `aspen/echo/1`) answers each stream with what it read, once
 //! the caller's token grants `echo:use` over the scope named in the request; it records
-//! every call under its own KV prefix through the KV the node gave it, and tries to write
-//! outside that prefix too, which must fail.
+//! every call under its own KV prefix through the KV the node gave it, queues it on a
+//! coordination queue in-process (a right it declares), and tries to write outside both,
+//! which must fail.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,10 @@ impl App for EchoApp {
         AppInfo { name: "echo".into(), alpn: ECHO_ALPN.to_vec(), rights: vec!["use".into()] }
     }
 
+    fn kv_rights(&self) -> Vec<Capability> {
+        vec![Capability::Write(aspen_core::queue::queue_prefix("echo-jobs"))]
+    }
+
     fn start(&self, node: NodeContext) -> BoxFuture<'static, Result<Arc<dyn AppHandler>, AspenError>> {
         Box::pin(async move { Ok(Arc::new(EchoHandler { ctx: node }) as Arc<dyn AppHandler>) })
     }
@@ -47,6 +52,9 @@ impl AppHandler for EchoHandler {
                 caller.require("echo", "use", scope.as_bytes())?;
                 let key = format!("_aspen/echo/calls/{scope}");
                 self.ctx.kv.put(key, body.clone()).await.map_err(AspenError::internal)?;
+                // What a scheduler inside a node does: the coordination primitives, in-process.
+                let queue = aspen_coord::Queue::new(&self.ctx.kv, "echo-jobs").map_err(AspenError::internal)?;
+                queue.enqueue(body.clone()).await.map_err(AspenError::internal)?;
                 // The app's own KV may not leave its prefix.
                 match self.ctx.kv.put("elsewhere", "x").await {
                     Err(e) if e.aspen().is_some_and(|e| e.code() == ErrorCode::PermissionDenied) => {}
@@ -271,6 +279,9 @@ async fn an_app_on_the_seam_gets_its_streams_its_rights_checked_and_its_own_pref
     assert_eq!(echo(&root, "anything", b"hello").await.unwrap(), b"hello");
     let recorded = root.get("_aspen/echo/calls/anything", ReadConsistency::Linearizable).await.unwrap();
     assert_eq!(recorded.unwrap().value, b"hello", "the app wrote under its own prefix");
+    let queue = aspen_coord::Queue::new(&root, "echo-jobs").unwrap();
+    let popped = queue.try_dequeue(1, None).await.unwrap();
+    assert_eq!(popped.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>(), [&b"hello"[..]], "queued in-process");
 
     let scoped = Capability::App { app: "echo".into(), right: "use".into(), scope: b"team-a/".to_vec() };
     let team_a = f.client(Some(f.token(vec![scoped]))).await;

@@ -6,12 +6,13 @@
 //! committed entries into redb through it and ships entries between peers.
 
 pub mod network;
-pub mod security;
 pub mod server;
 pub mod storage;
 pub mod types;
 pub mod watch;
 
-pub use security::SecurityView;
-pub use storage::{KvReader, LogStore, ScanOptions, StateMachine, Storage, open_storage};
-pub use types::{RAFT_ALPN, Raft, TypeConfig};
+pub use storage::{KvReader, LogStore, ScanOptions, SecurityView, StateMachine, Storage, open_storage};
+pub use types::{RAFT_ALPN, TypeConfig};
+
+/// A node's Raft: Aspen's type config over its redb state machine.
+pub type Raft = openraft::Raft<TypeConfig, storage::StateMachine>;

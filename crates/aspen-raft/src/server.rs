@@ -16,7 +16,8 @@ use openraft::raft::AppendEntriesRequest;
 use openraft::storage::Snapshot;
 use tokio::io::AsyncWriteExt;
 
-use crate::types::{RAFT_ALPN, Raft, RaftRequest, RaftResponse, StreamAppendReply, TypeConfig};
+use crate::Raft;
+use crate::types::{RAFT_ALPN, RaftRequest, RaftResponse, StreamAppendReply, TypeConfig};
 
 #[derive(Clone)]
 pub struct RaftServer {

@@ -15,7 +15,6 @@ openraft::declare_raft_types!(
         Node = NodeAddr,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachine>;
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;

@@ -1,9 +1,8 @@
-//! The client protocol (ALPN `aspen/client/1`): one request per bi-stream, dispatched
-//! by operation family to the files beside this one. Apps have protocols of their own
-//! (`crate::apps`); node-to-node calls have theirs (`crate::member`).
+//! The client protocol (ALPN `aspen/client/1`): one request per bi-stream, authorized
+//! against the connection's token, then dispatched (`crate::ops`) or, for a watch, streamed
+//! (`watch.rs`). Apps have protocols of their own (`crate::apps`); node-to-node calls have
+//! theirs (`crate::member`).
 
-mod admin;
-mod kv;
 mod watch;
 
 use std::sync::Arc;
@@ -16,7 +15,8 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use tracing::Instrument;
 
 use crate::cluster::NodeCluster;
-use crate::state::{NodeState, Route};
+use crate::ops::{Placement, dispatch, placement, respond};
+use crate::state::NodeState;
 
 #[derive(Clone)]
 pub struct ClientService {
@@ -57,7 +57,7 @@ impl ClientService {
             respond(&mut send, response, "authenticate", false).await;
             return;
         }
-        if let Err(e) = crate::auth::authorize(&self.state, &self.cluster, auth, &request) {
+        if let Err(e) = crate::auth::authorize(&self.state, &*self.cluster, auth, &request) {
             tracing::debug!(op = request.name(), "refused: {e}");
             respond(&mut send, ClientResponse::Error(e), request.name(), false).await;
             return;
@@ -101,33 +101,6 @@ fn is_moved_to_blob_app(request: &ClientRequest) -> bool {
     )
 }
 
-/// Writes `response` and finishes the stream. An answer too large for one frame is
-/// replaced by an error that says so (and, for a write, that it was applied), never
-/// dropped.
-pub async fn respond(send: &mut SendStream, response: ClientResponse, name: &str, is_write: bool) {
-    let frame = match aspen_net::frame::encode_frame(&response) {
-        Ok(frame) => frame,
-        Err(aspen_net::FrameError::TooLarge { len, max }) => {
-            let what = if is_write { format!("{name} (which was applied)") } else { name.to_string() };
-            let error = ClientResponse::Error(AspenError::ResponseTooLarge { what, len, max });
-            match aspen_net::frame::encode_frame(&error) {
-                Ok(frame) => frame,
-                Err(_) => return,
-            }
-        }
-        Err(e) => {
-            tracing::warn!(op = name, "cannot encode an answer: {e}");
-            let error = ClientResponse::Error(AspenError::internal(format!("cannot encode the answer: {e}")));
-            match aspen_net::frame::encode_frame(&error) {
-                Ok(frame) => frame,
-                Err(_) => return,
-            }
-        }
-    };
-    let _ = send.write_all(&frame).await;
-    let _ = send.finish();
-}
-
 impl ProtocolHandler for ClientService {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
         let auth = Arc::new(ConnAuth::new(*connection.remote_id().as_bytes()));
@@ -141,41 +114,4 @@ impl ProtocolHandler for ClientService {
             tokio::spawn(async move { this.serve_stream(&auth, send, recv).await });
         }
     }
-}
-
-/// Where a request runs, or `None` for requests that are not dispatched (watches,
-/// authentication, forwarding wrappers and the blob requests of the first version).
-fn placement(request: &ClientRequest) -> Option<Placement> {
-    kv::placement(request).or_else(|| admin::placement(request))
-}
-
-/// Serves `request` here or forwards it to the leader. A `forwarded` request came from a
-/// member that believed this node leads: it is never forwarded again.
-pub async fn dispatch(state: &NodeState, request: ClientRequest, forwarded: bool) -> ClientResponse {
-    match placement(&request) {
-        Some(Placement::Local) => serve_here(state, request).await,
-        Some(Placement::Leader { is_write }) => match state.route_to_leader().await {
-            Ok(Route::Local) => serve_here(state, request).await,
-            Ok(Route::Leader(id, _)) if forwarded => ClientResponse::Error(AspenError::NotLeader { leader: Some(id) }),
-            Ok(Route::Leader(_, addr)) => state.forwarder.forward(&addr, request, is_write).await,
-            Err(e) => ClientResponse::Error(e),
-        },
-        None => ClientResponse::Error(AspenError::invalid(format!("request {} is not served here", request.name()))),
-    }
-}
-
-async fn serve_here(state: &NodeState, request: ClientRequest) -> ClientResponse {
-    let result = match kv::serve(state, &request).await {
-        Some(r) => r,
-        None => admin::serve(state, request).await,
-    };
-    result.unwrap_or_else(ClientResponse::Error)
-}
-
-/// Where a request runs.
-pub enum Placement {
-    /// On whichever node received it.
-    Local,
-    /// On the leader; `is_write` says whether losing its answer makes the outcome unknown.
-    Leader { is_write: bool },
 }

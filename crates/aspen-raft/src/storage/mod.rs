@@ -20,6 +20,7 @@
 mod log_store;
 mod reader;
 mod redb_kv;
+mod security;
 mod snapshot;
 mod state_machine;
 pub(crate) mod tables;
@@ -32,8 +33,8 @@ pub use reader::{KvReader, ScanOptions};
 pub(crate) use redb_kv::{SecurityChanges, read_cluster_root};
 pub use state_machine::StateMachine;
 
-use crate::security::SecurityView;
 use crate::watch::WatchHub;
+pub use security::SecurityView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -14,13 +14,13 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::{EntryPayload, StoredMembership as OrStoredMembership};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
+use super::SecurityView;
 use super::io_err;
 use super::redb_kv::{RedbKv, read_u64};
 use super::snapshot::{
     FORMAT_VERSION, SnapshotHeader, SnapshotReader, SnapshotRecord, SnapshotWriter, snapshot_file_name,
 };
 use super::tables::{self, KV, LEASE_KEYS, LEASES, SM_META};
-use crate::security::SecurityView;
 use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::watch::WatchHub;
 

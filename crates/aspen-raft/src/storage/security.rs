@@ -8,7 +8,7 @@ use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use crate::storage::SecurityChanges;
+use super::SecurityChanges;
 
 #[derive(Debug, Default)]
 pub struct SecurityView {
@@ -42,11 +42,11 @@ impl SecurityView {
     /// Replaces the view with what the state machine file holds (at open, after a
     /// snapshot install).
     pub(crate) fn reload(&self, db: &Database) -> std::io::Result<()> {
-        use crate::storage::tables::{REVOKED, SM_META};
+        use super::tables::{REVOKED, SM_META};
         let io = |e: redb::Error| std::io::Error::other(e.to_string());
         let txn = db.begin_read().map_err(|e| io(e.into()))?;
         let meta = txn.open_table(SM_META).map_err(|e| io(e.into()))?;
-        let root = crate::storage::read_cluster_root(&meta).map_err(std::io::Error::other)?;
+        let root = super::read_cluster_root(&meta).map_err(std::io::Error::other)?;
         let mut revoked = HashSet::new();
         for item in txn.open_table(REVOKED).map_err(|e| io(e.into()))?.iter().map_err(|e| io(e.into()))? {
             let (k, _) = item.map_err(|e| io(e.into()))?;
