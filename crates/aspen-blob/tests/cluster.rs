@@ -45,6 +45,18 @@ fn app(right: &str, scope: &str) -> Capability {
     Capability::App { app: "blob".into(), right: right.into(), scope: scope.as_bytes().to_vec() }
 }
 
+/// An iroh endpoint that belongs to no cluster. Bound to all addresses: the nodes may live
+/// in their own network namespaces.
+async fn stranger_endpoint() -> iroh::Endpoint {
+    iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .bind_addr("0.0.0.0:0".parse::<std::net::SocketAddr>().unwrap())
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
+}
+
 fn code(err: &ClientError) -> Option<ErrorCode> {
     err.aspen().map(|e| e.code())
 }
@@ -109,14 +121,7 @@ async fn blob_rights_are_checked_and_non_members_cannot_fetch() {
     assert_eq!(code(&err), Some(ErrorCode::PermissionDenied), "{err}");
 
     // An endpoint that is not a member speaks the iroh-blobs protocol directly: refused.
-    // (Bound to all addresses: the nodes may live in their own network namespaces.)
-    let stranger = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
-        .relay_mode(iroh::RelayMode::Disabled)
-        .bind_addr("0.0.0.0:0".parse::<std::net::SocketAddr>().unwrap())
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let stranger = stranger_endpoint().await;
     let addr = aspen_net::endpoint::endpoint_addr(&c.node_addr(0)).unwrap();
     let store = iroh_blobs::store::mem::MemStore::new();
     let fetched = async {
@@ -356,13 +361,7 @@ async fn adds_with_an_expected_hash_batches_and_ranges_behave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_member_protocol_refuses_clients_even_with_the_root_token() {
     let c = TestCluster::start(1).await;
-    let endpoint = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
-        .relay_mode(iroh::RelayMode::Disabled)
-        .bind_addr("0.0.0.0:0".parse::<std::net::SocketAddr>().unwrap())
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let endpoint = stranger_endpoint().await;
     let addr = aspen_net::endpoint::endpoint_addr(&c.node_addr(0)).unwrap();
     let conn = endpoint.connect(addr, aspen_app::MEMBER_ALPN).await.unwrap();
     let ask = async |request: &aspen_app::wire::MemberRequest| {
