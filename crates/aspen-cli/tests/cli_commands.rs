@@ -174,6 +174,17 @@ fn the_documented_commands_work_against_a_local_cluster() {
     assert_eq!(String::from_utf8_lossy(&page.stdout), "app/bin=\\xff\\x00x\n");
     assert!(String::from_utf8_lossy(&page.stderr).contains("--from app/config"));
     assert_eq!(ok(&dir, &["kv", "scan", "app/", "--from", "app/config"]), "app/config=hello\n");
+    assert_eq!(ok(&dir, &["kv", "scan", "app/", "--keys-only"]), "app/bin\napp/config\n");
+    // Eight 900 KB values do not fit one answer: the scan reads them in pages, at one revision.
+    let big = vec![b'v'; 900_000];
+    for i in 0..8 {
+        let out = run_with_stdin(&dir, &["kv", "put", &format!("big/{i}")], &big);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let all = ok(&dir, &["kv", "scan", "big/", "--keys-only"]);
+    assert_eq!(all.lines().count(), 8, "{all}");
+    assert_eq!(json(&dir, &["kv", "scan", "big/"])["kvs"].as_array().map(Vec::len), Some(8));
+    ok(&dir, &["kv", "delete", "--prefix", "big/"]);
 
     // Compare-and-swap: exit status 1 when the compare fails.
     assert!(ok(&dir, &["kv", "cas", "app/config", "--expect", "hello", "world"]).starts_with("OK"));
@@ -302,6 +313,31 @@ fn the_documented_commands_work_against_a_local_cluster() {
     let again = fails(&dir, &["blob", "unpin", "release/v1"]);
     assert!(again.contains("no pin named \"release/v1\""), "{again}");
     assert_eq!(ok(&dir, &["blob", "pins"]), "");
+
+    // An expected hash, a batch, a range, pins by prefix, and a token scoped to some pins.
+    let wrong = fails(&dir, &["blob", "add", "--expect", &"ab".repeat(32), "in.bin"]);
+    assert!(wrong.contains("not to the expected"), "{wrong}");
+    assert_eq!(ok(&dir, &["blob", "add", "--expect", &hash, "in.bin"]).trim(), hash);
+    std::fs::write(dir.join("a.txt"), "first").expect("a.txt");
+    std::fs::write(dir.join("b.txt"), "second").expect("b.txt");
+    let batch = ok(&dir, &["blob", "add", "a.txt", "b.txt"]);
+    let hashes: Vec<&str> = batch.lines().collect();
+    assert_eq!(hashes.len(), 2, "{batch}");
+    assert_eq!(run(&dir, &["blob", "get", &hash, "--range", "1000:5"]).stdout, &blob[1000..1005]);
+    ok(&dir, &["blob", "pin", "team-a/first", hashes[0]]);
+    ok(&dir, &["blob", "pin", "team-b/second", hashes[1]]);
+    assert_eq!(ok(&dir, &["blob", "pins", "--prefix", "team-a/"]), format!("team-a/first {}\n", hashes[0]));
+    let scoped = ok(&dir, &["token", "create", "--app", "blob:read:team-a/", "--app", "blob:write:team-a/"]);
+    let scoped = scoped.trim();
+    assert_eq!(run(&dir, &["--token", scoped, "blob", "get", hashes[0]]).stdout, b"first");
+    let denied = fails(&dir, &["--token", scoped, "blob", "get", hashes[1]]);
+    assert!(denied.contains("permission denied"), "{denied}");
+    let denied = fails(&dir, &["--token", scoped, "blob", "unpin", "team-b/second"]);
+    assert!(denied.contains("permission denied"), "{denied}");
+    let unknown_app = fails(&dir, &["token", "create", "--app", "forge:push:repos/"]);
+    assert!(unknown_app.contains("serves no app \"forge\""), "{unknown_app}");
+    let unknown_right = fails(&dir, &["token", "create", "--app", "blob:push:x/"]);
+    assert!(unknown_right.contains("no right \"push\""), "{unknown_right}");
 
     // Without a ticket, the error says how to give one.
     let elsewhere = tempfile::tempdir().expect("tempdir");

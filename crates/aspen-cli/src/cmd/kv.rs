@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use aspen_client::{Client, LeaseId, ReadConsistency, Txn, TxnOpResult, key_successor, prefix_end};
+use aspen_client::{Client, LeaseId, ReadConsistency, ScanRequest, Txn, TxnOpResult, key_successor, prefix_end};
 use aspen_core::limits::MAX_VALUE_BYTES;
 use serde_json::{Value, json};
 
@@ -45,6 +45,9 @@ pub enum KvCommand {
         /// Read from the contacted node's state, which may lag behind.
         #[arg(long)]
         stale: bool,
+        /// Print keys only (values are not sent).
+        #[arg(long)]
+        keys_only: bool,
     },
     /// Delete a key, or every key under --prefix.
     Delete {
@@ -93,7 +96,9 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: KvCommand) -> anyhow::Result<(
     match cmd {
         KvCommand::Put { key, value, file, lease } => put(ctx, client, key, value, file, lease).await,
         KvCommand::Get { key, stale } => get(ctx, client, key, stale).await,
-        KvCommand::Scan { prefix, limit, from, stale } => scan(ctx, client, prefix, limit, from, stale).await,
+        KvCommand::Scan { prefix, limit, from, stale, keys_only } => {
+            scan(ctx, client, prefix, limit, from, stale, keys_only).await
+        }
         KvCommand::Delete { key, prefix } => delete(ctx, client, key, prefix).await,
         KvCommand::Cas { key, expect, expect_absent: _, new } => cas(ctx, client, key, expect, new).await,
         KvCommand::Txn { compares, then_ops, else_ops } => txn(ctx, client, compares, then_ops, else_ops).await,
@@ -167,13 +172,29 @@ async fn scan(
     limit: u32,
     from: Option<String>,
     stale: bool,
+    keys_only: bool,
 ) -> anyhow::Result<()> {
     let end = prefix_end(prefix.as_bytes());
     let start = match &from {
         Some(f) if f.as_bytes() > prefix.as_bytes() => f.as_bytes().to_vec(),
         _ => prefix.as_bytes().to_vec(),
     };
-    let page = client.scan(&start, &end, limit, consistency(stale)).await?;
+    // A node answers at most a frame's worth of bytes at once: up to `limit` keys may take
+    // several pages, all read at the first page's revision.
+    let mut request = ScanRequest::range(start, end.clone()).limit(limit).consistency(consistency(stale)).snapshot();
+    if keys_only {
+        request = request.keys_only();
+    }
+    let mut page = client.scan_range(request.clone()).await?;
+    while page.more && (page.kvs.len() as u64) < u64::from(limit) {
+        let Some(next) = page.next_start() else { break };
+        request.start = next;
+        request.at_revision = Some(page.revision);
+        request.limit = limit - page.kvs.len() as u32;
+        let more = client.scan_range(request.clone()).await?;
+        page.kvs.extend(more.kvs);
+        page.more = more.more;
+    }
     // The key to continue from, found with a one-key scan past the last one printed.
     let next_key = match (page.more, page.kvs.last()) {
         (true, Some(last)) => {
@@ -194,7 +215,7 @@ async fn scan(
         return Ok(());
     }
     for kv in &page.kvs {
-        output::print_line(&kv_line(kv))?;
+        output::print_line(&if keys_only { output::text(&kv.key) } else { kv_line(kv) })?;
     }
     if let Some(next) = next_key {
         let mut hint = format!("more keys remain; continue with: aspen kv scan {}", shell_arg(prefix.as_bytes()));
