@@ -91,6 +91,16 @@ impl ConnAuth {
     /// The capabilities this connection holds now: its token checked (on first use, if it
     /// was presented before the root key was known), unexpired and unrevoked.
     pub fn capabilities(&self, cluster: &dyn Cluster) -> Result<Vec<Capability>, AspenError> {
+        self.with_capabilities(cluster, <[Capability]>::to_vec)
+    }
+
+    /// Runs `f` on the capabilities this connection holds now (see
+    /// [`ConnAuth::capabilities`]), without copying them.
+    pub fn with_capabilities<R>(
+        &self,
+        cluster: &dyn Cluster,
+        f: impl FnOnce(&[Capability]) -> R,
+    ) -> Result<R, AspenError> {
         if !cluster.is_initialized() {
             return Err(AspenError::NotInitialized);
         }
@@ -111,6 +121,6 @@ impl ConnAuth {
             });
         };
         verified.still_valid(aspen_net::now_ms(), |h| cluster.is_revoked(h)).map_err(refused)?;
-        Ok(verified.caps.clone())
+        Ok(f(&verified.caps))
     }
 }

@@ -36,11 +36,10 @@ pub fn authorize(
         }
         _ => {}
     }
-    let caps = auth.capabilities(cluster)?;
     let Some(needs) = required(request) else {
         return Err(AspenError::PermissionDenied { reason: format!("{} is not a client request", request.name()) });
     };
-    match first_unmet(&caps, &needs) {
+    match auth.with_capabilities(cluster, |caps| first_unmet(caps, &needs))? {
         None => Ok(()),
         Some(need) => Err(AspenError::PermissionDenied {
             reason: format!("the token does not allow {} ({})", need.describe(), request.name()),

@@ -43,7 +43,7 @@ impl MemberService {
             }
         };
         // Checked per stream, against the membership as applied now.
-        let from = self.state.members().nodes.iter().find(|(_, a)| a.endpoint_id == remote).map(|(id, _)| *id);
+        let from = self.state.member_with_key(&remote);
         let Some(from) = from else {
             tracing::debug!("refused a member stream from a key that is not a member's");
             let refused = AspenError::PermissionDenied {

@@ -58,9 +58,14 @@ impl NodeState {
 
     /// Whether an iroh key belongs to a member (voter or learner) of the cluster.
     pub fn is_member_key(&self, key: &[u8; 32]) -> bool {
+        self.member_with_key(key).is_some()
+    }
+
+    /// The node id of the member (voter or learner) with this iroh key.
+    pub fn member_with_key(&self, key: &[u8; 32]) -> Option<u64> {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        m.membership_config.membership().nodes().any(|(_, n)| &n.endpoint_id == key)
+        m.membership_config.membership().nodes().find(|(_, n)| &n.endpoint_id == key).map(|(id, _)| *id)
     }
 
     /// The membership and leader as this node knows them.
