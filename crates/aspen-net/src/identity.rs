@@ -16,16 +16,24 @@ pub enum IdentityError {
     BadLength { path: String, len: usize },
 }
 
+fn key_from_bytes(path: &Path, bytes: &[u8]) -> Result<SecretKey, IdentityError> {
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| IdentityError::BadLength { path: path.display().to_string(), len: bytes.len() })?;
+    Ok(SecretKey::from_bytes(&arr))
+}
+
+/// Reads the secret key at `path`, which must exist (a key provisioned from outside).
+pub fn read_secret_key(path: &Path) -> Result<SecretKey, IdentityError> {
+    let bytes =
+        std::fs::read(path).map_err(|source| IdentityError::Read { path: path.display().to_string(), source })?;
+    key_from_bytes(path, &bytes)
+}
+
 /// Loads the secret key at `path`, creating it (mode 0600) on first use.
 pub fn load_or_create_secret_key(path: &Path) -> Result<SecretKey, IdentityError> {
     match std::fs::read(path) {
-        Ok(bytes) => {
-            let arr: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| IdentityError::BadLength { path: path.display().to_string(), len: bytes.len() })?;
-            Ok(SecretKey::from_bytes(&arr))
-        }
+        Ok(bytes) => key_from_bytes(path, &bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SecretKey::generate();
             let tmp = path.with_extension("tmp");

@@ -9,6 +9,7 @@ mod apps;
 mod args;
 mod auth;
 mod batcher;
+mod bootstrap;
 mod cluster;
 mod forward;
 mod leases;
@@ -23,5 +24,5 @@ mod service;
 mod state;
 
 pub use args::NodeArgs;
-pub use node::{READY_TICKET_FILE, RunningNode, run, start};
+pub use node::{JOIN_TICKET_FILE, READY_TICKET_FILE, RunningNode, run, start};
 pub use root::{CLUSTER_KEY_FILE, ROOT_TOKEN_FILE};

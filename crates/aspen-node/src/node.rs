@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use aspen_app::App;
-use aspen_core::api::{CLIENT_ALPN, ClientRequest, ClientResponse, NodeAddr};
+use aspen_core::api::{CLIENT_ALPN, NodeAddr};
 use aspen_core::capability::Capability;
 use aspen_core::limits::MAX_RAFT_PAYLOAD_ENTRIES;
 use aspen_net::{ClusterTicket, EndpointConfig};
@@ -29,6 +29,8 @@ use crate::state::NodeState;
 
 /// The file a running node writes once it serves requests: a ticket naming itself.
 pub const READY_TICKET_FILE: &str = "node.ticket";
+/// The ticket a node started with `--init` writes for others to join with (by default).
+pub const JOIN_TICKET_FILE: &str = "join.ticket";
 
 fn node_id(args: &NodeArgs, data_dir: &Path) -> anyhow::Result<u64> {
     let path = data_dir.join("node-id");
@@ -70,7 +72,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", path.display()))
 }
 
-fn raft_config(args: &NodeArgs) -> anyhow::Result<Config> {
+pub(crate) fn raft_config(args: &NodeArgs) -> anyhow::Result<Config> {
     let config = Config {
         cluster_name: "aspen".into(),
         heartbeat_interval: args.heartbeat_ms,
@@ -145,6 +147,13 @@ impl RunningNode {
 
 /// Runs a node with `apps` until SIGTERM or SIGINT.
 pub async fn run(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<()> {
+    if args.check_config {
+        args.check().map_err(|e| anyhow::anyhow!("invalid node settings: {e}"))?;
+        crate::apps::check_unique(&apps, &[RAFT_ALPN, CLIENT_ALPN, aspen_app::MEMBER_ALPN])
+            .map_err(|e| anyhow::anyhow!("invalid node settings: {e}"))?;
+        println!("ok: a node would start with these settings");
+        return Ok(());
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let node = start(args, apps).await?;
@@ -161,12 +170,16 @@ pub async fn run(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<()> 
 pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<RunningNode> {
     let reserved: [&[u8]; 3] = [RAFT_ALPN, CLIENT_ALPN, aspen_app::MEMBER_ALPN];
     crate::apps::check_unique(&apps, &reserved).map_err(|e| anyhow::anyhow!("cannot assemble the node: {e}"))?;
+    args.check().map_err(|e| anyhow::anyhow!("invalid node settings: {e}"))?;
     let data_dir = args.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let ready_file = data_dir.join(READY_TICKET_FILE);
     let _ = std::fs::remove_file(&ready_file);
     let node_id = node_id(&args, &data_dir)?;
-    let secret_key = aspen_net::identity::load_or_create_secret_key(&data_dir.join("node.key"))?;
+    let secret_key = match &args.secret_key_file {
+        Some(path) => aspen_net::identity::read_secret_key(path)?,
+        None => aspen_net::identity::load_or_create_secret_key(&data_dir.join("node.key"))?,
+    };
     let aspen_raft::Storage { log, state_machine: sm, reader, hub, security } = aspen_raft::open_storage(&data_dir)?;
     hub.set_history_limit(args.watch_history);
     let incoming_snapshot = sm.incoming_snapshot_path();
@@ -206,6 +219,7 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
         data_dir: data_dir.clone(),
         endpoint: endpoint.clone(),
         apps: apps.iter().map(|a| a.info()).collect(),
+        root_token_file: args.root_token_path(),
     });
     let cluster = NodeCluster::new(&state);
     let registry = Arc::new(AppRegistry::default());
@@ -251,10 +265,13 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
     ];
     tasks.extend(crate::root::spawn_if_pending(state.clone()));
 
+    if args.init {
+        crate::bootstrap::init_and_write_join_ticket(&state, &args.join_ticket_path()).await?;
+    }
     if let Some(ticket_file) = &args.join_ticket_file
         && !state.is_initialized()
     {
-        join(&state, ticket_file, args.join_as == "voter").await?;
+        tasks.push(crate::bootstrap::spawn_join(state.clone(), ticket_file.clone(), args.join_as == "voter"));
     }
 
     let own = ClusterTicket { cluster_id: String::new(), nodes: vec![addr], token: None };
@@ -279,37 +296,4 @@ async fn snapshot_by_log_bytes(raft: Raft, log: aspen_raft::LogStore, every: u64
             }
         }
     }
-}
-
-/// Joins the cluster named in `ticket_file`: asks it to add this node as a learner
-/// (which returns once the learner caught up) and then, if asked, to promote it.
-async fn join(state: &NodeState, ticket_file: &Path, as_voter: bool) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(ticket_file).with_context(|| format!("reading {}", ticket_file.display()))?;
-    let ticket = ClusterTicket::decode(&text).with_context(|| format!("ticket in {}", ticket_file.display()))?;
-    // A join ticket carries a token allowed to change the membership.
-    let token = ticket.token.as_ref().map(|t| {
-        aspen_net::token::Token::from_bytes(t).map(|t| t.without_secret().to_bytes()).unwrap_or_else(|_| t.clone())
-    });
-    let mut steps = vec![ClientRequest::AddLearner { node_id: state.node_id, addr: state.addr.clone() }];
-    if as_voter {
-        steps.push(ClientRequest::Promote { node_id: state.node_id });
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    for step in steps {
-        let mut attempt = 0usize;
-        loop {
-            let to = &ticket.nodes[attempt % ticket.nodes.len()];
-            attempt += 1;
-            match state.forwarder.call_as_client(to, step.clone(), token.as_deref()).await {
-                ClientResponse::Done => break,
-                ClientResponse::Error(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::info!("join step {} not done yet: {e}; retrying", step.name());
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                other => bail!("joining the cluster failed at {}: {other:?}", step.name()),
-            }
-        }
-    }
-    tracing::info!(node_id = state.node_id, as_voter, "joined the cluster");
-    Ok(())
 }

@@ -33,6 +33,8 @@ pub struct NodeState {
     pub raft_refused: Arc<std::sync::atomic::AtomicU64>,
     /// The apps this node serves (known before they start).
     pub apps: Vec<AppInfo>,
+    /// Where initializing a cluster writes the root token.
+    pub root_token_file: std::path::PathBuf,
 }
 
 /// Where a request should be served.

@@ -323,3 +323,33 @@ async fn a_stopped_node_releases_its_files_and_restarts_in_process() {
     assert_eq!(value.as_deref(), Some(&b"across restarts"[..]));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisioned_secret_key_file_is_the_node_identity_and_a_missing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = iroh::SecretKey::generate();
+    let key_file = dir.path().join("credential.key");
+    std::fs::write(&key_file, key.to_bytes()).unwrap();
+    let data = dir.path().join("data");
+    let args = |key: &std::path::Path| {
+        Args::parse_from([
+            "test",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+            "--node-id",
+            "1",
+            "--secret-key-file",
+            key.to_str().unwrap(),
+        ])
+        .node
+    };
+    let node = aspen_node::start(args(&key_file), Vec::new()).await.unwrap();
+    assert_eq!(node.addr().endpoint_id, *key.public().as_bytes(), "the provisioned key is the identity");
+    node.shutdown().await;
+    assert!(!data.join("node.key").exists(), "no key of its own was made");
+    let missing = dir.path().join("absent.key");
+    let err = aspen_node::start(args(&missing), Vec::new()).await.err().expect("a missing key file fails the start");
+    assert!(format!("{err:#}").contains("absent.key"), "{err:#}");
+}

@@ -107,3 +107,71 @@ async fn leadership_transfers_to_the_named_voter() {
     let err = client.transfer_leader(99).await.unwrap_err();
     assert!(err.to_string().contains("not a voter"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_form_a_cluster_from_an_init_flag_and_a_ticket_file_placed_later() {
+    use aspen_client::{Client, ClientConfig};
+    use aspen_net::token::Token;
+    use aspen_testkit::{ClusterOptions, ProcessCluster};
+
+    let scratch = tempfile::tempdir().unwrap();
+    let placed = scratch.path().join("join.ticket");
+    let specs = (1..=3)
+        .map(|id| {
+            let mut spec = NodeSpec::new(id);
+            spec.extra_args = fast_raft_args();
+            if id == 1 {
+                spec.extra_args.push("--init".into());
+            } else {
+                spec.extra_args.extend(["--join-ticket-file".to_string(), placed.display().to_string()]);
+            }
+            spec
+        })
+        .collect();
+    let mut nodes =
+        ProcessCluster::with_specs(aspen_testkit::harness::aspen_bin(), specs, ClusterOptions::default()).unwrap();
+    // The joiners boot first, with no ticket yet: they serve, and wait.
+    nodes.start(1).await.unwrap();
+    nodes.start(2).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(nodes.is_running(1) && nodes.is_running(2), "a node waiting for its ticket keeps running");
+    nodes.start(0).await.unwrap();
+    let written = nodes.data_dir(0).join("join.ticket");
+    let mode = std::fs::metadata(&written).expect("--init wrote the join ticket").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    std::fs::copy(&written, &placed).unwrap();
+
+    let root = Token::decode(&std::fs::read_to_string(nodes.data_dir(0).join("root.token")).unwrap()).unwrap();
+    let ticket = aspen_net::ClusterTicket::decode(&nodes.node_ticket(0).unwrap()).unwrap();
+    let client =
+        Client::for_node_with_token(ticket.nodes[0].clone(), ClientConfig::default(), Some(root)).await.unwrap();
+    eventually("three voters", || async {
+        let s = client.status().await.ok()?;
+        (s.members.iter().filter(|m| m.voter).count() == 3).then_some(())
+    })
+    .await;
+    client.put("formed/by", "tickets").await.unwrap();
+    // The join ticket's token changes the membership and nothing else.
+    let join_token = aspen_net::ClusterTicket::decode(&std::fs::read_to_string(&placed).unwrap()).unwrap().token;
+    let join_token = Token::from_bytes(&join_token.unwrap()).unwrap();
+    let joiner =
+        Client::for_node_with_token(ticket.nodes[0].clone(), ClientConfig::default(), Some(join_token)).await.unwrap();
+    let err = joiner.get("formed/by", ReadConsistency::Linearizable).await.unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    // A restarted joiner stays a voter; it does not join again.
+    nodes.restart(2).await.unwrap();
+    eventually("node 3 serves its copy after a restart", || async {
+        let node3 = aspen_net::ClusterTicket::decode(&nodes.node_ticket(2).ok()?).ok()?.nodes.remove(0);
+        let c = Client::for_node_with_token(node3, ClientConfig::default(), Some(c_token(&nodes))).await.ok()?;
+        let kv = c.get("formed/by", ReadConsistency::Stale).await.ok()?;
+        c.close().await;
+        kv.map(drop)
+    })
+    .await;
+    let status = client.status().await.unwrap();
+    assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3, "{status:?}");
+}
+
+fn c_token(nodes: &aspen_testkit::ProcessCluster) -> aspen_net::token::Token {
+    aspen_net::token::Token::decode(&std::fs::read_to_string(nodes.data_dir(0).join("root.token")).unwrap()).unwrap()
+}

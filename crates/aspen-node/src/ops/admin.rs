@@ -12,7 +12,7 @@ use openraft::ChangeMembers;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use super::Placement;
-use crate::root::{CLUSTER_KEY_FILE, ROOT_TOKEN_FILE};
+use crate::root::CLUSTER_KEY_FILE;
 use crate::state::NodeState;
 use aspen_net::now_ms;
 
@@ -53,7 +53,7 @@ pub async fn serve(state: &NodeState, request: ClientRequest) -> Result<ClientRe
             // through the log. The root token goes next to it, for the operator.
             let key = aspen_net::identity::load_or_create_secret_key(&state.data_dir.join(CLUSTER_KEY_FILE))
                 .map_err(|e| AspenError::storage(e.to_string()))?;
-            let token_file = state.data_dir.join(ROOT_TOKEN_FILE);
+            let token_file = state.root_token_file.clone();
             let token = Token::root(&key, now_ms()).encode();
             aspen_net::identity::write_secret_file(&token_file, token.as_bytes())
                 .map_err(|e| AspenError::storage(format!("cannot write {}: {e}", token_file.display())))?;
