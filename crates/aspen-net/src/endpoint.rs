@@ -53,11 +53,47 @@ pub fn endpoint_addr(addr: &NodeAddr) -> Result<EndpointAddr, iroh::KeyParsingEr
     Ok(addr.addrs.iter().fold(EndpointAddr::new(id), |a, s| a.with_ip_addr(*s)))
 }
 
-/// Aspen's record of this endpoint, advertising `advertise` (or the bound sockets).
+/// Aspen's record of this endpoint, advertising `advertise`, else the bound sockets; a
+/// socket bound to every address (`0.0.0.0`, `::`) stands for the addresses of every
+/// interface that is up, loopback last (a machine on DHCP knows them only at run time).
 pub fn node_addr(endpoint: &Endpoint, advertise: Option<SocketAddr>) -> NodeAddr {
     let addrs = match advertise {
         Some(a) => vec![a],
-        None => endpoint.bound_sockets().into_iter().filter(|s| !s.ip().is_unspecified()).collect(),
+        None => {
+            let mut addrs = Vec::new();
+            for bound in endpoint.bound_sockets() {
+                if bound.ip().is_unspecified() {
+                    addrs.extend(interface_addrs(bound.port(), bound.is_ipv6()));
+                } else {
+                    addrs.push(bound);
+                }
+            }
+            addrs.dedup();
+            addrs
+        }
     };
     NodeAddr { endpoint_id: *endpoint.id().as_bytes(), addrs }
+}
+
+/// `port` on each address of each interface that is up: IPv4, and global IPv6 when `v6`
+/// (link-local addresses need a scope a ticket cannot carry). Loopback comes last, and at
+/// most [`crate::ticket::MAX_TICKET_ADDRS`] addresses are returned.
+fn interface_addrs(port: u16, v6: bool) -> Vec<SocketAddr> {
+    let mut found: Vec<(bool, SocketAddr)> = Vec::new();
+    for interface in netdev::get_interfaces() {
+        if !interface.is_up() {
+            continue;
+        }
+        for ip in interface.ip_addrs() {
+            let usable = match ip {
+                std::net::IpAddr::V4(_) => true,
+                std::net::IpAddr::V6(v6addr) => v6 && (v6addr.segments()[0] & 0xffc0) != 0xfe80,
+            };
+            if usable {
+                found.push((ip.is_loopback(), SocketAddr::new(ip, port)));
+            }
+        }
+    }
+    found.sort_by_key(|(loopback, _)| *loopback);
+    found.into_iter().map(|(_, a)| a).take(crate::ticket::MAX_TICKET_ADDRS).collect()
 }

@@ -353,3 +353,19 @@ async fn a_provisioned_secret_key_file_is_the_node_identity_and_a_missing_one_is
     let err = aspen_node::start(args(&missing), Vec::new()).await.err().expect("a missing key file fails the start");
     assert!(format!("{err:#}").contains("absent.key"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_bound_to_every_address_advertises_its_interfaces_and_is_reachable_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let args =
+        Args::parse_from(["test", "--data-dir", dir.path().to_str().unwrap(), "--bind", "0.0.0.0:0", "--node-id", "1"])
+            .node;
+    let node = aspen_node::start(args, Vec::new()).await.unwrap();
+    let addr = node.addr();
+    assert!(!addr.addrs.is_empty(), "an unspecified bind advertises interface addresses");
+    assert!(addr.addrs.iter().all(|a| !a.ip().is_unspecified() && a.port() != 0), "{:?}", addr.addrs);
+    let client = Client::for_node(addr, ClientConfig::default()).await.expect("reachable at what it advertises");
+    assert_eq!(client.node_info().await.unwrap().node_id, 1);
+    client.close().await;
+    node.shutdown().await;
+}

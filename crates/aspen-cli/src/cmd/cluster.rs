@@ -42,7 +42,12 @@ pub enum ClusterCommand {
     /// Hand leadership to another voter.
     TransferLeader { id: u64 },
     /// Print a ticket naming every member of the cluster.
-    Ticket,
+    Ticket {
+        /// Put the token in use into the ticket (keep such a ticket private: it is a
+        /// credential).
+        #[arg(long)]
+        with_token: bool,
+    },
     /// Ask the contacted node to take a snapshot now.
     Snapshot,
 }
@@ -216,8 +221,14 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: ClusterCommand) -> anyhow::Res
             client.transfer_leader(id).await?;
             done(format!("leadership transferred to node {id}"))
         }
-        ClusterCommand::Ticket => {
-            let ticket = client.ticket().await?;
+        ClusterCommand::Ticket { with_token } => {
+            let mut ticket = client.ticket().await?;
+            if with_token {
+                let token = ctx.token_for(&ctx.ticket()?)?.context("no token is in use to put into the ticket")?;
+                let mut decoded = ClusterTicket::decode(&ticket)?;
+                decoded.token = Some(token.to_bytes());
+                ticket = decoded.encode();
+            }
             if ctx.json {
                 output::print_json(&json!({"ticket": ticket}))?;
             } else {

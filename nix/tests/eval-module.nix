@@ -1,0 +1,114 @@
+# Evaluates modules/aspen-node.nix with the real module system (nixpkgs' lib) and a small
+# declaration of the NixOS options the module sets, without the rest of nixpkgs. Used by the
+# crate tests (crates/aspen-cli/tests/nixos.rs), where nixpkgs cannot be fetched:
+#
+#   nix-instantiate --eval --strict --json nix/tests/eval-module.nix \
+#     --arg lib 'import /path/to/nixpkgs/lib' --argstr case full
+#
+# Prints the evaluated service (its ExecStart, environment and serviceConfig), the users, the
+# firewall ports and the other units, or fails with the module's assertion messages.
+{ lib, case }:
+
+let
+  inherit (lib) mkOption types;
+
+  # What NixOS declares and the module sets; each is a plain mergeable value here.
+  hostOptions = {
+    options = {
+      assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
+      warnings = mkOption { type = types.listOf types.str; default = [ ]; };
+      users.users = mkOption { type = types.attrsOf types.anything; default = { }; };
+      users.groups = mkOption { type = types.attrsOf types.anything; default = { }; };
+      networking.firewall.allowedUDPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
+      environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
+      systemd.services = mkOption { type = types.attrsOf types.anything; default = { }; };
+      systemd.paths = mkOption { type = types.attrsOf types.anything; default = { }; };
+    };
+  };
+
+  # A stand-in package: evaluation needs a derivation-shaped value, not a build.
+  package = { type = "derivation"; name = "aspen"; outPath = "/aspen-package"; };
+  pkgs = { coreutils = "/coreutils"; };
+
+  cases = {
+    minimal = { services.aspen = { enable = true; package = package; }; };
+    full = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        nodeId = 3;
+        dataDir = "/var/lib/aspen";
+        listenAddress = "0.0.0.0";
+        port = 7711;
+        advertiseAddress = "10.0.0.13:7711";
+        openFirewall = true;
+        joinTicketImport = "/boot/aspen/join.ticket";
+        joinAs = "learner";
+        rootTokenFile = "/var/lib/aspen/root.token";
+        secretKeyFile = "/run/keys/aspen-node.key";
+        logLevel = "info,aspen_node=debug";
+        extraFlags = [ "--blob-replicas" "2" "--heartbeat-ms" "50" "--election-timeout-ms" "400" ];
+      };
+    };
+    first-node = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        nodeId = 1;
+        listenAddress = "10.0.0.11";
+        initialize = true;
+        openFirewall = true;
+      };
+    };
+    joining-node = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        nodeId = 2;
+        listenAddress = "10.0.0.12";
+        joinTicketFile = "/var/lib/aspen/join.ticket";
+      };
+    };
+    disabled = { services.aspen = { package = package; }; };
+    # Must fail: a string where a number belongs.
+    wrong-type = { services.aspen = { enable = true; inherit package; nodeId = "one"; }; };
+    # Must fail: a new cluster and a join at once.
+    contradiction = {
+      services.aspen = { enable = true; inherit package; initialize = true; joinTicketFile = "/var/lib/aspen/join.ticket"; };
+    };
+    # Must fail: a secret named by a store path.
+    secret-in-store = {
+      services.aspen = { enable = true; inherit package; secretKeyFile = "${builtins.storeDir}/xyz-node.key"; };
+    };
+    # Must fail: joining from two tickets.
+    two-tickets = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        joinTicketFile = "/var/lib/aspen/join.ticket";
+        joinTicketImport = "/boot/aspen/join.ticket";
+      };
+    };
+  };
+
+  evaluated = lib.evalModules {
+    modules = [
+      hostOptions
+      ../../modules/aspen-node.nix
+      { _module.args = { inherit pkgs; }; }
+      cases.${case}
+    ];
+  };
+  config = evaluated.config;
+  failed = builtins.filter (a: !a.assertion) config.assertions;
+in
+if failed != [ ] then
+  throw (lib.concatMapStringsSep "\n" (a: a.message) failed)
+else
+  {
+    services = config.systemd.services;
+    paths = config.systemd.paths;
+    users = config.users.users;
+    groups = config.users.groups;
+    firewall = config.networking.firewall.allowedUDPPorts;
+  }
