@@ -20,8 +20,7 @@
       };
 
       node = system: modules: lib.nixosSystem {
-        inherit system;
-        modules = [ module ] ++ modules;
+        modules = [ { nixpkgs.hostPlatform = system; } module ] ++ modules;
       };
       image = system: node system [ ./images/node.nix ];
     in

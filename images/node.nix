@@ -23,11 +23,9 @@
   networking.useDHCP = lib.mkDefault true;
   services.openssh.enable = lib.mkDefault false;
 
-  boot.loader.systemd-boot.enable = lib.mkDefault true;
-  boot.loader.efi.canTouchEfiVariables = lib.mkDefault false;
+  # The image variants (system.build.images.qemu-efi, .iso) bring their own boot loader and
+  # file systems; the disk grows to fill whatever it is written to.
   boot.growPartition = true;
-  fileSystems."/" = lib.mkDefault { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; autoResize = true; };
-  fileSystems."/boot" = lib.mkDefault { device = "/dev/disk/by-label/ESP"; fsType = "vfat"; };
 
   system.stateVersion = "25.11";
 }

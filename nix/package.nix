@@ -43,8 +43,11 @@ in
   tests = craneLib.cargoTest (common // {
     inherit cargoArtifacts;
     cargoTestExtraArgs = "--workspace -- --test-threads 2";
-    nativeCheckInputs = [ pkgs.nix pkgs.systemd pkgs.iproute2 ];
+    nativeCheckInputs = [ pkgs.nix pkgs.systemd pkgs.iproute2 pkgs.procps pkgs.python3 pkgs.bash ];
     ASPEN_NIXPKGS_LIB = "${pkgs.path}/lib";
+    # The build sandbox has no writable Nix store: the flake-lock check is done by
+    # `nix flake check` itself there.
+    ASPEN_NO_NIX_STORE = "1";
     preCheck = ''
       export NIX_STATE_DIR=$TMPDIR/nix-state HOME=$TMPDIR
     '';

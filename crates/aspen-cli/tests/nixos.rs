@@ -101,6 +101,10 @@ fn flake_lock_is_a_version_7_lock_of_exactly_the_declared_inputs() {
         assert!(node["narHash"].as_str().is_some_and(|h| h.starts_with("sha256-")), "{name}");
         assert!(node["lastModified"].as_u64().is_some(), "{name}");
     }
+    if std::env::var_os("ASPEN_NO_NIX_STORE").is_some() {
+        eprintln!("SKIPPED: nix flake metadata needs a writable Nix store (ASPEN_NO_NIX_STORE is set)");
+        return;
+    }
     let out = flake_metadata(&flake, &lock_text);
     assert!(out.status.success(), "nix refuses the lock:\n{}", String::from_utf8_lossy(&out.stderr));
     // The same check refuses a lock that lacks a declared input.
