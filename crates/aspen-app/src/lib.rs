@@ -24,6 +24,7 @@ mod auth;
 mod caller;
 mod cluster;
 pub mod rights;
+mod services;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub use caller::Caller;
 pub use cluster::{Cluster, Members};
 use iroh::endpoint::{RecvStream, SendStream};
 use iroh::protocol::DynProtocolHandler;
+pub use services::Services;
 pub use wire::MEMBER_ALPN;
 
 /// An application a node can serve. Cheap to construct; [`App::start`] does the work.
@@ -96,6 +98,8 @@ pub struct NodeContext {
     pub kv: SharedKv,
     /// The cluster as this node sees it: membership, leadership, member streams.
     pub cluster: Arc<dyn Cluster>,
+    /// In-process handles apps publish for one another (the blob store's, for one).
+    pub services: Arc<Services>,
 }
 
 impl std::fmt::Debug for NodeContext {

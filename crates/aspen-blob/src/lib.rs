@@ -12,9 +12,13 @@
 //!   rounds restore the target after a node is lost; garbage collection keeps what pins and
 //!   fresh records name ([`store`], [`replication`]).
 //!
+//! - Other apps on the node reach the store in-process through [`LocalBlobs`], published
+//!   in the node's services.
+//!
 //! Not for: small values (the KV), or anything that needs the bytes in the Raft log.
 
 pub mod client;
+pub mod local;
 pub mod protocol;
 pub mod records;
 pub mod replication;
@@ -28,6 +32,7 @@ use std::time::Duration;
 use aspen_app::{App, AppHandler, AppInfo, BoxFuture, NodeContext};
 use aspen_core::AspenError;
 pub use client::{BlobClient, BlobReader, blob_hash_hex, parse_blob_hash};
+pub use local::{LocalBlobs, RangeStream};
 pub use protocol::{APP, Added, BLOB_ALPN, BlobEntry, BlobHolder, PinEntry};
 pub use records::BlobHash;
 pub use store::BlobSettings;
@@ -86,7 +91,9 @@ impl App for BlobApp {
     fn start(&self, node: NodeContext) -> BoxFuture<'static, Result<Arc<dyn AppHandler>, AspenError>> {
         let settings = self.settings;
         Box::pin(async move {
+            let services = node.services.clone();
             let blobs = store::BlobNode::open(node, settings).await?;
+            services.publish(LocalBlobs::SERVICE, Arc::new(LocalBlobs::new(blobs.clone())));
             Ok(Arc::new(server::BlobHandler::new(blobs)) as Arc<dyn AppHandler>)
         })
     }

@@ -18,6 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aspen_core::AspenError;
+use aspen_core::capability::Capability;
+use aspen_core::command::TxnOp;
 
 /// Prefix of every key the blob store keeps in the KV (the blob app's own prefix).
 pub const BLOB_PREFIX: &str = "_aspen/blob/";
@@ -73,6 +75,42 @@ pub fn fresh_key(hash: &BlobHash) -> Vec<u8> {
 pub fn fresh_hash(key: &[u8]) -> Option<BlobHash> {
     let hex = key.strip_prefix(FRESH_PREFIX.as_bytes())?;
     data_encoding::HEXLOWER.decode(hex).ok()?.try_into().ok()
+}
+
+/// The operations that make pin `name` name `hash`, to put in a transaction: the pin and its
+/// index entry, and, when the pin named `replaced` before, the removal of that index entry.
+/// An app pins what it stores in the same transaction that records it (the forge: with the
+/// ref that reaches a pack).
+pub fn pin_ops(name: &str, hash: &BlobHash, replaced: Option<&BlobHash>) -> Vec<TxnOp> {
+    let mut ops = vec![
+        TxnOp::Put { key: pin_key(name), value: hash.to_vec(), lease: None },
+        TxnOp::Put { key: by_hash_key(hash, name), value: Vec::new(), lease: None },
+    ];
+    if let Some(old) = replaced
+        && old != hash
+    {
+        ops.push(TxnOp::Delete { key: by_hash_key(old, name) });
+    }
+    ops
+}
+
+/// The operations that remove pin `name`, which names `hash`.
+pub fn unpin_ops(name: &str, hash: &BlobHash) -> Vec<TxnOp> {
+    vec![TxnOp::Delete { key: pin_key(name) }, TxnOp::Delete { key: by_hash_key(hash, name) }]
+}
+
+/// The KV rights an app declares (`App::kv_rights`) to pin and unpin under `scope` in its own
+/// transactions: its pins, and the pin index (whose keys start with the hash, not the name).
+pub fn pin_rights(scope: &str) -> Vec<Capability> {
+    let pins = pin_key(scope);
+    let index = BY_HASH_PREFIX.as_bytes().to_vec();
+    vec![
+        Capability::Read(pins.clone()),
+        Capability::Write(pins.clone()),
+        Capability::Delete(pins),
+        Capability::Write(index.clone()),
+        Capability::Delete(index),
+    ]
 }
 
 /// Pin names are 1..=256 bytes of ASCII letters, digits and `.`, `_`, `-`, `/`, `:`.

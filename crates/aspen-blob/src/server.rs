@@ -24,7 +24,7 @@ use crate::protocol::{
     Added, BlobRequest, BlobResponse, ByteRange, MAX_BATCH, MAX_BATCH_ITEM_BYTES, MemberAnswer, MemberCall, PinEntry,
     READ, WRITE, list_limit,
 };
-use crate::records::{BlobHash, by_hash_key, pin_hash, pin_key, pin_name, validate_pin_name};
+use crate::records::{BlobHash, pin_hash, pin_key, pin_name, pin_ops, unpin_ops, validate_pin_name};
 use crate::rights;
 use crate::store::{BlobNode, MemberBlobs, kv_error};
 
@@ -166,9 +166,8 @@ async fn handle(
     }
 }
 
-/// Streams the rest of `recv` into the store, then keeps it: durable here, a fresh record
-/// written, copied to the replica target. A client that stops before finishing its side
-/// of the stream adds nothing; bytes that hash to anything but `expected` are refused.
+/// Streams the rest of `recv` into the store and keeps it (see [`BlobNode::add_stream`]). A
+/// client that stops before finishing its side of the stream adds nothing.
 async fn add(node: &BlobNode, recv: &mut RecvStream, expected: Option<BlobHash>) -> Result<Added, AspenError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
     let pump = async move {
@@ -188,32 +187,8 @@ async fn add(node: &BlobNode, recv: &mut RecvStream, expected: Option<BlobHash>)
         }
     };
     let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let import = async {
-        let tag = node.store.add_stream(chunks).await.temp_tag().await;
-        tag.map_err(|e| AspenError::invalid(format!("the blob was not stored: {e}")))
-    };
-    let ((), tag) = tokio::join!(pump, import);
-    // The temp tag keeps the blob from garbage collection until its fresh record exists.
-    let tag = tag?;
-    let hash = tag.hash();
-    if let Some(expected) = expected
-        && expected != *hash.as_bytes()
-    {
-        // Without a tag or a fresh record, garbage collection removes the bytes.
-        return Err(AspenError::invalid(format!(
-            "the bytes hash to {hash}, not to the expected {}; the blob was not kept",
-            Hash::from_bytes(expected)
-        )));
-    }
-    let size = node
-        .complete_size(hash)
-        .await?
-        .ok_or_else(|| AspenError::internal(format!("blob {hash} is incomplete right after adding it")))?;
-    node.persist(hash).await?;
-    node.mark_fresh(hash.as_bytes()).await?;
-    let replicas = node.replicate_added(&[(*hash.as_bytes(), size)]).await?;
-    drop(tag);
-    Ok(Added { hash: *hash.as_bytes(), size, replicas: replicas[0] })
+    let ((), added) = tokio::join!(pump, node.add_stream(chunks, expected));
+    added
 }
 
 /// Reads `count` length-prefixed blobs from `recv`, stores them, and keeps them as [`add`]
@@ -269,15 +244,8 @@ async fn pin(node: &BlobNode, name: &str, hash: &BlobHash) -> Result<(), AspenEr
     let key = pin_key(name);
     for _ in 0..PIN_ATTEMPTS {
         let current = kv.get(&key, ReadConsistency::Linearizable).await.map_err(kv_error)?;
-        let mut success = vec![
-            TxnOp::Put { key: key.clone(), value: hash.to_vec(), lease: None },
-            TxnOp::Put { key: by_hash_key(hash, name), value: Vec::new(), lease: None },
-        ];
-        if let Some(old) = current.as_ref().and_then(|kv| pin_hash(&kv.value))
-            && old != *hash
-        {
-            success.push(TxnOp::Delete { key: by_hash_key(&old, name) });
-        }
+        let replaced = current.as_ref().and_then(|kv| pin_hash(&kv.value));
+        let success = pin_ops(name, hash, replaced.as_ref());
         let txn = Txn { compare: vec![unchanged(&key, current.as_ref())], success, failure: Vec::new() };
         match kv.txn(txn).await {
             Ok(r) if r.succeeded => return Ok(()),
@@ -298,10 +266,10 @@ async fn unpin(kv: &dyn Kv, name: &str) -> Result<bool, AspenError> {
         let current = kv.get(&key, ReadConsistency::Linearizable).await.map_err(kv_error)?;
         let Some(current) = current else { return Ok(existed.unwrap_or(false)) };
         existed.get_or_insert(true);
-        let mut success = vec![TxnOp::Delete { key: key.clone() }];
-        if let Some(hash) = pin_hash(&current.value) {
-            success.push(TxnOp::Delete { key: by_hash_key(&hash, name) });
-        }
+        let success = match pin_hash(&current.value) {
+            Some(hash) => unpin_ops(name, &hash),
+            None => vec![TxnOp::Delete { key: key.clone() }],
+        };
         let txn = Txn { compare: vec![unchanged(&key, Some(&current))], success, failure: Vec::new() };
         match kv.txn(txn).await {
             Ok(r) if r.succeeded => return Ok(true),

@@ -149,6 +149,38 @@ impl BlobNode {
         Ok(lease.id)
     }
 
+    /// Stores what `chunks` yields as one blob and keeps it: durable on this node, a fresh
+    /// record written, copied to the replica target before this returns. Bytes that hash to
+    /// anything but `expected` are refused and not kept (without a tag or a fresh record,
+    /// garbage collection removes them).
+    pub async fn add_stream(
+        &self,
+        chunks: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync + 'static,
+        expected: Option<BlobHash>,
+    ) -> Result<crate::protocol::Added, AspenError> {
+        let tag = self.store.add_stream(chunks).await.temp_tag().await;
+        // The temp tag keeps the blob from garbage collection until its fresh record exists.
+        let tag = tag.map_err(|e| AspenError::invalid(format!("the blob was not stored: {e}")))?;
+        let hash = tag.hash();
+        if let Some(expected) = expected
+            && expected != *hash.as_bytes()
+        {
+            return Err(AspenError::invalid(format!(
+                "the bytes hash to {hash}, not to the expected {}; the blob was not kept",
+                Hash::from_bytes(expected)
+            )));
+        }
+        let size = self
+            .complete_size(hash)
+            .await?
+            .ok_or_else(|| AspenError::internal(format!("blob {hash} is incomplete right after adding it")))?;
+        self.persist(hash).await?;
+        self.mark_fresh(hash.as_bytes()).await?;
+        let replicas = self.replicate_added(&[(*hash.as_bytes(), size)]).await?;
+        drop(tag);
+        Ok(crate::protocol::Added { hash: *hash.as_bytes(), size, replicas: replicas[0] })
+    }
+
     /// Makes a blob this node holds survive a crash or power loss before the node counts
     /// itself as a holder: iroh-blobs writes data and outboard files without fsync and
     /// batches its metadata commits. Small blobs live inside the store's database, which the

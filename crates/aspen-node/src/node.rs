@@ -102,6 +102,7 @@ pub struct RunningNode {
     state: Arc<NodeState>,
     cluster: Arc<NodeCluster>,
     apps: Arc<AppRegistry>,
+    services: Arc<aspen_app::Services>,
     router: iroh::protocol::Router,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ready_file: std::path::PathBuf,
@@ -126,6 +127,11 @@ impl RunningNode {
     /// The cluster as the node's apps see it.
     pub fn cluster(&self) -> Arc<dyn aspen_app::Cluster> {
         self.cluster.clone()
+    }
+
+    /// The in-process handles the node's apps published.
+    pub fn services(&self) -> Arc<aspen_app::Services> {
+        self.services.clone()
     }
 
     /// Stops serving: background duties, apps, protocols, Raft, the endpoint.
@@ -223,6 +229,7 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
     });
     let cluster = NodeCluster::new(&state);
     let registry = Arc::new(AppRegistry::default());
+    let services = Arc::new(aspen_app::Services::default());
 
     let mut router = iroh::protocol::Router::builder(endpoint.clone())
         .accept(RAFT_ALPN, raft_server)
@@ -245,6 +252,7 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
             endpoint: endpoint.clone(),
             kv: aspen_app::Cluster::kv_with_rights(&*cluster, own_rights),
             cluster: cluster.clone(),
+            services: services.clone(),
         };
         let handler =
             app.start(context).await.map_err(|e| anyhow::anyhow!("app {:?} did not start: {e}", info.name))?;
@@ -278,7 +286,7 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
     write_atomic(&ready_file, own.encode().as_bytes())?;
     crate::notify::notify("READY=1");
     tracing::info!(node_id, "node ready");
-    Ok(RunningNode { state, cluster, apps: registry, router, tasks, ready_file })
+    Ok(RunningNode { state, cluster, apps: registry, services, router, tasks, ready_file })
 }
 
 /// Triggers a snapshot (and so a log purge) whenever `every` bytes of log were appended
