@@ -98,6 +98,9 @@ pub enum Command {
     /// Take tokens from a token bucket the whole cluster shares.
     #[command(subcommand)]
     Ratelimit(crate::cmd::ratelimit::RatelimitCommand),
+    /// Git repositories hosted on the cluster.
+    #[command(subcommand)]
+    Forge(crate::cmd::forge::ForgeCommand),
     /// Add, read, check and list content-addressed blobs.
     #[command(subcommand)]
     Blob(crate::cmd::blob::BlobCommand),

@@ -82,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(cmd) => cmd::worker::run(&ctx, cmd).await,
         Command::Kv(cmd) => ctx.with_client(async |client| cmd::kv::run(&ctx, client, cmd).await).await,
         Command::Blob(cmd) => ctx.with_client(async |client| cmd::blob::run(&ctx, client, cmd).await).await,
+        Command::Forge(cmd) => ctx.with_client(async |client| cmd::forge::run(&ctx, client, cmd).await).await,
         Command::Queue(cmd) => ctx.with_client(async |client| cmd::queue::run(&ctx, client, cmd).await).await,
         Command::Ratelimit(cmd) => ctx.with_client(async |client| cmd::ratelimit::run(&ctx, client, cmd).await).await,
         Command::Lease(cmd) => ctx.with_client(async |client| cmd::lease::run(&ctx, client, cmd).await).await,

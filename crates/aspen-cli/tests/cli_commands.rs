@@ -334,8 +334,8 @@ fn the_documented_commands_work_against_a_local_cluster() {
     assert!(denied.contains("permission denied"), "{denied}");
     let denied = fails(&dir, &["--token", scoped, "blob", "unpin", "team-b/second"]);
     assert!(denied.contains("permission denied"), "{denied}");
-    let unknown_app = fails(&dir, &["token", "create", "--app", "forge:push:repos/"]);
-    assert!(unknown_app.contains("serves no app \"forge\""), "{unknown_app}");
+    let unknown_app = fails(&dir, &["token", "create", "--app", "wiki:edit:pages/"]);
+    assert!(unknown_app.contains("serves no app \"wiki\""), "{unknown_app}");
     let unknown_right = fails(&dir, &["token", "create", "--app", "blob:push:x/"]);
     assert!(unknown_right.contains("no right \"push\""), "{unknown_right}");
 

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod coord;
 pub mod counter;
 pub mod election;
+pub mod forge;
 pub mod kv;
 pub mod lease;
 pub mod lock;

@@ -15,7 +15,7 @@ pub struct AppArgs {
 
 /// The apps a node serves.
 pub fn apps(args: &AppArgs) -> Vec<Arc<dyn App>> {
-    vec![Arc::new(aspen_blob::BlobApp::new(args.blob.settings()))]
+    vec![Arc::new(aspen_blob::BlobApp::new(args.blob.settings())), Arc::new(aspen_forge::ForgeApp)]
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,0 +1,130 @@
+//! What the forge keeps in the KV, under its own prefix `_aspen/forge/`:
+//!
+//! - `repo/<name>`: the repository's [`RepoRecord`];
+//! - `ref/<repo>:<ref name>`: a ref, whose value is the 20-byte object id it points at (`:`
+//!   cannot appear in a repository name, so one repository's refs are one prefix);
+//! - `event/<16 hex digits of ms>-<16 hex digits>`: a [`PushEvent`], written in the same
+//!   transaction as the ref update it records; watchers read them from a revision.
+
+use aspen_core::AspenError;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every forge record.
+pub const FORGE_PREFIX: &str = "_aspen/forge/";
+/// Prefix of repository records.
+pub const REPO_PREFIX: &str = "_aspen/forge/repo/";
+/// Prefix of refs.
+pub const REF_PREFIX: &str = "_aspen/forge/ref/";
+/// Prefix of push events.
+pub const EVENT_PREFIX: &str = "_aspen/forge/event/";
+
+/// A git object id (SHA-1).
+pub type ObjectId = [u8; 20];
+
+/// A repository, as stored. Frozen: fields are only ever appended through a new record
+/// version (see `tests/golden.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoRecord {
+    /// When it was created, by the creating node's clock (ms since the Unix epoch).
+    pub created_ms: u64,
+    pub description: String,
+    /// The branch `HEAD` names.
+    pub default_branch: String,
+    /// Branches that refuse force pushes and deletes.
+    pub protected: Vec<String>,
+    /// The repository this one was forked from, whose objects it shares.
+    pub parent: Option<String>,
+}
+
+/// One accepted ref update, as watchers read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushEvent {
+    pub repo: String,
+    pub ref_name: String,
+    /// `None`: the ref was created.
+    pub old: Option<ObjectId>,
+    /// `None`: the ref was deleted.
+    pub new: Option<ObjectId>,
+    /// Who pushed: the hex id of the token they presented.
+    pub pusher: String,
+    pub time_ms: u64,
+}
+
+/// The key of repository `name`.
+pub fn repo_key(name: &str) -> Vec<u8> {
+    format!("{REPO_PREFIX}{name}").into_bytes()
+}
+
+/// The repository name a repository key holds.
+pub fn repo_name(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.strip_prefix(REPO_PREFIX.as_bytes())?).ok()
+}
+
+/// The prefix of repository `repo`'s refs.
+pub fn refs_prefix(repo: &str) -> Vec<u8> {
+    format!("{REF_PREFIX}{repo}:").into_bytes()
+}
+
+/// The key of ref `ref_name` of repository `repo`.
+pub fn ref_key(repo: &str, ref_name: &str) -> Vec<u8> {
+    format!("{REF_PREFIX}{repo}:{ref_name}").into_bytes()
+}
+
+/// The ref name a ref key of `repo` holds.
+pub fn ref_name<'k>(repo: &str, key: &'k [u8]) -> Option<&'k str> {
+    std::str::from_utf8(key.strip_prefix(refs_prefix(repo).as_slice())?).ok()
+}
+
+/// The object id a ref's value holds.
+pub fn object_id(value: &[u8]) -> Result<ObjectId, AspenError> {
+    value.try_into().map_err(|_| AspenError::internal(format!("a ref holds {} bytes, not a 20-byte id", value.len())))
+}
+
+/// The key of a push event at `time_ms`, made unique by `nonce`.
+pub fn event_key(time_ms: u64, nonce: u64) -> Vec<u8> {
+    format!("{EVENT_PREFIX}{time_ms:016x}-{nonce:016x}").into_bytes()
+}
+
+/// An object id as git prints it.
+pub fn hex(id: &ObjectId) -> String {
+    data_encoding::HEXLOWER.encode(id)
+}
+
+/// Parses a 40-digit hex object id.
+pub fn parse_object_id(text: &str) -> Result<ObjectId, AspenError> {
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.as_bytes())
+        .map_err(|_| AspenError::invalid(format!("object id {text:?} is not hex")))?;
+    bytes.try_into().map_err(|_| AspenError::invalid(format!("object id {text:?} is not 40 hex digits")))
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AspenError> {
+    postcard::to_allocvec(value).map_err(AspenError::internal)
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, AspenError> {
+    postcard::from_bytes(bytes).map_err(|e| AspenError::internal(format!("{what} does not decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_repository_s_refs_are_one_prefix() {
+        let key = ref_key("team/a", "refs/heads/main");
+        assert!(key.starts_with(&refs_prefix("team/a")));
+        assert!(!key.starts_with(&refs_prefix("team")), "the repository `team` does not see team/a's refs");
+        assert_eq!(ref_name("team/a", &key), Some("refs/heads/main"));
+        assert_eq!(repo_name(&repo_key("team/a")), Some("team/a"));
+    }
+
+    #[test]
+    fn event_keys_sort_by_time_and_object_ids_round_trip() {
+        assert!(event_key(1, u64::MAX) < event_key(2, 0));
+        let id = [0xab; 20];
+        assert_eq!(parse_object_id(&hex(&id)).unwrap(), id);
+        assert!(parse_object_id("abc").is_err());
+        assert!(object_id(&[1, 2]).is_err());
+    }
+}
