@@ -28,6 +28,10 @@ pub struct Cli {
     /// File holding the cluster ticket (also $ASPEN_TICKET_FILE).
     #[arg(long, global = true, help_heading = "Global options", value_name = "PATH")]
     pub ticket_file: Option<PathBuf>,
+    /// A cluster saved with `aspen cluster save NAME` (its ticket file in the configuration
+    /// directory), when no --ticket-file is given.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "NAME", env = "ASPEN_CLUSTER")]
+    pub cluster: Option<String>,
     /// Capability token to present (also $ASPEN_TOKEN).
     #[arg(long, global = true, help_heading = "Global options", value_name = "TOKEN")]
     pub token: Option<String>,

@@ -62,7 +62,12 @@ fn init_tracing(is_node: bool) {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx::new(cli.json, cli.timeout, cli.ticket, cli.ticket_file)
+    let ticket_file = match (cli.ticket_file, cli.cluster) {
+        (Some(file), _) => Some(file),
+        (None, Some(name)) => Some(aspen_client::discovery::saved_cluster_file(&name).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    };
+    let ctx = Ctx::new(cli.json, cli.timeout, cli.ticket, ticket_file)
         .with_token(cli.token, cli.token_file)
         .with_identity(cli.identity_file);
     match cli.command {

@@ -207,6 +207,31 @@ impl Discovery {
     }
 }
 
+/// The user's Aspen configuration directory: `$ASPEN_CONFIG_DIR`, else
+/// `$XDG_CONFIG_HOME/aspen`, else `~/.config/aspen`. Holds saved clusters and the identity
+/// that signs the user's forge changes.
+pub fn config_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("ASPEN_CONFIG_DIR")
+        .or_else(|| var("XDG_CONFIG_HOME").map(|d| d.join("aspen")))
+        .or_else(|| var("HOME").map(|d| d.join(".config/aspen")))
+}
+
+/// Saved cluster names are 1..=64 ASCII letters, digits, `-` and `_`.
+pub fn validate_cluster_name(name: &str) -> Result<(), String> {
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(format!("cluster name {name:?} must be 1..=64 ASCII letters, digits, '-' or '_'")) }
+}
+
+/// Where the ticket of the cluster saved as `name` is kept (`aspen cluster save NAME`):
+/// `<config dir>/clusters/<name>.ticket`.
+pub fn saved_cluster_file(name: &str) -> Result<PathBuf, String> {
+    validate_cluster_name(name)?;
+    let dir = config_dir().ok_or("no configuration directory: set HOME, XDG_CONFIG_HOME or ASPEN_CONFIG_DIR")?;
+    Ok(dir.join("clusters").join(format!("{name}.ticket")))
+}
+
 /// Reads a ticket file, refusing files far larger than any ticket.
 pub fn read_ticket_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read;

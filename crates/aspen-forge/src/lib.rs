@@ -13,17 +13,24 @@
 
 pub mod client;
 pub mod names;
+pub mod objects;
+pub mod pktline;
 pub mod protocol;
+mod receive;
 pub mod records;
+pub mod remote;
 pub mod rights;
 mod server;
+pub mod store;
+mod upload;
 
 use std::sync::Arc;
 
 use aspen_app::{App, AppHandler, AppInfo, BoxFuture, NodeContext};
 use aspen_core::AspenError;
 pub use client::ForgeClient;
-pub use protocol::{FORGE_ALPN, RefEntry, RepoInfo, RepoSummary};
+pub use protocol::{FORGE_ALPN, GitService, RefEntry, RepoInfo, RepoSummary};
+pub use upload::GIT_ENV;
 
 /// The forge app, ready to be started on a node.
 #[derive(Debug, Clone, Default)]
@@ -38,7 +45,11 @@ impl App for ForgeApp {
         }
     }
 
+    fn kv_rights(&self) -> Vec<aspen_core::capability::Capability> {
+        aspen_blob::records::pin_rights(records::PIN_SCOPE)
+    }
+
     fn start(&self, node: NodeContext) -> BoxFuture<'static, Result<Arc<dyn AppHandler>, AspenError>> {
-        Box::pin(async move { Ok(Arc::new(server::ForgeHandler::new(node)) as Arc<dyn AppHandler>) })
+        Box::pin(async move { Ok(Arc::new(server::ForgeHandler::new(node)?) as Arc<dyn AppHandler>) })
     }
 }

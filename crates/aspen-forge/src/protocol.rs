@@ -27,6 +27,40 @@ pub enum ForgeRequest {
     /// Protects a branch (no force push, no delete) or lifts the protection. Needs
     /// `admin`. Answered with `Repo`.
     Protect { repo: String, branch: String, protected: bool },
+    /// Turns the stream into a git service on `repo`: after the `Connected` answer, the
+    /// stream carries git's own pack protocol both ways (what `git-remote-aspen` bridges
+    /// for `git`). `UploadPack` (fetch, clone, ls-remote) needs `read`; `ReceivePack`
+    /// (push) needs `push`. `protocol` is the client's `GIT_PROTOCOL` (`version=2`), or
+    /// empty.
+    Connect { repo: String, service: GitService, protocol: String },
+}
+
+/// A git service a [`ForgeRequest::Connect`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GitService {
+    /// `git-upload-pack`: the server side of fetch and clone.
+    UploadPack,
+    /// `git-receive-pack`: the server side of push.
+    ReceivePack,
+}
+
+impl GitService {
+    /// The name git gives the service (`connect git-upload-pack`).
+    pub fn git_name(self) -> &'static str {
+        match self {
+            GitService::UploadPack => "git-upload-pack",
+            GitService::ReceivePack => "git-receive-pack",
+        }
+    }
+
+    /// The service git names `name`.
+    pub fn from_git_name(name: &str) -> Option<Self> {
+        match name {
+            "git-upload-pack" => Some(GitService::UploadPack),
+            "git-receive-pack" => Some(GitService::ReceivePack),
+            _ => None,
+        }
+    }
 }
 
 impl ForgeRequest {
@@ -38,6 +72,7 @@ impl ForgeRequest {
             ForgeRequest::ShowRepo { .. } => "repo_show",
             ForgeRequest::DeleteRepo { .. } => "repo_delete",
             ForgeRequest::Protect { .. } => "repo_protect",
+            ForgeRequest::Connect { .. } => "git_connect",
         }
     }
 
@@ -51,9 +86,14 @@ impl ForgeRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForgeResponse {
     Repo(RepoInfo),
-    Repos { repos: Vec<RepoSummary>, more: bool },
+    Repos {
+        repos: Vec<RepoSummary>,
+        more: bool,
+    },
     Done,
     Error(AspenError),
+    /// The stream now carries the git service asked for.
+    Connected,
 }
 
 impl aspen_client::Answer for ForgeResponse {

@@ -3,6 +3,12 @@
 //! - `repo/<name>`: the repository's [`RepoRecord`];
 //! - `ref/<repo>:<ref name>`: a ref, whose value is the 20-byte object id it points at (`:`
 //!   cannot appear in a repository name, so one repository's refs are one prefix);
+//! - `pack/<repo>:<pack name>`: a [`PackRecord`], one pack of git objects the repository
+//!   holds, stored as two blobs (the pack and git's index of it) pinned as
+//!   `forge/<repo>/<pack name>.pack` and `.idx`; the pack name is git's (the hex SHA-1 trailer
+//!   of the pack);
+//! - `activity/<repo>`: rewritten by every transaction that moves a ref of the repository or
+//!   adds a pack to it, so garbage collection can tell that nothing moved while it looked;
 //! - `event/<16 hex digits of ms>-<16 hex digits>`: a [`PushEvent`], written in the same
 //!   transaction as the ref update it records; watchers read them from a revision.
 
@@ -17,6 +23,12 @@ pub const REPO_PREFIX: &str = "_aspen/forge/repo/";
 pub const REF_PREFIX: &str = "_aspen/forge/ref/";
 /// Prefix of push events.
 pub const EVENT_PREFIX: &str = "_aspen/forge/event/";
+/// Prefix of pack records.
+pub const PACK_PREFIX: &str = "_aspen/forge/pack/";
+/// Prefix of repository activity markers.
+pub const ACTIVITY_PREFIX: &str = "_aspen/forge/activity/";
+/// Prefix of the blob pins the forge holds.
+pub const PIN_SCOPE: &str = "forge/";
 
 /// A git object id (SHA-1).
 pub type ObjectId = [u8; 20];
@@ -45,9 +57,49 @@ pub struct PushEvent {
     pub old: Option<ObjectId>,
     /// `None`: the ref was deleted.
     pub new: Option<ObjectId>,
-    /// Who pushed: the hex id of the token they presented.
+    /// Who pushed: the hex public key of the client that pushed.
     pub pusher: String,
     pub time_ms: u64,
+}
+
+/// One pack a repository holds. Frozen like [`RepoRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRecord {
+    /// The blob holding the pack file.
+    pub pack: [u8; 32],
+    /// The blob holding git's index of it (`.idx`, version 2).
+    pub index: [u8; 32],
+    /// Objects in the pack.
+    pub objects: u32,
+    /// Size of the pack file.
+    pub bytes: u64,
+    /// When it was stored, by the storing node's clock (ms since the Unix epoch).
+    pub added_ms: u64,
+}
+
+/// The key of pack `pack_name` of `repo`.
+pub fn pack_key(repo: &str, pack_name: &str) -> Vec<u8> {
+    format!("{PACK_PREFIX}{repo}:{pack_name}").into_bytes()
+}
+
+/// The prefix of `repo`'s pack records.
+pub fn packs_prefix(repo: &str) -> Vec<u8> {
+    format!("{PACK_PREFIX}{repo}:").into_bytes()
+}
+
+/// The pack name a pack key of `repo` holds.
+pub fn pack_name<'k>(repo: &str, key: &'k [u8]) -> Option<&'k str> {
+    std::str::from_utf8(key.strip_prefix(packs_prefix(repo).as_slice())?).ok()
+}
+
+/// The key rewritten by every change to `repo`'s refs or packs.
+pub fn activity_key(repo: &str) -> Vec<u8> {
+    format!("{ACTIVITY_PREFIX}{repo}").into_bytes()
+}
+
+/// The blob pin names that keep pack `pack_name` of `repo`: the pack, then its index.
+pub fn pack_pins(repo: &str, pack_name: &str) -> (String, String) {
+    (format!("{PIN_SCOPE}{repo}/{pack_name}.pack"), format!("{PIN_SCOPE}{repo}/{pack_name}.idx"))
 }
 
 /// The key of repository `name`.

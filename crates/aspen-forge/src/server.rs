@@ -1,6 +1,7 @@
 //! Serving the forge's protocol on a node: repository records and refs, read and written
 //! through the KV the node gives the forge (its own prefix only).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aspen_app::{AppHandler, BoxFuture, Caller, NodeContext};
@@ -14,25 +15,46 @@ use iroh::endpoint::{RecvStream, SendStream};
 use tracing::Instrument;
 
 use crate::names::{validate_ref_name, validate_repo_name};
-use crate::protocol::{ForgeRequest, ForgeResponse, MAX_LIST, RefEntry, RepoInfo, RepoSummary};
-use crate::records::{self, RepoRecord};
-use crate::rights::{self, ADMIN, READ};
+use crate::protocol::{ForgeRequest, ForgeResponse, GitService, MAX_LIST, RefEntry, RepoInfo, RepoSummary};
+use crate::records::{self, ObjectId, PackRecord, RepoRecord};
+use crate::rights::{self, ADMIN, PUSH, READ};
+use crate::store::PackStore;
 
 /// Attempts of a read-modify-write of a repository record that lost a race.
 const RECORD_ATTEMPTS: usize = 8;
 
+/// Deepest chain of forks a repository may sit at the end of.
+pub const MAX_FORK_DEPTH: usize = 16;
+
 /// The forge, started on one node.
 pub struct ForgeHandler {
     ctx: NodeContext,
+    pub(crate) store: PackStore,
 }
 
 impl ForgeHandler {
-    pub fn new(ctx: NodeContext) -> Self {
-        ForgeHandler { ctx }
+    pub fn new(ctx: NodeContext) -> Result<Self, AspenError> {
+        let root = ctx.app_dir(rights::APP).map_err(|e| AspenError::internal(format!("forge directory: {e}")))?;
+        let store = PackStore::open(root, ctx.services.clone())?;
+        Ok(ForgeHandler { ctx, store })
     }
 }
 
-fn kv_error(e: KvError) -> AspenError {
+/// One repository as one push or fetch sees it: its record, refs and packs, read once.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub repo: String,
+    pub record: RepoRecord,
+    /// The record's mod revision: a push's transactions require it unchanged.
+    pub record_revision: u64,
+    pub refs: BTreeMap<String, ObjectId>,
+    /// Its own packs, then its ancestors' (a fork reads its parent's objects).
+    pub packs: Vec<(String, PackRecord)>,
+    /// The tips of its ancestors' refs: objects a push to a fork may delta against.
+    pub ancestor_tips: Vec<ObjectId>,
+}
+
+pub(crate) fn kv_error(e: KvError) -> AspenError {
     match e {
         KvError::Aspen(e) => e,
         other => AspenError::Unavailable { reason: other.to_string() },
@@ -43,6 +65,10 @@ impl AppHandler for ForgeHandler {
     fn serve(self: Arc<Self>, caller: Caller, mut send: SendStream, mut recv: RecvStream) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let request = match aspen_net::read_frame::<ForgeRequest>(&mut recv).await {
+                Ok(Some(ForgeRequest::Connect { repo, service, protocol })) => {
+                    self.connect(caller, repo, service, protocol, send, recv).await;
+                    return;
+                }
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(e) => {
@@ -67,8 +93,98 @@ impl AppHandler for ForgeHandler {
 }
 
 impl ForgeHandler {
-    fn kv(&self) -> &dyn Kv {
+    pub(crate) fn kv(&self) -> &dyn Kv {
         &*self.ctx.kv
+    }
+
+    /// Serves a `Connect`: checks the right, answers `Connected`, then runs the service.
+    async fn connect(
+        &self,
+        caller: Caller,
+        repo: String,
+        service: GitService,
+        protocol: String,
+        mut send: SendStream,
+        recv: RecvStream,
+    ) {
+        let span = tracing::debug_span!("forge", op = service.git_name(), repo = %repo);
+        let ready = async {
+            validate_repo_name(&repo)?;
+            let caps = caller.capabilities()?;
+            let right = match service {
+                GitService::UploadPack => READ,
+                GitService::ReceivePack => PUSH,
+            };
+            rights::require(&caps, right, &repo)?;
+            self.snapshot(&repo).await
+        }
+        .instrument(span.clone())
+        .await;
+        let snapshot = match ready {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = aspen_net::write_frame(&mut send, &ForgeResponse::Error(e)).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        if aspen_net::write_frame(&mut send, &ForgeResponse::Connected).await.is_err() {
+            return;
+        }
+        let served = match service {
+            GitService::UploadPack => self.upload_pack(snapshot, &protocol, send, recv).instrument(span.clone()).await,
+            GitService::ReceivePack => self.receive_pack(&caller, snapshot, send, recv).instrument(span.clone()).await,
+        };
+        if let Err(e) = served {
+            tracing::debug!(parent: &span, error = %e, "git service ended with an error");
+        }
+    }
+
+    /// Reads `repo`'s record, refs and packs, and its ancestors' packs and tips.
+    pub(crate) async fn snapshot(&self, repo: &str) -> Result<Snapshot, AspenError> {
+        let (record, record_revision) = self.record(repo).await?;
+        let refs = self.refs(repo).await?;
+        let mut packs = self.packs(repo).await?;
+        let mut ancestor_tips = Vec::new();
+        let mut parent = record.parent.clone();
+        let mut depth = 0;
+        while let Some(name) = parent {
+            depth += 1;
+            if depth > MAX_FORK_DEPTH {
+                return Err(AspenError::internal(format!("{repo:?} is more than {MAX_FORK_DEPTH} forks deep")));
+            }
+            let (ancestor, _) = self.record(&name).await.map_err(|_| {
+                AspenError::internal(format!("{repo:?} is a fork of {name:?}, which does not exist any more"))
+            })?;
+            packs.extend(self.packs(&name).await?);
+            ancestor_tips.extend(self.refs(&name).await?.into_values());
+            parent = ancestor.parent;
+        }
+        ancestor_tips.sort();
+        ancestor_tips.dedup();
+        Ok(Snapshot { repo: repo.to_string(), record, record_revision, refs, packs, ancestor_tips })
+    }
+
+    async fn refs(&self, repo: &str) -> Result<BTreeMap<String, ObjectId>, AspenError> {
+        let (kvs, _) =
+            self.kv().scan_all(records::refs_prefix(repo), ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let mut refs = BTreeMap::new();
+        for kv in kvs {
+            let Some(name) = records::ref_name(repo, &kv.key) else { continue };
+            refs.insert(name.to_string(), records::object_id(&kv.value)?);
+        }
+        Ok(refs)
+    }
+
+    async fn packs(&self, repo: &str) -> Result<Vec<(String, PackRecord)>, AspenError> {
+        let (kvs, _) =
+            self.kv().scan_all(records::packs_prefix(repo), ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let mut packs = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let Some(name) = records::pack_name(repo, &kv.key) else { continue };
+            packs.push((name.to_string(), records::decode(&kv.value, "a pack record")?));
+        }
+        Ok(packs)
     }
 
     async fn handle(&self, caps: &[Capability], request: ForgeRequest) -> Result<ForgeResponse, AspenError> {
@@ -102,6 +218,9 @@ impl ForgeHandler {
                 self.protect(&repo, &branch, protected).await?;
                 self.show(&repo).await.map(ForgeResponse::Repo)
             }
+            ForgeRequest::Connect { .. } => {
+                Err(AspenError::UnknownRequest { detail: "git_connect is answered before requests are handled".into() })
+            }
         }
     }
 
@@ -126,7 +245,7 @@ impl ForgeHandler {
         Ok(())
     }
 
-    async fn record(&self, name: &str) -> Result<(RepoRecord, u64), AspenError> {
+    pub(crate) async fn record(&self, name: &str) -> Result<(RepoRecord, u64), AspenError> {
         let kv = self.kv().get(records::repo_key(name), ReadConsistency::Linearizable).await.map_err(kv_error)?;
         let kv = kv.ok_or_else(|| AspenError::invalid(format!("repository {name:?} does not exist")))?;
         Ok((records::decode(&kv.value, "a repository record")?, kv.mod_revision))

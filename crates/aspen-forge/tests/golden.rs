@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use aspen_core::AspenError;
 use aspen_core::golden::{check_file, recorded_text, sample};
-use aspen_forge::protocol::{ForgeRequest, ForgeResponse, RefEntry, RepoInfo, RepoSummary};
-use aspen_forge::records::{self, PushEvent, RepoRecord};
+use aspen_forge::protocol::{ForgeRequest, ForgeResponse, GitService, RefEntry, RepoInfo, RepoSummary};
+use aspen_forge::records::{self, PackRecord, PushEvent, RepoRecord};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
@@ -19,6 +19,8 @@ fn requests() -> Vec<ForgeRequest> {
         ForgeRequest::ShowRepo { name: "repos/a".into() },
         ForgeRequest::DeleteRepo { name: "repos/a".into() },
         ForgeRequest::Protect { repo: "repos/a".into(), branch: "main".into(), protected: true },
+        ForgeRequest::Connect { repo: "repos/a".into(), service: GitService::UploadPack, protocol: "version=2".into() },
+        ForgeRequest::Connect { repo: "repos/a".into(), service: GitService::ReceivePack, protocol: String::new() },
     ]
 }
 
@@ -29,6 +31,8 @@ fn variant_request(r: &ForgeRequest) -> &'static str {
         ForgeRequest::ShowRepo { .. } => "ShowRepo",
         ForgeRequest::DeleteRepo { .. } => "DeleteRepo",
         ForgeRequest::Protect { .. } => "Protect",
+        ForgeRequest::Connect { service: GitService::UploadPack, .. } => "Connect.UploadPack",
+        ForgeRequest::Connect { service: GitService::ReceivePack, .. } => "Connect.ReceivePack",
     }
 }
 
@@ -50,6 +54,7 @@ fn responses() -> Vec<ForgeResponse> {
         },
         ForgeResponse::Done,
         ForgeResponse::Error(AspenError::PermissionDenied { reason: "forge:push".into() }),
+        ForgeResponse::Connected,
     ]
 }
 
@@ -59,6 +64,7 @@ fn variant_response(r: &ForgeResponse) -> &'static str {
         ForgeResponse::Repos { .. } => "Repos",
         ForgeResponse::Done => "Done",
         ForgeResponse::Error(_) => "Error",
+        ForgeResponse::Connected => "Connected",
     }
 }
 
@@ -86,12 +92,21 @@ fn forge_records_keep_their_bytes_and_keys_their_shape() {
         pusher: "abcd".into(),
         time_ms: 1_700_000_000_000,
     };
-    check_file(&fixture("records.txt"), &[sample("RepoRecord", &record), sample("PushEvent", &event)]);
+    let pack =
+        PackRecord { pack: [3; 32], index: [4; 32], objects: 112_731, bytes: 40_276_958, added_ms: 1_700_000_000_000 };
+    check_file(
+        &fixture("records.txt"),
+        &[sample("RepoRecord", &record), sample("PushEvent", &event), sample("PackRecord", &pack)],
+    );
     let path = fixture("keys.txt");
     for (name, key) in [
         ("repo_key", records::repo_key("repos/a")),
         ("ref_key", records::ref_key("repos/a", "refs/heads/main")),
         ("event_key", records::event_key(1_700_000_000_000, 42)),
+        ("pack_key", records::pack_key("repos/a", "0123abcd")),
+        ("activity_key", records::activity_key("repos/a")),
+        ("pack_pin", records::pack_pins("repos/a", "0123abcd").0.into_bytes()),
+        ("index_pin", records::pack_pins("repos/a", "0123abcd").1.into_bytes()),
     ] {
         let text = String::from_utf8(key).unwrap();
         assert_eq!(recorded_text(&path, name, || text.clone()), text, "{name} changed shape");

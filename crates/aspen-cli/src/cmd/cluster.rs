@@ -50,6 +50,16 @@ pub enum ClusterCommand {
     },
     /// Ask the contacted node to take a snapshot now.
     Snapshot,
+    /// Save this cluster's ticket (asked of the cluster: every member) under NAME in the
+    /// configuration directory, so `aspen://NAME/REPO` remote URLs and `--cluster NAME`
+    /// find it.
+    Save {
+        name: String,
+        /// Put the token in use into the saved ticket (the file is then a credential, kept
+        /// with mode 0600).
+        #[arg(long)]
+        with_token: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -239,6 +249,32 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: ClusterCommand) -> anyhow::Res
         ClusterCommand::Snapshot => {
             client.trigger_snapshot().await?;
             done("snapshot triggered".into())
+        }
+        ClusterCommand::Save { name, with_token } => {
+            let path = aspen_client::discovery::saved_cluster_file(&name).map_err(anyhow::Error::msg)?;
+            let mut ticket = ClusterTicket::decode(&client.ticket().await?)?;
+            if with_token {
+                let token = ctx.token_for(&ctx.ticket()?)?.context("no token is in use to put into the ticket")?;
+                ticket.token = Some(token.to_bytes());
+            }
+            let dir = path.parent().context("the saved cluster file has no directory")?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let tmp = path.with_extension("ticket.tmp");
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                file.write_all(format!("{}\n", ticket.encode()).as_bytes())?;
+                file.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+            done(format!("saved as {name} in {}", path.display()))
         }
         ClusterCommand::Up(_) | ClusterCommand::Init { .. } => bail!("internal: handled elsewhere"),
     }
