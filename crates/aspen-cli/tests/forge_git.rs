@@ -242,3 +242,275 @@ async fn git_round_trips_a_repository_and_refs_follow_the_rules() {
     assert!(events.iter().all(|e| e.pusher.len() == 64));
     client.close().await;
 }
+
+/// A deterministic history of `commits` commits touching `files` files each, written with
+/// `git fast-import` (fast, and the same bytes on every run).
+fn bulk_history(git: &GitEnv, dir: &Path, commits: usize, files: usize) {
+    git.ok(dir, &["init", "-q", "-b", "main"]);
+    let mut stream = Vec::new();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for c in 0..commits {
+        stream.extend_from_slice(b"commit refs/heads/main\n");
+        stream.extend_from_slice(
+            format!("committer Ada <ada@example.org> {} +0000\n", 1_600_000_000 + c * 60).as_bytes(),
+        );
+        let message = format!("commit {c}\n");
+        stream.extend_from_slice(format!("data {}\n{message}", message.len()).as_bytes());
+        for _ in 0..files {
+            let n = next() % (files as u64 * 4);
+            let body: String = (0..40).map(|i| format!("{:x} line {i} of file {n}\n", next())).collect();
+            stream.extend_from_slice(format!("M 100644 inline dir{}/file{n}.txt\n", n % 16).as_bytes());
+            stream.extend_from_slice(format!("data {}\n{body}\n", body.len()).as_bytes());
+        }
+        stream.push(b'\n');
+    }
+    stream.extend_from_slice(b"done\n");
+    let mut child = git.command(dir, &["fast-import", "--quiet", "--done"]).stdin(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&stream).unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "fast-import");
+    git.ok(dir, &["reset", "-q", "--hard", "main"]);
+}
+
+/// Speaks receive-pack directly (as no honest git client would): one command, then `pack`
+/// as the pack. Returns the report's lines.
+async fn raw_push(client: &aspen_client::Client, repo: &str, command: &str, pack: &[u8]) -> Vec<String> {
+    use aspen_forge::pktline::{self, Pkt};
+    use aspen_forge::protocol::{FORGE_ALPN, ForgeRequest, ForgeResponse, GitService};
+    use tokio::io::AsyncWriteExt;
+    let mut s = client.app(FORGE_ALPN).open_stream().await.unwrap();
+    let request =
+        ForgeRequest::Connect { repo: repo.into(), service: GitService::ReceivePack, protocol: String::new() };
+    aspen_net::write_frame(&mut s.send, &request).await.unwrap();
+    let answer: ForgeResponse = aspen_net::read_frame(&mut s.recv).await.unwrap().unwrap();
+    assert_eq!(answer, ForgeResponse::Connected);
+    while let Some(Pkt::Data(_)) = pktline::read_pkt(&mut s.recv).await.unwrap() {}
+    let mut out = pktline::encode(format!("{command}\0report-status\n").as_bytes());
+    out.extend_from_slice(pktline::FLUSH);
+    out.extend_from_slice(pack);
+    AsyncWriteExt::write_all(&mut s.send, &out).await.unwrap();
+    s.send.finish().unwrap();
+    let mut lines = Vec::new();
+    while let Some(Pkt::Data(line)) = pktline::read_pkt(&mut s.recv).await.unwrap() {
+        lines.push(String::from_utf8_lossy(pktline::chomp(&line)).into_owned());
+    }
+    lines
+}
+
+/// A pack of exactly the objects named on stdin (`--revs` when `revs`), from `dir`.
+fn pack_objects(git: &GitEnv, dir: &Path, input: &str, extra: &[&str]) -> Vec<u8> {
+    let mut args = vec!["pack-objects", "--stdout", "-q"];
+    args.extend_from_slice(extra);
+    let mut child = git.command(dir, &args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "pack-objects");
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_packs_are_refused_and_no_ref_moves() {
+    let c = TestCluster::start(1).await;
+    let client = c.client().await;
+    ForgeClient::new(&client).create_repo("packs", "", "main").await.unwrap();
+    let git = GitEnv::new(&c);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_history(&git, &src);
+    let base = git.ok(&src, &["rev-parse", "main~1"]).trim().to_string();
+    git.ok(&src, &["push", "-q", "aspen://default/packs", &format!("{base}:refs/heads/main")]);
+    let tip = git.ok(&src, &["rev-parse", "main"]).trim().to_string();
+    let zero = "0".repeat(40);
+    let update = format!("{base} {tip} refs/heads/main");
+    let good = pack_objects(&git, &src, &format!("{tip}\n^{base}\n"), &["--revs"]);
+
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    let mut bad_trailer = good.clone();
+    *bad_trailer.last_mut().unwrap() ^= 1;
+    let truncated = good[..good.len() - 30].to_vec();
+    // Deltas against an object the server never had.
+    let elsewhere = tempfile::tempdir().unwrap();
+    make_history(&git, elsewhere.path());
+    write(&elsewhere.path().join("src/file1.txt"), "changed on main\nand again\n");
+    git.ok(elsewhere.path(), &["commit", "-qam", "not on the server"]);
+    let foreign_base = git.ok(elsewhere.path(), &["rev-parse", "HEAD~1"]).trim().to_string();
+    let foreign_tip = git.ok(elsewhere.path(), &["rev-parse", "HEAD"]).trim().to_string();
+    let thin =
+        pack_objects(&git, elsewhere.path(), &format!("{foreign_tip}\n^{foreign_base}\n"), &["--revs", "--thin"]);
+    // A commit whose tree and parent the pack lacks.
+    let lone_commit = pack_objects(&git, &src, &format!("{tip}\n"), &[]);
+
+    let cases: [(&str, &[u8], String); 6] = [
+        ("a flipped byte", &flipped, update.clone()),
+        ("a wrong trailer", &bad_trailer, update.clone()),
+        ("a truncated pack", &truncated, update.clone()),
+        ("a thin pack with a foreign base", &thin, format!("{zero} {foreign_tip} refs/heads/foreign")),
+        ("a commit without its tree", &lone_commit, update.clone()),
+        ("no pack at all", b"PACK", update.clone()),
+    ];
+    for (what, pack, command) in cases {
+        let report = raw_push(&client, "packs", &command, pack).await;
+        eprintln!("{what}: {report:?}");
+        assert!(report.first().is_some_and(|l| l.starts_with("unpack ") && l != "unpack ok"), "{what}: {report:?}");
+        assert!(report.iter().skip(1).all(|l| l.starts_with("ng ")), "{what}: {report:?}");
+        let remote = refs(&git.ok(&src, &["ls-remote", "aspen://default/packs"]));
+        assert_eq!(remote, vec![("refs/heads/main".to_string(), base.clone())], "{what} moved a ref");
+    }
+    let report = raw_push(&client, "packs", &format!("{zero} {tip} refs/heads/lone"), &lone_commit).await;
+    assert!(report[0].contains("names tree") || report[0].contains("names parent"), "{report:?}");
+
+    // The good pack is taken, and the repository is whole.
+    let report = raw_push(&client, "packs", &update, &good).await;
+    assert_eq!(report, ["unpack ok", "ok refs/heads/main"]);
+    git.ok(work.path(), &["clone", "-q", "--mirror", "aspen://default/packs", "check.git"]);
+    git.ok(&work.path().join("check.git"), &["fsck", "--strict"]);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_pushes_to_one_branch_have_exactly_one_winner() {
+    let c = TestCluster::start(3).await;
+    let client = c.client().await;
+    ForgeClient::new(&client).create_repo("race", "", "main").await.unwrap();
+    let git = GitEnv::new(&c);
+    let work = tempfile::tempdir().unwrap();
+    let seed = work.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    make_history(&git, &seed);
+    git.ok(&seed, &["push", "-q", "aspen://default/race", "main"]);
+    const PUSHERS: usize = 4;
+    const ROUNDS: usize = 3;
+    let mut clones = Vec::new();
+    for i in 0..PUSHERS {
+        let name = format!("c{i}");
+        git.ok(work.path(), &["clone", "-q", "aspen://default/race", &name]);
+        clones.push(work.path().join(name));
+    }
+    for round in 0..ROUNDS {
+        for (i, dir) in clones.iter().enumerate() {
+            git.ok(dir, &["fetch", "-q", "origin"]);
+            git.ok(dir, &["reset", "-q", "--hard", "origin/main"]);
+            write(&dir.join(format!("round{round}-pusher{i}.txt")), format!("{round} {i}\n"));
+            git.ok(dir, &["add", "-A"]);
+            git.ok(dir, &["commit", "-qm", &format!("round {round} by {i}")]);
+        }
+        let children: Vec<_> = clones
+            .iter()
+            .map(|dir| {
+                git.command(dir, &["push", "origin", "main"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let winners: Vec<usize> = (0..PUSHERS).filter(|&i| outputs[i].status.success()).collect();
+        for out in &outputs {
+            eprintln!(
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .filter(|l| l.contains("main"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {:?}",
+            outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect::<Vec<_>>()
+        );
+        for (i, out) in outputs.iter().enumerate().filter(|(i, _)| *i != winners[0]) {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("cannot lock ref") || err.contains("fetch first") || err.contains("non-fast-forward"),
+                "round {round}, pusher {i}: {err}"
+            );
+        }
+        let winner_head = git.ok(&clones[winners[0]], &["rev-parse", "HEAD"]);
+        let remote = refs(&git.ok(&clones[0], &["ls-remote", "origin", "refs/heads/main"]));
+        assert_eq!(remote[0].1, winner_head.trim(), "round {round}");
+    }
+    let main_events = events(&c).await.into_iter().filter(|e| e.ref_name == "refs/heads/main").count();
+    assert_eq!(main_events, 1 + ROUNDS, "one event per accepted update, none for the losers");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_push_leaves_the_old_ref_or_the_new_never_a_dangling_one() {
+    let mut c = TestCluster::start(3).await;
+    let client = c.client().await;
+    ForgeClient::new(&client).create_repo("crash", "", "main").await.unwrap();
+    client.close().await;
+    let git = GitEnv::new(&c);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    bulk_history(&git, &src, 120, 40);
+    let commits: Vec<String> = git.ok(&src, &["rev-list", "--reverse", "main"]).lines().map(str::to_string).collect();
+    let mut expected: Option<String> = None;
+    for (round, delay_ms) in [50u64, 300, 900].into_iter().enumerate() {
+        let target = commits[(round + 1) * commits.len() / 3 - 1].clone();
+        let push = git
+            .command(&src, &["push", "--force", "aspen://default/crash", &format!("{target}:refs/heads/main")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        c.kill_and_restart_leader().await;
+        let pushed = tokio::task::spawn_blocking(move || push.wait_with_output().unwrap()).await.unwrap();
+        c.wait_for_leader().await;
+        eprintln!("round {round}: push {} ({})", pushed.status, String::from_utf8_lossy(&pushed.stderr).trim());
+
+        // The ref is where it was or where the push put it, and what it names is whole.
+        let remote = aspen_testkit::harness::eventually("ls-remote answers", || async {
+            let out = git.run(&src, &["ls-remote", "aspen://default/crash", "refs/heads/main"]);
+            out.status.success().then(|| refs(&String::from_utf8_lossy(&out.stdout)))
+        })
+        .await;
+        let now = remote.first().map(|(_, id)| id.clone());
+        assert!(
+            now == expected || now.as_deref() == Some(target.as_str()),
+            "round {round}: main is at {now:?}, neither the old {expected:?} nor the pushed {target} (push: {})",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
+        if pushed.status.success() {
+            assert_eq!(now.as_deref(), Some(target.as_str()), "round {round}: git said the push succeeded");
+        }
+        if now.is_some() {
+            let clone = format!("clone{round}");
+            git.ok(work.path(), &["clone", "-q", "--mirror", "aspen://default/crash", &clone]);
+            git.ok(&work.path().join(&clone), &["fsck", "--strict"]);
+        }
+
+        // As a user would: push again until it is in.
+        aspen_testkit::harness::eventually("the push goes through", || async {
+            let out = git
+                .run(&src, &["push", "-q", "--force", "aspen://default/crash", &format!("{target}:refs/heads/main")]);
+            out.status.success().then_some(())
+        })
+        .await;
+        expected = Some(target);
+    }
+    git.ok(work.path(), &["clone", "-q", "--mirror", "aspen://default/crash", "final.git"]);
+    let final_repo = work.path().join("final.git");
+    git.ok(&final_repo, &["fsck", "--strict"]);
+    assert_eq!(git.ok(&final_repo, &["rev-parse", "main"]).trim(), expected.unwrap());
+}

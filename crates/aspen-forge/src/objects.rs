@@ -135,6 +135,21 @@ fn refused(why: impl std::fmt::Display) -> AspenError {
     AspenError::invalid(format!("pack refused: {why}"))
 }
 
+/// A gix error with its causes, one line: `what failed: why: deeper why`.
+fn chain(e: &gix_error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Reads one pack from `input` into `dir` with its index, completing a thin pack from
 /// `existing` (whose objects the client may delta against), then checks every object in it:
 /// it decodes, it parses as its kind, and everything it names is in this pack or in
@@ -163,7 +178,7 @@ pub fn receive_pack(
         gix_hash::Kind::Sha1,
         options,
     )
-    .map_err(refused)?;
+    .map_err(|e| refused(chain(&e)))?;
     let (Some(index), Some(pack)) = (outcome.index_path.clone(), outcome.data_path.clone()) else {
         if outcome.index.num_objects == 0 {
             return Ok(None);
@@ -194,7 +209,7 @@ pub fn receive_pack(
 
 /// Checks that every object of the pack at `index` parses and names only objects present.
 fn check_references(index: &Path, existing: Arc<PackSet>) -> Result<(), AspenError> {
-    let bundle = gix_pack::Bundle::at(index, gix_hash::Kind::Sha1).map_err(refused)?;
+    let bundle = gix_pack::Bundle::at(index, gix_hash::Kind::Sha1).map_err(|e| refused(chain(&e)))?;
     let problem: Arc<Mutex<Option<String>>> = Arc::default();
     let interrupt = AtomicBool::new(false);
     let fresh = &bundle.index;
@@ -263,7 +278,7 @@ fn check_references(index: &Path, existing: Arc<PackSet>) -> Result<(), AspenErr
     if let Some(text) = problem.lock().ok().and_then(|mut p| p.take()) {
         return Err(refused(text));
     }
-    traversed.map(drop).map_err(refused)
+    traversed.map(drop).map_err(|e| refused(chain(&e)))
 }
 
 #[cfg(test)]

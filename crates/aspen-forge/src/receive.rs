@@ -145,7 +145,10 @@ impl ForgeHandler {
             match self.read_pack(&snapshot, recv).await {
                 Ok(received) => received,
                 Err(e) => {
-                    let why = e.to_string();
+                    let why = match e {
+                        AspenError::InvalidRequest { reason } => reason,
+                        other => other.to_string(),
+                    };
                     for c in &mut commands {
                         c.refused = Some("unpacker error".into());
                     }
