@@ -216,6 +216,11 @@ impl LocalCluster {
     }
 
     /// The file holding the cluster ticket once bootstrapped.
+    /// The process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n.child.id()).collect()
+    }
+
     pub fn ticket_path(&self) -> PathBuf {
         self.dir.join(CLUSTER_TICKET_FILE)
     }

@@ -63,7 +63,6 @@ struct Options {
     side_band: bool,
     quiet: bool,
     atomic: bool,
-    shallow: bool,
 }
 
 fn parse_id(text: &[u8]) -> Result<Option<ObjectId>, AspenError> {
@@ -221,12 +220,8 @@ impl ForgeHandler {
         received: Option<&Received>,
         reporter: &mut Reporter<'_>,
     ) -> Result<(), AspenError> {
-        if options.shallow {
-            for c in commands.iter_mut() {
-                c.refused = Some("shallow update not allowed: push from a complete clone".into());
-            }
-            return Ok(());
-        }
+        // A shallow client's `shallow` lines need no handling: the pack passed the check
+        // that everything it names is stored, so no ref can come to reach a missing parent.
         let mut indexes = self.store.index_paths(&snapshot.packs).await?;
         indexes.extend(received.map(|r| r.index.clone()));
         let judged = {
@@ -491,7 +486,6 @@ async fn read_commands(recv: &mut RecvStream) -> Result<Option<(Options, Vec<Com
         }
         if let Some(id) = line.strip_prefix(b"shallow ") {
             parse_id(id)?;
-            options.shallow = true;
             continue;
         }
         first = false;

@@ -54,6 +54,10 @@ pub enum BenchCommand {
     /// Blob throughput: add a file on one node, fetch it from a node that lacks it, in MB/s,
     /// beside `cp` of the same file and `curl` from `python3 -m http.server` in the same run.
     Blob(crate::cmd::bench_blob::BenchBlobArgs),
+    /// The forge with the real git client: full push, full and --depth 1 clones, one
+    /// commit pushed and fetched, beside `git daemon` serving the same repository on
+    /// loopback in the same run, with the ratio of each.
+    Forge(crate::cmd::bench_forge::BenchForgeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,21 +124,28 @@ pub async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<()> {
             if !args.start_cluster {
                 return run_against(ctx, &args, ctx.ticket()?).await;
             }
-            with_bench_cluster(|ticket| run_against(ctx, &args, ticket)).await
+            with_bench_cluster(|ticket, _| run_against(ctx, &args, ticket)).await
         }
         BenchCommand::Blob(args) => {
             if !args.start_cluster {
                 return crate::cmd::bench_blob::run(ctx, &args, ctx.ticket()?).await;
             }
-            with_bench_cluster(|ticket| crate::cmd::bench_blob::run(ctx, &args, ticket)).await
+            with_bench_cluster(|ticket, _| crate::cmd::bench_blob::run(ctx, &args, ticket)).await
+        }
+        BenchCommand::Forge(args) => {
+            if !args.start_cluster {
+                return crate::cmd::bench_forge::run(ctx, &args, ctx.ticket()?, Vec::new()).await;
+            }
+            with_bench_cluster(|ticket, pids| crate::cmd::bench_forge::run(ctx, &args, ticket, pids)).await
         }
     }
 }
 
-/// Runs `bench` against a throwaway 3-node cluster in a temporary directory.
+/// Runs `bench` against a throwaway 3-node cluster in a temporary directory, with the
+/// cluster's ticket and its nodes' process ids.
 pub async fn with_bench_cluster<F, Fut>(bench: F) -> anyhow::Result<()>
 where
-    F: FnOnce(ClusterTicket) -> Fut,
+    F: FnOnce(ClusterTicket, Vec<u32>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let dir =
@@ -149,7 +160,7 @@ where
         Ok(ticket) => {
             let ticket = ClusterTicket::decode(&ticket)?;
             tokio::select! {
-                r = bench(ticket) => r,
+                r = bench(ticket, cluster.pids()) => r,
                 _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
             }
         }
