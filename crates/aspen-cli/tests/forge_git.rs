@@ -514,3 +514,137 @@ async fn a_leader_killed_mid_push_leaves_the_old_ref_or_the_new_never_a_dangling
     git.ok(&final_repo, &["fsck", "--strict"]);
     assert_eq!(git.ok(&final_repo, &["rev-parse", "main"]).trim(), expected.unwrap());
 }
+
+/// How many objects the repository's pack records hold.
+async fn stored_objects(c: &TestCluster, repo: &str) -> (usize, u64) {
+    let client = c.client().await;
+    let (kvs, _) =
+        client.scan_all(records::packs_prefix(repo), ReadConsistency::Linearizable).await.expect("scan packs");
+    client.close().await;
+    let objects = kvs.iter().map(|kv| postcard::from_bytes::<records::PackRecord>(&kv.value).unwrap().objects as u64);
+    (kvs.len(), objects.sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_share_objects_and_collection_keeps_what_any_fork_reaches() {
+    let c = TestCluster::start(3).await;
+    let client = c.client().await;
+    let forge = ForgeClient::new(&client);
+    forge.create_repo("gc/base", "", "main").await.unwrap();
+    let git = GitEnv::new(&c);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_history(&git, &src);
+    git.ok(&src, &["remote", "add", "origin", "aspen://default/gc/base"]);
+    git.ok(&src, &["remote", "add", "fork", "aspen://default/gc/fork"]);
+    git.ok(&src, &["push", "-q", "origin", "main", "topic"]);
+
+    // A branch only the fork will reach once the base drops it.
+    git.ok(&src, &["checkout", "-qb", "shared", "main"]);
+    write(&src.join("shared.txt"), "kept alive by the fork\n");
+    git.ok(&src, &["add", "-A"]);
+    git.ok(&src, &["commit", "-qm", "shared"]);
+    git.ok(&src, &["push", "-q", "origin", "shared"]);
+    let shared = git.ok(&src, &["rev-parse", "shared"]).trim().to_string();
+
+    // The fork: same refs, no pack of its own, clones whole.
+    let (base_packs, _) = stored_objects(&c, "gc/base").await;
+    let info = forge.fork_repo("gc/base", "gc/fork").await.unwrap();
+    assert_eq!(info.parent.as_deref(), Some("gc/base"));
+    assert_eq!(stored_objects(&c, "gc/fork").await, (0, 0), "a fork copies no objects");
+    assert_eq!(refs(&git.ok(&src, &["ls-remote", "fork"])), refs(&git.ok(&src, &["ls-remote", "origin"])));
+    git.ok(work.path(), &["clone", "-q", "aspen://default/gc/fork", "fork-clone"]);
+    git.ok(&work.path().join("fork-clone"), &["fsck", "--strict"]);
+    // A push to the fork stores only what is new.
+    git.ok(&src, &["checkout", "-qb", "on-fork", "shared"]);
+    write(&src.join("fork.txt"), "fork work\n");
+    git.ok(&src, &["add", "-A"]);
+    git.ok(&src, &["commit", "-qm", "fork work"]);
+    git.ok(&src, &["push", "-q", "fork", "on-fork"]);
+    let (fork_packs, fork_objects) = stored_objects(&c, "gc/fork").await;
+    assert_eq!(fork_packs, 1);
+    assert!(fork_objects <= 4, "one commit, its tree and blob (and a tree above): {fork_objects}");
+
+    // Garbage in the base: a branch pushed and deleted (no one reaches it), and the base
+    // dropping `shared` (the fork still reaches it).
+    git.ok(&src, &["checkout", "-qb", "junk", "main"]);
+    write(&src.join("junk.bin"), (0..50_000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>());
+    git.ok(&src, &["add", "-A"]);
+    git.ok(&src, &["commit", "-qm", "junk"]);
+    let junk = git.ok(&src, &["rev-parse", "junk"]).trim().to_string();
+    git.ok(&src, &["push", "-q", "origin", "junk"]);
+    git.ok(&src, &["push", "-q", "origin", ":junk", ":shared"]);
+    let (packs_before, objects_before) = stored_objects(&c, "gc/base").await;
+    assert_eq!(packs_before, base_packs + 1);
+
+    // The deleting client sees the base refuse deletion while the fork exists.
+    let err = forge.delete_repo("gc/base").await.unwrap_err().to_string();
+    assert!(err.contains("has forks") && err.contains("gc/fork"), "{err}");
+
+    // Within the grace period nothing is collected; with none, the junk goes.
+    let report = forge.collect_garbage("gc/base", None).await.unwrap();
+    assert_eq!(report.packs_collected, 0, "{report:?}");
+    let report = forge.collect_garbage("gc/base", Some(0)).await.unwrap();
+    assert_eq!(report.packs_collected as usize, packs_before, "{report:?}");
+    assert_eq!(report.packs_after, 1, "{report:?}");
+    let (_, objects_after) = stored_objects(&c, "gc/base").await;
+    assert_eq!(objects_after, report.objects_kept);
+    assert_eq!(objects_before - objects_after, 3, "the junk commit, its tree and its blob: {report:?}");
+
+    // Everything still reachable is still there: both repositories clone whole, the fork
+    // still has `shared`, and the junk commit is gone from every pack.
+    git.ok(work.path(), &["clone", "-q", "--mirror", "aspen://default/gc/base", "base-after.git"]);
+    git.ok(&work.path().join("base-after.git"), &["fsck", "--strict"]);
+    git.ok(work.path(), &["clone", "-q", "--mirror", "aspen://default/gc/fork", "fork-after.git"]);
+    let fork_after = work.path().join("fork-after.git");
+    git.ok(&fork_after, &["fsck", "--strict"]);
+    assert_eq!(git.ok(&fork_after, &["rev-parse", "refs/heads/shared"]).trim(), shared);
+    let out = git.run(&fork_after, &["cat-file", "-e", &junk]);
+    assert!(!out.status.success(), "the junk commit was collected");
+    // A second collection has nothing to gain.
+    let again = forge.collect_garbage("gc/base", Some(0)).await.unwrap();
+    assert_eq!((again.packs_collected, again.packs_after), (0, 1), "{again:?}");
+
+    // Events: every ref update of the family, in revision order, resumable from a revision,
+    // and followed live.
+    let (all, next) = forge.events("gc/", 0, 0).await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].revision <= w[1].revision));
+    assert_eq!(all.iter().filter(|e| e.event.repo == "gc/fork").count(), 1, "{all:#?}");
+    assert_eq!(
+        all.iter().filter(|e| e.event.repo == "gc/base").count(),
+        6,
+        "main, topic, shared, junk and two deletes: {all:#?}"
+    );
+    let (none, _) = forge.events("gc/", next, 0).await.unwrap();
+    assert!(none.is_empty());
+    let base: Vec<u64> = all.iter().filter(|e| e.event.repo == "gc/base").map(|e| e.revision).collect();
+    let (tail, _) = forge.events("gc/base", base[3], 0).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.revision).collect::<Vec<_>>(), base[3..]);
+    let follower = {
+        let forge = forge.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let followed = forge
+                .follow_events("gc/fork", next, |events, _| {
+                    seen.extend(events);
+                    seen.len() < 2
+                })
+                .await;
+            (followed, seen)
+        })
+    };
+    git.ok(&src, &["push", "-q", "fork", "main:refs/heads/live-1"]);
+    git.ok(&src, &["push", "-q", "fork", "main:refs/heads/live-2"]);
+    let (followed, seen) = tokio::time::timeout(std::time::Duration::from_secs(60), follower).await.unwrap().unwrap();
+    followed.unwrap();
+    let names: Vec<&str> = seen.iter().map(|e| e.event.ref_name.as_str()).collect();
+    assert_eq!(names, ["refs/heads/live-1", "refs/heads/live-2"]);
+
+    // Deleting the fork frees the base; deleting the base drops its packs.
+    forge.delete_repo("gc/fork").await.unwrap();
+    forge.delete_repo("gc/base").await.unwrap();
+    assert_eq!(stored_objects(&c, "gc/base").await, (0, 0));
+    assert_eq!(stored_objects(&c, "gc/fork").await, (0, 0));
+    client.close().await;
+}

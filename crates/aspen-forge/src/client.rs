@@ -2,7 +2,7 @@
 
 use aspen_client::{AppChannel, Client, ClientError};
 
-use crate::protocol::{FORGE_ALPN, ForgeRequest, ForgeResponse, RepoInfo, RepoSummary};
+use crate::protocol::{EventEntry, FORGE_ALPN, ForgeRequest, ForgeResponse, GcReport, RepoInfo, RepoSummary};
 
 /// The forge, as a client sees it. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -80,5 +80,65 @@ impl ForgeClient {
     /// Protects `branch` (or lifts its protection).
     pub async fn protect(&self, repo: &str, branch: &str, protected: bool) -> Result<RepoInfo, ClientError> {
         self.repo(ForgeRequest::Protect { repo: repo.into(), branch: branch.into(), protected }).await
+    }
+
+    /// Creates `name` as a fork of `source`, sharing its objects.
+    pub async fn fork_repo(&self, source: &str, name: &str) -> Result<RepoInfo, ClientError> {
+        self.repo(ForgeRequest::ForkRepo { source: source.into(), name: name.into() }).await
+    }
+
+    /// Collects `repo`'s garbage now; `grace_ms` overrides the node's grace period.
+    pub async fn collect_garbage(&self, repo: &str, grace_ms: Option<u64>) -> Result<GcReport, ClientError> {
+        match self.call(ForgeRequest::CollectGarbage { repo: repo.into(), grace_ms }).await? {
+            ForgeResponse::Collected(report) => Ok(report),
+            other => Err(unexpected("repo_gc", &other)),
+        }
+    }
+
+    /// One page of push events of repositories under `prefix`, from revision `from` on, and
+    /// the revision to continue from.
+    pub async fn events(&self, prefix: &str, from: u64, limit: u32) -> Result<(Vec<EventEntry>, u64), ClientError> {
+        let request = ForgeRequest::Events { prefix: prefix.into(), from_revision: from, limit, follow: false };
+        match self.call(request).await? {
+            ForgeResponse::Events { events, next_revision } => Ok((events, next_revision)),
+            other => Err(unexpected("events", &other)),
+        }
+    }
+
+    /// Follows push events of repositories under `prefix` from revision `from`: `on_batch`
+    /// gets each batch in order, with the revision to continue from, until it returns
+    /// false or the stream ends (then an error says why; follow again from the last
+    /// revision it was given).
+    pub async fn follow_events(
+        &self,
+        prefix: &str,
+        from: u64,
+        mut on_batch: impl FnMut(Vec<EventEntry>, u64) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut stream = self.channel.open_stream().await?;
+        let request = ForgeRequest::Events { prefix: prefix.into(), from_revision: from, limit: 0, follow: true };
+        let node = stream.node.clone();
+        let lost = |e: aspen_net::FrameError| ClientError::Connection {
+            node: node.clone(),
+            reason: format!("event stream: {e}"),
+        };
+        aspen_net::write_frame(&mut stream.send, &request).await.map_err(lost)?;
+        loop {
+            match aspen_net::read_frame::<ForgeResponse>(&mut stream.recv).await.map_err(lost)? {
+                Some(ForgeResponse::Events { events, next_revision }) => {
+                    if !on_batch(events, next_revision) {
+                        return Ok(());
+                    }
+                }
+                Some(ForgeResponse::Error(e)) => return Err(ClientError::Aspen(e)),
+                Some(other) => return Err(unexpected("events", &other)),
+                None => {
+                    return Err(ClientError::Connection {
+                        node: stream.node.clone(),
+                        reason: "the node ended the event stream".into(),
+                    });
+                }
+            }
+        }
     }
 }

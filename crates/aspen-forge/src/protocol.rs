@@ -33,6 +33,18 @@ pub enum ForgeRequest {
     /// (push) needs `push`. `protocol` is the client's `GIT_PROTOCOL` (`version=2`), or
     /// empty.
     Connect { repo: String, service: GitService, protocol: String },
+    /// Creates `name` as a fork of `source`: the same refs, and `source`'s packs shared, not
+    /// copied. Needs `read` over `source` and `admin` over `name`. Answered with `Repo`.
+    ForkRepo { source: String, name: String },
+    /// Collects `repo`'s garbage: its packs older than `grace_ms` are repacked into one
+    /// holding only what the refs of the repository and of its forks reach. `None` takes
+    /// the node's configured grace. Needs `admin`. Answered with `Collected`.
+    CollectGarbage { repo: String, grace_ms: Option<u64> },
+    /// Push events of repositories whose names start with `prefix`, from KV revision
+    /// `from_revision` on (0: from the oldest kept). With `follow`, the stream stays open
+    /// and carries one `Events` answer per batch as pushes happen, until the client goes;
+    /// otherwise one page of at most `limit`. Needs `read` over `prefix`.
+    Events { prefix: String, from_revision: u64, limit: u32, follow: bool },
 }
 
 /// A git service a [`ForgeRequest::Connect`] asks for.
@@ -73,12 +85,22 @@ impl ForgeRequest {
             ForgeRequest::DeleteRepo { .. } => "repo_delete",
             ForgeRequest::Protect { .. } => "repo_protect",
             ForgeRequest::Connect { .. } => "git_connect",
+            ForgeRequest::ForkRepo { .. } => "repo_fork",
+            ForgeRequest::CollectGarbage { .. } => "repo_gc",
+            ForgeRequest::Events { .. } => "events",
         }
     }
 
     /// True when sending it twice has the same effect as once.
     pub fn is_repeatable(&self) -> bool {
-        matches!(self, ForgeRequest::ListRepos { .. } | ForgeRequest::ShowRepo { .. } | ForgeRequest::Protect { .. })
+        matches!(
+            self,
+            ForgeRequest::ListRepos { .. }
+                | ForgeRequest::ShowRepo { .. }
+                | ForgeRequest::Protect { .. }
+                | ForgeRequest::CollectGarbage { .. }
+                | ForgeRequest::Events { follow: false, .. }
+        )
     }
 }
 
@@ -94,6 +116,37 @@ pub enum ForgeResponse {
     Error(AspenError),
     /// The stream now carries the git service asked for.
     Connected,
+    /// What a garbage collection did.
+    Collected(GcReport),
+    /// Push events in the order they were written, each with the KV revision that wrote
+    /// it; `next_revision` is where to continue from.
+    Events {
+        events: Vec<EventEntry>,
+        next_revision: u64,
+    },
+}
+
+/// What one garbage collection of a repository did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Packs of the repository before, and how many were old enough to collect.
+    pub packs_before: u32,
+    pub packs_collected: u32,
+    /// Objects in the collected packs, and how many of them were still reachable and kept.
+    pub objects_collected: u64,
+    pub objects_kept: u64,
+    /// Bytes of the collected packs, and of the pack that replaced them.
+    pub bytes_collected: u64,
+    pub bytes_written: u64,
+    /// Packs of the repository after.
+    pub packs_after: u32,
+}
+
+/// One push event and the revision that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEntry {
+    pub revision: u64,
+    pub event: crate::records::PushEvent,
 }
 
 impl aspen_client::Answer for ForgeResponse {

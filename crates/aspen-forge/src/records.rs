@@ -9,6 +9,9 @@
 //!   of the pack);
 //! - `activity/<repo>`: rewritten by every transaction that moves a ref of the repository or
 //!   adds a pack to it, so garbage collection can tell that nothing moved while it looked;
+//! - `fork/<parent>:<fork>`: present while repository `fork` is a fork of `parent` (it
+//!   shares the parent's packs, so the parent may not be deleted, and the parent's garbage
+//!   collection keeps what the fork's refs reach);
 //! - `event/<16 hex digits of ms>-<16 hex digits>`: a [`PushEvent`], written in the same
 //!   transaction as the ref update it records; watchers read them from a revision.
 
@@ -27,6 +30,8 @@ pub const EVENT_PREFIX: &str = "_aspen/forge/event/";
 pub const PACK_PREFIX: &str = "_aspen/forge/pack/";
 /// Prefix of repository activity markers.
 pub const ACTIVITY_PREFIX: &str = "_aspen/forge/activity/";
+/// Prefix of the fork index.
+pub const FORK_PREFIX: &str = "_aspen/forge/fork/";
 /// Prefix of the blob pins the forge holds.
 pub const PIN_SCOPE: &str = "forge/";
 
@@ -100,6 +105,21 @@ pub fn activity_key(repo: &str) -> Vec<u8> {
 /// The blob pin names that keep pack `pack_name` of `repo`: the pack, then its index.
 pub fn pack_pins(repo: &str, pack_name: &str) -> (String, String) {
     (format!("{PIN_SCOPE}{repo}/{pack_name}.pack"), format!("{PIN_SCOPE}{repo}/{pack_name}.idx"))
+}
+
+/// The key saying that `fork` is a fork of `parent`.
+pub fn fork_key(parent: &str, fork: &str) -> Vec<u8> {
+    format!("{FORK_PREFIX}{parent}:{fork}").into_bytes()
+}
+
+/// The prefix of the keys naming `parent`'s forks.
+pub fn forks_prefix(parent: &str) -> Vec<u8> {
+    format!("{FORK_PREFIX}{parent}:").into_bytes()
+}
+
+/// The fork a fork key of `parent` names.
+pub fn fork_name<'k>(parent: &str, key: &'k [u8]) -> Option<&'k str> {
+    std::str::from_utf8(key.strip_prefix(forks_prefix(parent).as_slice())?).ok()
 }
 
 /// The key of repository `name`.

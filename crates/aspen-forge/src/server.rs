@@ -14,6 +14,7 @@ use aspen_kv::{Kv, KvError, KvExt};
 use iroh::endpoint::{RecvStream, SendStream};
 use tracing::Instrument;
 
+use crate::ForgeSettings;
 use crate::names::{validate_ref_name, validate_repo_name};
 use crate::protocol::{ForgeRequest, ForgeResponse, GitService, MAX_LIST, RefEntry, RepoInfo, RepoSummary};
 use crate::records::{self, ObjectId, PackRecord, RepoRecord};
@@ -26,17 +27,43 @@ const RECORD_ATTEMPTS: usize = 8;
 /// Deepest chain of forks a repository may sit at the end of.
 pub const MAX_FORK_DEPTH: usize = 16;
 
+/// Most refs a fork copies: they go in one transaction with its record.
+pub const MAX_FORK_REFS: usize = 120;
+
 /// The forge, started on one node.
 pub struct ForgeHandler {
-    ctx: NodeContext,
+    pub(crate) ctx: NodeContext,
     pub(crate) store: PackStore,
+    pub(crate) settings: ForgeSettings,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl ForgeHandler {
-    pub fn new(ctx: NodeContext) -> Result<Self, AspenError> {
+    pub fn new(ctx: NodeContext, settings: ForgeSettings) -> Result<Self, AspenError> {
         let root = ctx.app_dir(rights::APP).map_err(|e| AspenError::internal(format!("forge directory: {e}")))?;
         let store = PackStore::open(root, ctx.services.clone())?;
-        Ok(ForgeHandler { ctx, store })
+        Ok(ForgeHandler { ctx, store, settings, stop: tokio_util::sync::CancellationToken::new() })
+    }
+
+    /// Starts the background rounds: the leader collects every repository's garbage, and
+    /// every node prunes its copies of packs no repository holds any more.
+    pub fn start_background(self: &Arc<Self>) {
+        if self.settings.gc_interval.is_zero() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        let interval = self.settings.gc_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+                let Some(me) = me.upgrade() else { return };
+                me.gc_round().await;
+            }
+        });
     }
 }
 
@@ -62,11 +89,23 @@ pub(crate) fn kv_error(e: KvError) -> AspenError {
 }
 
 impl AppHandler for ForgeHandler {
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        self.stop.cancel();
+        Box::pin(async {})
+    }
+
     fn serve(self: Arc<Self>, caller: Caller, mut send: SendStream, mut recv: RecvStream) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let request = match aspen_net::read_frame::<ForgeRequest>(&mut recv).await {
                 Ok(Some(ForgeRequest::Connect { repo, service, protocol })) => {
                     self.connect(caller, repo, service, protocol, send, recv).await;
+                    return;
+                }
+                Ok(Some(ForgeRequest::Events { prefix, from_revision, limit, follow: true })) => {
+                    if let Err(e) = self.follow_events(&caller, &prefix, from_revision, limit, &mut send).await {
+                        let _ = aspen_net::write_frame(&mut send, &ForgeResponse::Error(e)).await;
+                    }
+                    let _ = send.finish();
                     return;
                 }
                 Ok(Some(r)) => r,
@@ -137,6 +176,56 @@ impl ForgeHandler {
         };
         if let Err(e) = served {
             tracing::debug!(parent: &span, error = %e, "git service ended with an error");
+        }
+    }
+
+    /// Serves a followed event stream: every page from `from_revision` up to now, then each
+    /// event as the KV watch delivers it, until the client goes away. The scan and the watch
+    /// meet at one revision, so nothing falls between them.
+    async fn follow_events(
+        &self,
+        caller: &Caller,
+        prefix: &str,
+        from_revision: u64,
+        limit: u32,
+        send: &mut SendStream,
+    ) -> Result<(), AspenError> {
+        let caps = caller.capabilities()?;
+        rights::require(&caps, READ, prefix)?;
+        let mut from = from_revision;
+        let closed = |e: aspen_net::FrameError| AspenError::Unavailable { reason: format!("event stream: {e}") };
+        loop {
+            let (events, next, read_at) = self.events_page(prefix, from, limit).await?;
+            from = next;
+            let done = next > read_at;
+            aspen_net::write_frame(send, &ForgeResponse::Events { events, next_revision: next })
+                .await
+                .map_err(closed)?;
+            if done {
+                break;
+            }
+        }
+        let mut watch = self.kv().watch(records::EVENT_PREFIX.as_bytes(), from);
+        loop {
+            let item = tokio::select! {
+                item = watch.next() => item,
+                _ = send.stopped() => return Ok(()),
+            };
+            let Some(item) = item else {
+                return Err(AspenError::Unavailable { reason: "the event watch ended; follow again".into() });
+            };
+            let change = item.map_err(kv_error)?;
+            if change.kind != aspen_kv::EventKind::Put {
+                continue;
+            }
+            let revision = change.revision();
+            let event: records::PushEvent = records::decode(&change.kv.value, "a push event")?;
+            if !event.repo.starts_with(prefix) {
+                continue;
+            }
+            let entry = crate::protocol::EventEntry { revision, event };
+            let answer = ForgeResponse::Events { events: vec![entry], next_revision: revision + 1 };
+            aspen_net::write_frame(send, &answer).await.map_err(closed)?;
         }
     }
 
@@ -218,6 +307,25 @@ impl ForgeHandler {
                 self.protect(&repo, &branch, protected).await?;
                 self.show(&repo).await.map(ForgeResponse::Repo)
             }
+            ForgeRequest::ForkRepo { source, name } => {
+                validate_repo_name(&source)?;
+                validate_repo_name(&name)?;
+                rights::require(caps, READ, &source)?;
+                rights::require(caps, ADMIN, &name)?;
+                self.fork(&source, &name).await?;
+                self.show(&name).await.map(ForgeResponse::Repo)
+            }
+            ForgeRequest::CollectGarbage { repo, grace_ms } => {
+                validate_repo_name(&repo)?;
+                rights::require(caps, ADMIN, &repo)?;
+                let grace = grace_ms.map(std::time::Duration::from_millis).unwrap_or(self.settings.gc_grace);
+                self.collect(&repo, grace).await.map(ForgeResponse::Collected)
+            }
+            ForgeRequest::Events { prefix, from_revision, limit, follow: _ } => {
+                rights::require(caps, READ, &prefix)?;
+                let (events, next_revision, _) = self.events_page(&prefix, from_revision, limit).await?;
+                Ok(ForgeResponse::Events { events, next_revision })
+            }
             ForgeRequest::Connect { .. } => {
                 Err(AspenError::UnknownRequest { detail: "git_connect is answered before requests are handled".into() })
             }
@@ -235,9 +343,13 @@ impl ForgeHandler {
         let key = records::repo_key(name);
         let txn = Txn {
             compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::Version(0) }],
-            success: vec![TxnOp::Put { key, value: records::encode(&record)?, lease: None }],
+            success: vec![TxnOp::Put { key: key.clone(), value: records::encode(&record)?, lease: None }],
             failure: Vec::new(),
         };
+        if self.kv().get(&key, ReadConsistency::Linearizable).await.map_err(kv_error)?.is_some() {
+            return Err(AspenError::invalid(format!("repository {name:?} already exists")));
+        }
+        self.remove_leftovers(name).await?;
         let done = self.kv().txn(txn).await.map_err(kv_error)?;
         if !done.succeeded {
             return Err(AspenError::invalid(format!("repository {name:?} already exists")));
@@ -301,14 +413,164 @@ impl ForgeHandler {
         Ok((repos, page.more))
     }
 
+    /// Deletes repository `name`: its record (refused while forks share its packs), then its
+    /// refs, pack records and pins, whose blobs the blob store's collection then removes.
     async fn delete(&self, name: &str) -> Result<(), AspenError> {
-        let deleted = self.kv().delete(records::repo_key(name)).await.map_err(kv_error)?;
-        if deleted.deleted == 0 {
-            return Err(AspenError::invalid(format!("repository {name:?} does not exist")));
+        let (record, revision) = self.record(name).await?;
+        let forks = self.forks(name).await?;
+        if !forks.is_empty() {
+            return Err(AspenError::invalid(format!(
+                "repository {name:?} has forks that share its objects ({}); delete them first",
+                forks.join(", ")
+            )));
         }
-        // The repository is gone once its record is; its refs follow.
+        let key = records::repo_key(name);
+        let mut success = vec![TxnOp::Delete { key: key.clone() }];
+        if let Some(parent) = &record.parent {
+            success.push(TxnOp::Delete { key: records::fork_key(parent, name) });
+        }
+        // A fork being made of it re-puts its record, so this compare fails then.
+        let txn = Txn {
+            compare: vec![Compare { key, op: CompareOp::Equal, target: CompareTarget::ModRevision(revision) }],
+            success,
+            failure: Vec::new(),
+        };
+        if !self.kv().txn(txn).await.map_err(kv_error)?.succeeded {
+            return Err(AspenError::Unavailable {
+                reason: format!("repository {name:?} changed while deleting it; try again"),
+            });
+        }
+        self.remove_leftovers(name).await
+    }
+
+    /// Removes the refs, packs (with their pins) and activity marker left under `name` by a
+    /// deleted repository. Run after a delete, and before a create in case a delete was cut
+    /// short.
+    async fn remove_leftovers(&self, name: &str) -> Result<(), AspenError> {
         self.kv().delete_prefix(records::refs_prefix(name)).await.map_err(kv_error)?;
+        let packs = self.packs(name).await?;
+        for chunk in packs.chunks(20) {
+            let mut success = Vec::with_capacity(chunk.len() * 5);
+            for (pack, record) in chunk {
+                success.push(TxnOp::Delete { key: records::pack_key(name, pack) });
+                let (pack_pin, index_pin) = records::pack_pins(name, pack);
+                success.extend(aspen_blob::records::unpin_ops(&pack_pin, &record.pack));
+                success.extend(aspen_blob::records::unpin_ops(&index_pin, &record.index));
+            }
+            self.kv().txn(Txn { compare: Vec::new(), success, failure: Vec::new() }).await.map_err(kv_error)?;
+        }
+        self.kv().delete(records::activity_key(name)).await.map_err(kv_error)?;
         Ok(())
+    }
+
+    /// The names of `parent`'s forks.
+    pub(crate) async fn forks(&self, parent: &str) -> Result<Vec<String>, AspenError> {
+        let (kvs, _) =
+            self.kv().scan_all(records::forks_prefix(parent), ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        Ok(kvs.iter().filter_map(|kv| records::fork_name(parent, &kv.key).map(str::to_string)).collect())
+    }
+
+    /// Makes `name` a fork of `source`: a record naming its parent and a copy of its refs, in
+    /// one transaction that also re-puts the parent's record, so a collection or delete of
+    /// the parent that read it before fails its compare.
+    async fn fork(&self, source: &str, name: &str) -> Result<(), AspenError> {
+        let (parent, parent_revision) = self.record(source).await?;
+        let mut depth = 1;
+        let mut up = parent.parent.clone();
+        while let Some(ancestor) = up {
+            depth += 1;
+            if depth > MAX_FORK_DEPTH {
+                return Err(AspenError::invalid(format!(
+                    "{source:?} is already {MAX_FORK_DEPTH} forks deep; fork its ancestor instead"
+                )));
+            }
+            up = self.record(&ancestor).await?.0.parent;
+        }
+        let refs = self.refs(source).await?;
+        if refs.len() > MAX_FORK_REFS {
+            return Err(AspenError::invalid(format!(
+                "{source:?} has {} refs, over the {MAX_FORK_REFS} a fork copies in its one transaction",
+                refs.len()
+            )));
+        }
+        self.remove_leftovers(name).await?;
+        let record = RepoRecord {
+            created_ms: aspen_net::now_ms(),
+            description: parent.description.clone(),
+            default_branch: parent.default_branch.clone(),
+            protected: parent.protected.clone(),
+            parent: Some(source.to_string()),
+        };
+        let key = records::repo_key(name);
+        let parent_key = records::repo_key(source);
+        let mut success = vec![
+            TxnOp::Put { key: key.clone(), value: records::encode(&record)?, lease: None },
+            TxnOp::Put { key: parent_key.clone(), value: records::encode(&parent)?, lease: None },
+            TxnOp::Put { key: records::fork_key(source, name), value: Vec::new(), lease: None },
+        ];
+        for (ref_name, id) in &refs {
+            success.push(TxnOp::Put { key: records::ref_key(name, ref_name), value: id.to_vec(), lease: None });
+        }
+        let txn = Txn {
+            compare: vec![
+                Compare { key, op: CompareOp::Equal, target: CompareTarget::Version(0) },
+                Compare { key: parent_key, op: CompareOp::Equal, target: CompareTarget::ModRevision(parent_revision) },
+            ],
+            success,
+            failure: Vec::new(),
+        };
+        if !self.kv().txn(txn).await.map_err(kv_error)?.succeeded {
+            if self.record(name).await.is_ok() {
+                return Err(AspenError::invalid(format!("repository {name:?} already exists")));
+            }
+            return Err(AspenError::Unavailable {
+                reason: format!("repository {source:?} changed while forking it; try again"),
+            });
+        }
+        Ok(())
+    }
+
+    /// One page of push events of repositories under `prefix`, written at `from_revision` or
+    /// later, in revision order; with the revision to continue from and the revision the
+    /// page was read at.
+    pub(crate) async fn events_page(
+        &self,
+        prefix: &str,
+        from_revision: u64,
+        limit: u32,
+    ) -> Result<(Vec<crate::protocol::EventEntry>, u64, u64), AspenError> {
+        let limit = match limit {
+            0 => 1_000,
+            l if l > MAX_LIST => return Err(AspenError::invalid(format!("limit {l} is over MAX_LIST = {MAX_LIST}"))),
+            l => l as usize,
+        };
+        let (kvs, read_at) = self
+            .kv()
+            .scan_all(records::EVENT_PREFIX.as_bytes(), ReadConsistency::Linearizable)
+            .await
+            .map_err(kv_error)?;
+        let mut found = Vec::new();
+        for kv in kvs {
+            if kv.mod_revision < from_revision {
+                continue;
+            }
+            let event: records::PushEvent = records::decode(&kv.value, "a push event")?;
+            if event.repo.starts_with(prefix) {
+                found.push(crate::protocol::EventEntry { revision: kv.mod_revision, event });
+            }
+        }
+        found.sort_by_key(|e| e.revision);
+        // One transaction writes several events at one revision: a page never splits them.
+        let mut next = read_at + 1;
+        if found.len() > limit {
+            let cut_revision = found[limit].revision;
+            found.retain(|e| e.revision < cut_revision);
+            if found.is_empty() {
+                return Err(AspenError::invalid(format!("limit {limit} is smaller than one push's events")));
+            }
+            next = cut_revision;
+        }
+        Ok((found, next, read_at))
     }
 
     async fn protect(&self, repo: &str, branch: &str, protected: bool) -> Result<(), AspenError> {

@@ -5,17 +5,17 @@
 //! Layout under `<data dir>/forge/`:
 //!
 //! - `packs/pack-<name>.pack` and `.idx`: one copy of each pack this node has used;
-//! - `repos/<hash of the repository name>/objects/pack/`: hard links to the packs of one
-//!   repository and its ancestors (a fork links its parent's packs: no copy), which is the
-//!   object directory `git upload-pack` serves fetches from;
 //! - `incoming/`: packs being received, moved into `packs/` once verified;
-//! - `sessions/`: one small git directory per fetch being served (refs from the KV, objects
-//!   from the repository's object directory).
+//! - `sessions/`: one small git directory per fetch being served or collection being run:
+//!   refs from the KV, and hard links to the packs of the repository and its ancestors (a
+//!   fork links its parent's packs: no copy).
 //!
 //! Files are written under a temporary name and renamed, so a reader never sees half a pack.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use aspen_app::Services;
 use aspen_blob::LocalBlobs;
@@ -50,7 +50,7 @@ impl PackStore {
                 std::fs::remove_dir_all(&path).map_err(|e| io_error(format!("cannot clear {}", path.display()), e))?;
             }
         }
-        for dir in ["packs", "repos", "incoming", "sessions"] {
+        for dir in ["packs", "incoming", "sessions"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(|e| io_error(format!("cannot create {}", path.display()), e))?;
         }
@@ -125,28 +125,52 @@ impl PackStore {
         written
     }
 
-    /// The object directory of `repo` holding exactly `packs` (its own and its ancestors'),
-    /// each fetched if missing and linked in. Links to packs no longer listed are left for
-    /// [`PackStore::prune_repo`]: a fetch may still be reading them.
-    pub async fn objects_dir(&self, repo: &str, packs: &[(String, PackRecord)]) -> Result<PathBuf, AspenError> {
-        let objects = self.root.join("repos").join(repo_dir_name(repo)).join("objects");
-        let pack_dir = objects.join("pack");
-        tokio::fs::create_dir_all(&pack_dir).await.map_err(|e| io_error("cannot create an object directory", e))?;
+    /// Links `packs` (each fetched if missing) into `pack_dir`, an object directory's
+    /// `pack/` of one fetch or one collection. A hard link keeps the pack readable for as
+    /// long as that directory lives, even once garbage collection has dropped the pack and
+    /// [`PackStore::prune`] has removed this node's copy.
+    pub async fn link_packs(&self, pack_dir: &Path, packs: &[(String, PackRecord)]) -> Result<(), AspenError> {
+        tokio::fs::create_dir_all(pack_dir).await.map_err(|e| io_error("cannot create an object directory", e))?;
         for (name, record) in packs {
             let (pack, index) = self.ensure_local(name, record).await?;
             for (from, file) in [(pack, format!("pack-{name}.pack")), (index, format!("pack-{name}.idx"))] {
-                let to = pack_dir.join(file);
-                if tokio::fs::try_exists(&to).await.unwrap_or(false) {
-                    continue;
-                }
-                match tokio::fs::hard_link(&from, &to).await {
+                match tokio::fs::hard_link(&from, pack_dir.join(file)).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(io_error(format!("cannot link {} into place", from.display()), e)),
                 }
             }
         }
-        Ok(objects)
+        Ok(())
+    }
+
+    /// Removes this node's copies of packs not in `keep` (pack names) and older than
+    /// `min_age`, so a pack received a moment ago, whose record is not written yet, stays.
+    /// Returns how many packs it removed.
+    pub fn prune(&self, keep: &HashSet<String>, min_age: Duration) -> Result<usize, AspenError> {
+        let dir = self.root.join("packs");
+        let entries = std::fs::read_dir(&dir).map_err(|e| io_error(format!("cannot list {}", dir.display()), e))?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(name) = file.to_str().and_then(|f| f.strip_prefix("pack-")).and_then(|f| f.strip_suffix(".idx"))
+            else {
+                continue;
+            };
+            if keep.contains(name) {
+                continue;
+            }
+            let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_none_or(|age| age < min_age) {
+                continue;
+            }
+            let (pack, index) = self.pack_paths(name);
+            // The index first: without it the pack is never looked for.
+            let _ = std::fs::remove_file(&index);
+            let _ = std::fs::remove_file(&pack);
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// The index files of `packs`, each fetched if missing.
@@ -157,10 +181,4 @@ impl PackStore {
         }
         Ok(out)
     }
-}
-
-/// The directory name of a repository's objects: a hash, since names nest (`a` and `a/b`).
-fn repo_dir_name(repo: &str) -> String {
-    let hash = blake3::hash(repo.as_bytes());
-    data_encoding::HEXLOWER.encode(&hash.as_bytes()[..16])
 }

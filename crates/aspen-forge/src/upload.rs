@@ -1,10 +1,9 @@
 //! The server side of `git fetch`, `git clone` and `git ls-remote`: git's own
 //! `git upload-pack`, run over a git directory made for this one fetch.
 //!
-//! The refs come from one KV snapshot (written as `packed-refs`), the objects from the
-//! repository's object directory in this node's pack cache (`objects/info/alternates`),
-//! whose packs are the ones the KV lists, fetched from the blob store when this node lacks
-//! them. Serving with git's own upload-pack gives every fetch feature git clients use
+//! The refs come from one KV snapshot (written as `packed-refs`), the objects from hard
+//! links to this node's copies of the packs the KV lists for the repository and its
+//! ancestors, fetched from the blob store when this node lacks them. Serving with git's own upload-pack gives every fetch feature git clients use
 //! (protocol v2, shallow and deepening fetches, partial clone filters, multi-ack
 //! negotiation, pack reuse) exactly as git implements them; the forge's part is the storage
 //! and the consistency of what is served. This is how Radicle and Forgejo serve fetches too.
@@ -36,9 +35,9 @@ pub fn git_program() -> String {
     std::env::var(GIT_ENV).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "git".into())
 }
 
-/// Writes the git directory of one fetch: `HEAD`, `config`, `packed-refs` and an object
-/// directory that borrows `objects` through alternates.
-fn write_session(dir: &Path, snapshot: &Snapshot, objects: &Path) -> std::io::Result<()> {
+/// Writes the git directory of one fetch: `HEAD`, `config` and `packed-refs` (its packs are
+/// linked in by [`crate::store::PackStore::link_packs`]).
+pub(crate) fn write_session(dir: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
     std::fs::create_dir_all(dir.join("refs"))?;
     std::fs::create_dir_all(dir.join("objects/info"))?;
     std::fs::create_dir_all(dir.join("objects/pack"))?;
@@ -52,7 +51,6 @@ fn write_session(dir: &Path, snapshot: &Snapshot, objects: &Path) -> std::io::Re
         refs.push_str(&format!("{} {name}\n", records::hex(id)));
     }
     std::fs::write(dir.join("packed-refs"), refs)?;
-    std::fs::write(dir.join("objects/info/alternates"), format!("{}\n", objects.display()))?;
     Ok(())
 }
 
@@ -65,11 +63,10 @@ impl ForgeHandler {
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), AspenError> {
-        let objects = self.store.objects_dir(&snapshot.repo, &snapshot.packs).await?;
         let dir = self.store.session_dir()?;
         let served = async {
-            write_session(&dir, &snapshot, &objects)
-                .map_err(|e| io_error("cannot write the fetch's git directory", e))?;
+            write_session(&dir, &snapshot).map_err(|e| io_error("cannot write the fetch's git directory", e))?;
+            self.store.link_packs(&dir.join("objects/pack"), &snapshot.packs).await?;
             let mut command = Command::new(git_program());
             command
                 .arg("upload-pack")

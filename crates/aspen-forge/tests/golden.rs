@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use aspen_core::AspenError;
 use aspen_core::golden::{check_file, recorded_text, sample};
-use aspen_forge::protocol::{ForgeRequest, ForgeResponse, GitService, RefEntry, RepoInfo, RepoSummary};
+use aspen_forge::protocol::{
+    EventEntry, ForgeRequest, ForgeResponse, GcReport, GitService, RefEntry, RepoInfo, RepoSummary,
+};
 use aspen_forge::records::{self, PackRecord, PushEvent, RepoRecord};
 
 fn fixture(name: &str) -> PathBuf {
@@ -21,6 +23,9 @@ fn requests() -> Vec<ForgeRequest> {
         ForgeRequest::Protect { repo: "repos/a".into(), branch: "main".into(), protected: true },
         ForgeRequest::Connect { repo: "repos/a".into(), service: GitService::UploadPack, protocol: "version=2".into() },
         ForgeRequest::Connect { repo: "repos/a".into(), service: GitService::ReceivePack, protocol: String::new() },
+        ForgeRequest::ForkRepo { source: "repos/a".into(), name: "repos/b".into() },
+        ForgeRequest::CollectGarbage { repo: "repos/a".into(), grace_ms: Some(60_000) },
+        ForgeRequest::Events { prefix: "repos/".into(), from_revision: 42, limit: 100, follow: true },
     ]
 }
 
@@ -33,6 +38,9 @@ fn variant_request(r: &ForgeRequest) -> &'static str {
         ForgeRequest::Protect { .. } => "Protect",
         ForgeRequest::Connect { service: GitService::UploadPack, .. } => "Connect.UploadPack",
         ForgeRequest::Connect { service: GitService::ReceivePack, .. } => "Connect.ReceivePack",
+        ForgeRequest::ForkRepo { .. } => "ForkRepo",
+        ForgeRequest::CollectGarbage { .. } => "CollectGarbage",
+        ForgeRequest::Events { .. } => "Events",
     }
 }
 
@@ -55,6 +63,29 @@ fn responses() -> Vec<ForgeResponse> {
         ForgeResponse::Done,
         ForgeResponse::Error(AspenError::PermissionDenied { reason: "forge:push".into() }),
         ForgeResponse::Connected,
+        ForgeResponse::Collected(GcReport {
+            packs_before: 3,
+            packs_collected: 2,
+            objects_collected: 100,
+            objects_kept: 97,
+            bytes_collected: 10_000,
+            bytes_written: 9_000,
+            packs_after: 2,
+        }),
+        ForgeResponse::Events {
+            events: vec![EventEntry {
+                revision: 42,
+                event: PushEvent {
+                    repo: "repos/a".into(),
+                    ref_name: "refs/heads/main".into(),
+                    old: None,
+                    new: Some([2; 20]),
+                    pusher: "abcd".into(),
+                    time_ms: 1_700_000_000_000,
+                },
+            }],
+            next_revision: 43,
+        },
     ]
 }
 
@@ -65,6 +96,8 @@ fn variant_response(r: &ForgeResponse) -> &'static str {
         ForgeResponse::Done => "Done",
         ForgeResponse::Error(_) => "Error",
         ForgeResponse::Connected => "Connected",
+        ForgeResponse::Collected(_) => "Collected",
+        ForgeResponse::Events { .. } => "Events",
     }
 }
 
@@ -107,6 +140,7 @@ fn forge_records_keep_their_bytes_and_keys_their_shape() {
         ("activity_key", records::activity_key("repos/a")),
         ("pack_pin", records::pack_pins("repos/a", "0123abcd").0.into_bytes()),
         ("index_pin", records::pack_pins("repos/a", "0123abcd").1.into_bytes()),
+        ("fork_key", records::fork_key("repos/a", "repos/b")),
     ] {
         let text = String::from_utf8(key).unwrap();
         assert_eq!(recorded_text(&path, name, || text.clone()), text, "{name} changed shape");

@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use aspen_client::Client;
-use aspen_forge::{ForgeClient, RepoInfo};
+use aspen_forge::{EventEntry, ForgeClient, RepoInfo};
 use serde_json::{Value, json};
 
 use crate::context::Ctx;
@@ -13,6 +13,30 @@ pub enum ForgeCommand {
     /// Create, list, show, delete and protect repositories.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Push events: every accepted ref update, in the order the cluster wrote them.
+    Events {
+        /// Only repositories whose names start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start at this KV revision (0: the oldest kept); print the revision to resume
+        /// from with --json.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Keep the stream open and print events as pushes happen.
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many events (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+    },
+    /// Collect a repository's garbage now: repack its packs older than the grace period
+    /// keeping only what its refs and its forks' refs reach (needs forge:admin).
+    Gc {
+        repo: String,
+        /// Override the node's grace period (seconds); 0 collects every pack.
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -36,8 +60,12 @@ pub enum RepoCommand {
     },
     /// Show a repository and its refs.
     Show { name: String },
-    /// Delete a repository and its refs (needs forge:admin).
+    /// Delete a repository, its refs and its packs (needs forge:admin); refused while it has
+    /// forks.
     Delete { name: String },
+    /// Fork SOURCE as NAME: the same refs, SOURCE's objects shared, not copied (needs
+    /// forge:read over SOURCE and forge:admin over NAME).
+    Fork { source: String, name: String },
     /// Refuse force pushes and deletes of BRANCH (or, with --off, allow them again).
     Protect {
         name: String,
@@ -67,6 +95,9 @@ fn print_repo(ctx: &Ctx, info: &RepoInfo) -> anyhow::Result<()> {
         return Ok(());
     }
     output::print_line(&format!("repository {}", info.name))?;
+    if let Some(parent) = &info.parent {
+        output::print_line(&format!("fork of {parent}"))?;
+    }
     if !info.description.is_empty() {
         output::print_line(&format!("description {}", info.description))?;
     }
@@ -80,10 +111,94 @@ fn print_repo(ctx: &Ctx, info: &RepoInfo) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_events(ctx: &Ctx, events: &[EventEntry]) -> anyhow::Result<()> {
+    let hex = |id: &Option<[u8; 20]>| id.map(|i| aspen_forge::records::hex(&i));
+    for e in events {
+        let ev = &e.event;
+        if ctx.json {
+            output::print_json(&json!({
+                "revision": e.revision,
+                "repo": ev.repo,
+                "ref": ev.ref_name,
+                "old": hex(&ev.old),
+                "new": hex(&ev.new),
+                "pusher": ev.pusher,
+                "time_ms": ev.time_ms,
+            }))?;
+        } else {
+            let zero = "0".repeat(40);
+            output::print_line(&format!(
+                "{} {} {} {} {} {}",
+                e.revision,
+                ev.repo,
+                ev.ref_name,
+                hex(&ev.old).unwrap_or_else(|| zero.clone()),
+                hex(&ev.new).unwrap_or(zero),
+                &ev.pusher[..ev.pusher.len().min(16)]
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(ctx: &Ctx, client: &Client, cmd: ForgeCommand) -> anyhow::Result<()> {
     let forge = ForgeClient::new(client);
-    let ForgeCommand::Repo(cmd) = cmd;
+    let cmd = match cmd {
+        ForgeCommand::Repo(cmd) => cmd,
+        ForgeCommand::Events { prefix, from, follow, count } => {
+            let limit = if count == 0 { usize::MAX } else { count };
+            let mut printed = 0usize;
+            if !follow {
+                let mut from = from;
+                loop {
+                    let (mut events, next) = forge.events(&prefix, from, 0).await?;
+                    if events.is_empty() {
+                        return Ok(());
+                    }
+                    events.truncate(limit - printed);
+                    printed += events.len();
+                    print_events(ctx, &events)?;
+                    if printed >= limit {
+                        return Ok(());
+                    }
+                    from = next;
+                }
+            }
+            let mut failure = None;
+            forge
+                .follow_events(&prefix, from, |mut events, _next| {
+                    events.truncate(limit - printed);
+                    printed += events.len();
+                    if let Err(e) = print_events(ctx, &events) {
+                        failure = Some(e);
+                        return false;
+                    }
+                    printed < limit
+                })
+                .await?;
+            return failure.map_or(Ok(()), Err);
+        }
+        ForgeCommand::Gc { repo, grace_secs } => {
+            let report = forge.collect_garbage(&repo, grace_secs.map(|s| s.saturating_mul(1000))).await?;
+            if ctx.json {
+                output::print_json(&serde_json::to_value(&report)?)?;
+            } else {
+                output::print_line(&format!(
+                    "{repo}: {} of {} packs collected ({} objects, {} bytes), {} objects kept in {} bytes; {} packs now",
+                    report.packs_collected,
+                    report.packs_before,
+                    report.objects_collected,
+                    report.bytes_collected,
+                    report.objects_kept,
+                    report.bytes_written,
+                    report.packs_after
+                ))?;
+            }
+            return Ok(());
+        }
+    };
     match cmd {
+        RepoCommand::Fork { source, name } => print_repo(ctx, &forge.fork_repo(&source, &name).await?),
         RepoCommand::Create { name, description, default_branch } => {
             let info = forge.create_repo(&name, &description, &default_branch).await?;
             print_repo(ctx, &info)

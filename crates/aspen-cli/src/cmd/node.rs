@@ -11,11 +11,16 @@ use aspen_app::App;
 pub struct AppArgs {
     #[command(flatten)]
     pub blob: aspen_blob::BlobArgs,
+    #[command(flatten)]
+    pub forge: aspen_forge::ForgeArgs,
 }
 
 /// The apps a node serves.
 pub fn apps(args: &AppArgs) -> Vec<Arc<dyn App>> {
-    vec![Arc::new(aspen_blob::BlobApp::new(args.blob.settings())), Arc::new(aspen_forge::ForgeApp)]
+    vec![
+        Arc::new(aspen_blob::BlobApp::new(args.blob.settings())),
+        Arc::new(aspen_forge::ForgeApp::new(args.forge.settings())),
+    ]
 }
 
 #[derive(Debug, clap::Args)]
