@@ -111,6 +111,15 @@ pub enum Command {
     /// Make, read and revoke capability tokens.
     #[command(subcommand)]
     Token(crate::cmd::token::TokenCommand),
+    /// Your signing key, which signs your issues, patches and reviews.
+    #[command(subcommand)]
+    Identity(crate::cmd::collab::IdentityCommand),
+    /// Issues of forge repositories (signed change DAGs).
+    #[command(subcommand)]
+    Issue(crate::cmd::collab::IssueCommand),
+    /// Patches of forge repositories: proposed merges with revisions and reviews.
+    #[command(subcommand)]
+    Patch(crate::cmd::collab::PatchCommand),
 }
 
 #[cfg(test)]

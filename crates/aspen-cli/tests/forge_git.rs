@@ -187,6 +187,13 @@ async fn git_round_trips_a_repository_and_refs_follow_the_rules() {
     assert_eq!(git.ok(&shallow, &["rev-list", "--count", "HEAD"]), git.ok(&src, &["rev-list", "--count", "HEAD"]));
     git.ok(&shallow, &["fsck", "--strict"]);
 
+    // Partial clone: history without old blobs, which are fetched when first needed.
+    git.ok(work.path(), &["clone", "-q", "--filter=blob:none", "aspen://default/team/app", "partial"]);
+    let partial = work.path().join("partial");
+    let missing = git.ok(&partial, &["rev-list", "--objects", "--missing=print", "--all"]);
+    assert!(missing.lines().any(|l| l.starts_with('?')), "a blob:none clone lacks old blobs");
+    assert_eq!(git.ok(&partial, &["show", "HEAD~3:src/file2.txt"]), git.ok(&src, &["show", "HEAD~3:src/file2.txt"]));
+
     // Non-fast-forward: refused unless forced.
     let main_before = git.ok(&src, &["rev-parse", "main"]);
     git.ok(&src, &["reset", "-q", "--hard", "HEAD~1"]);
@@ -646,5 +653,173 @@ async fn forks_share_objects_and_collection_keeps_what_any_fork_reaches() {
     forge.delete_repo("gc/base").await.unwrap();
     assert_eq!(stored_objects(&c, "gc/base").await, (0, 0));
     assert_eq!(stored_objects(&c, "gc/fork").await, (0, 0));
+    client.close().await;
+}
+
+impl GitEnv {
+    /// Runs the `aspen` CLI as a user whose configuration (and signing key) is in `config`;
+    /// panics unless it succeeds. Returns stdout.
+    fn aspen(&self, config: &Path, args: &[&str]) -> String {
+        let out = self.aspen_run(config, args);
+        assert!(out.status.success(), "aspen {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    fn aspen_run(&self, config: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_aspen"))
+            .args(args)
+            .env("ASPEN_CONFIG_DIR", config)
+            .env("ASPEN_TICKET", &self.ticket)
+            .env("ASPEN_TOKEN", &self.token)
+            .env_remove("ASPEN_TICKET_FILE")
+            .env_remove("ASPEN_TOKEN_FILE")
+            .env_remove("ASPEN_SIGNING_KEY_FILE")
+            .env_remove("ASPEN_CLUSTER")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run aspen")
+    }
+
+    fn aspen_json(&self, config: &Path, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.aspen(config, &all)).expect("json")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issues_and_patches_from_two_writers_converge_and_a_merge_moves_the_branch_like_a_push() {
+    use aspen_forge::cob::{Action, Change, CobKind, CobStatus};
+
+    let c = TestCluster::start(3).await;
+    let client = c.client().await;
+    let forge = ForgeClient::new(&client);
+    forge.create_repo("collab/app", "", "main").await.unwrap();
+    let git = GitEnv::new(&c);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_history(&git, &src);
+    git.ok(&src, &["remote", "add", "origin", "aspen://default/collab/app"]);
+    git.ok(&src, &["checkout", "-qb", "feature", "main"]);
+    write(&src.join("feature.txt"), "a feature\n");
+    git.ok(&src, &["add", "-A"]);
+    git.ok(&src, &["commit", "-qm", "a feature"]);
+    git.ok(&src, &["push", "-q", "origin", "main", "feature"]);
+
+    // Two users, each with a signing key of their own.
+    let ada = work.path().join("ada");
+    let bob = work.path().join("bob");
+    let err =
+        String::from_utf8(git.aspen_run(&ada, &["issue", "create", "collab/app", "--title", "x"]).stderr).unwrap();
+    assert!(err.contains("aspen identity create"), "{err}");
+    let ada_key = git.aspen_json(&ada, &["identity", "create"])["public_key"].as_str().unwrap().to_string();
+    let bob_key = git.aspen_json(&bob, &["identity", "create"])["public_key"].as_str().unwrap().to_string();
+    assert_ne!(ada_key, bob_key);
+    let err = String::from_utf8(git.aspen_run(&ada, &["identity", "create"]).stderr).unwrap();
+    assert!(err.contains("--force"), "{err}");
+
+    // An issue, then concurrent edits from both: built on the same heads, sent at once.
+    let issue = git.aspen_json(&ada, &["issue", "create", "collab/app", "--title", "Crash on start", "--body", "boom"]);
+    let id = issue["id"].as_str().unwrap().to_string();
+    assert_eq!(issue["author"].as_str().unwrap(), ada_key);
+    let (state, _) = forge.show_cob("collab/app", CobKind::Issue, &id[..8]).await.unwrap();
+    let key = |dir: &Path| aspen_net::identity::read_secret_key(&dir.join("signing.key")).unwrap();
+    let (ada_secret, bob_secret) = (key(&ada), key(&bob));
+    let edit = |secret: &iroh::SecretKey, body: &str, label: &str, status: Action| {
+        let actions = vec![
+            Action::Comment { body: body.into(), reply_to: None },
+            Action::Label { add: vec![label.into()], remove: vec![] },
+            status,
+        ];
+        Change::child(CobKind::Issue, state.id, state.heads.clone(), &secret.public(), 1_000, actions)
+            .sign(secret)
+            .unwrap()
+    };
+    let from_ada = edit(&ada_secret, "I see it too", "bug", Action::Close);
+    let from_bob = edit(&bob_secret, "on arm64 only", "arm64", Action::Reopen);
+    let (a, b) =
+        tokio::join!(forge.append_change("collab/app", &from_ada), forge.append_change("collab/app", &from_bob));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.comments.len() + b.comments.len() >= 3, "each saw at least its own edit");
+    // Sent again (a retry): stored once.
+    forge.append_change("collab/app", &from_ada).await.unwrap();
+    let seen_by_ada = git.aspen_json(&ada, &["issue", "show", "collab/app", &id]);
+    let seen_by_bob = git.aspen_json(&bob, &["issue", "show", "collab/app", &id[..10]]);
+    assert_eq!(seen_by_ada, seen_by_bob, "both writers read one state");
+    let bodies: Vec<&str> =
+        seen_by_ada["comments"].as_array().unwrap().iter().map(|c| c["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(bodies.contains(&"I see it too") && bodies.contains(&"on arm64 only"));
+    assert_eq!(seen_by_ada["labels"], serde_json::json!(["arm64", "bug"]));
+    assert_eq!(seen_by_ada["heads"].as_array().unwrap().len(), 2, "two concurrent heads");
+    // The next change joins the heads.
+    let closed = git.aspen_json(&bob, &["issue", "close", "collab/app", &id]);
+    assert_eq!((closed["state"].as_str(), closed["heads"].as_array().unwrap().len()), (Some("closed"), 1));
+    git.aspen(&ada, &["issue", "label", "collab/app", &id, "--remove", "arm64"]);
+    let open = git.aspen_json(&ada, &["issue", "list", "collab/app"]);
+    assert_eq!(open["issues"].as_array().unwrap().len(), 0);
+    let all = git.aspen_json(&ada, &["issue", "list", "collab/app", "--state", "all"]);
+    assert_eq!(all["issues"][0]["labels"], serde_json::json!(["bug"]));
+
+    // Bad changes are refused with a reason, and nothing is stored.
+    let mut forged = edit(&ada_secret, "forged", "x", Action::Close);
+    forged.signature[0] ^= 1;
+    let request = aspen_forge::protocol::ForgeRequest::AppendChange {
+        repo: "collab/app".into(),
+        kind: CobKind::Issue,
+        change: forged.encode(),
+    };
+    let answer: Result<aspen_forge::protocol::ForgeResponse, _> =
+        client.app(aspen_forge::FORGE_ALPN).call("cob_append", &request, false).await;
+    let e = answer.expect_err("a forged change was taken");
+    assert!(e.to_string().contains("signature does not verify"), "{e}");
+    let orphan = Change::child(CobKind::Issue, state.id, vec![[9; 32]], &ada_secret.public(), 1, vec![Action::Close])
+        .sign(&ada_secret);
+    let err = forge.append_change("collab/app", &orphan.unwrap()).await.unwrap_err().to_string();
+    assert!(err.contains("parent"), "{err}");
+    let err = String::from_utf8(git.aspen_run(&ada, &["issue", "show", "collab/app", "abc"]).stderr).unwrap();
+    assert!(err.contains("at least 6 hex digits"), "{err}");
+
+    // A patch: opened by Ada, reviewed by Bob, refused while main has moved past it, revised
+    // after a rebase, then merged: main fast-forwards with an event, like a push.
+    let patch = git.aspen_json(
+        &ada,
+        &["patch", "create", "collab/app", "--from", "feature", "--onto", "main", "--title", "Add the feature"],
+    );
+    let pid = patch["id"].as_str().unwrap().to_string();
+    let reviewed = git.aspen_json(&bob, &["patch", "review", "collab/app", &pid, "--accept", "-m", "lgtm"]);
+    assert_eq!(reviewed["reviews"][0]["verdict"], "accept");
+    assert_eq!(reviewed["reviews"][0]["author"].as_str().unwrap(), bob_key);
+    git.ok(&src, &["checkout", "-q", "main"]);
+    write(&src.join("hotfix.txt"), "hotfix\n");
+    git.ok(&src, &["add", "-A"]);
+    git.ok(&src, &["commit", "-qm", "hotfix"]);
+    git.ok(&src, &["push", "-q", "origin", "main"]);
+    let refused = git.aspen_run(&bob, &["patch", "merge", "collab/app", &pid]);
+    let err = String::from_utf8(refused.stderr).unwrap();
+    assert!(!refused.status.success() && err.contains("non-fast-forward"), "{err}");
+    let reader = git.with_token(&c.token_with(vec![forge_cap("read", "collab/")]));
+    let err = String::from_utf8(reader.aspen_run(&bob, &["patch", "merge", "collab/app", &pid]).stderr).unwrap();
+    assert!(err.contains("permission denied") && err.contains("forge:push"), "{err}");
+    reader.aspen(&bob, &["issue", "create", "collab/app", "--title", "readers may file issues"]);
+    git.ok(&src, &["checkout", "-q", "feature"]);
+    git.ok(&src, &["rebase", "-q", "main"]);
+    git.ok(&src, &["push", "-q", "--force", "origin", "feature"]);
+    let revised = git.aspen_json(&ada, &["patch", "revise", "collab/app", &pid, "--from", "feature", "-m", "rebased"]);
+    assert_eq!(revised["revisions"].as_array().unwrap().len(), 2);
+    let merged = git.aspen_json(&bob, &["patch", "merge", "collab/app", &pid]);
+    assert_eq!(merged["state"], "merged");
+    let feature_head = git.ok(&src, &["rev-parse", "feature"]).trim().to_string();
+    assert_eq!(merged["merged"]["commit"].as_str().unwrap(), feature_head);
+    assert_eq!(refs(&git.ok(&src, &["ls-remote", "origin", "refs/heads/main"]))[0].1, feature_head);
+    let last =
+        events(&c).await.into_iter().filter(|e| e.ref_name == "refs/heads/main").max_by_key(|e| e.time_ms).unwrap();
+    assert_eq!(last.new.map(|n| records::hex(&n)), Some(feature_head));
+    let err = String::from_utf8(git.aspen_run(&bob, &["patch", "merge", "collab/app", &pid]).stderr).unwrap();
+    assert!(err.contains("already merged"), "{err}");
+    let (patch_state, changes) = forge.show_cob("collab/app", CobKind::Patch, &pid).await.unwrap();
+    assert!(matches!(patch_state.state, CobStatus::Merged { .. }));
+    assert_eq!(changes.len(), 4, "open, review, revise, merge");
     client.close().await;
 }

@@ -141,4 +141,77 @@ impl ForgeClient {
             }
         }
     }
+
+    /// Appends a signed change to an issue or patch (or opens one with a root change).
+    pub async fn append_change(
+        &self,
+        repo: &str,
+        change: &crate::cob::SignedChange,
+    ) -> Result<crate::cob::CobState, ClientError> {
+        let kind = change.verify().map_err(ClientError::Aspen)?.kind;
+        let request = ForgeRequest::AppendChange { repo: repo.into(), kind, change: change.encode() };
+        match self.call(request).await? {
+            ForgeResponse::Cob(state) => Ok(state),
+            other => Err(unexpected("cob_append", &other)),
+        }
+    }
+
+    /// Merges a patch with a signed change carrying its `Merged` action.
+    pub async fn merge_patch(
+        &self,
+        repo: &str,
+        change: &crate::cob::SignedChange,
+    ) -> Result<crate::cob::CobState, ClientError> {
+        let request = ForgeRequest::MergePatch { repo: repo.into(), change: change.encode() };
+        match self.call(request).await? {
+            ForgeResponse::Cob(state) => Ok(state),
+            other => Err(unexpected("patch_merge", &other)),
+        }
+    }
+
+    /// An issue or patch by id (or unique prefix): its state, folded again here from its
+    /// signed changes, each verified, so the answer does not rest on the node's word.
+    pub async fn show_cob(
+        &self,
+        repo: &str,
+        kind: crate::cob::CobKind,
+        id: &str,
+    ) -> Result<(crate::cob::CobState, Vec<crate::cob::SignedChange>), ClientError> {
+        let request = ForgeRequest::ShowCob { repo: repo.into(), kind, id: id.into() };
+        match self.call(request).await? {
+            ForgeResponse::CobDetail { state, changes } => {
+                let mut signed = Vec::with_capacity(changes.len());
+                let mut set = Vec::with_capacity(changes.len());
+                for bytes in changes {
+                    let change = crate::cob::SignedChange::decode(&bytes)?;
+                    set.push((change.id(), change.verify()?));
+                    signed.push(change);
+                }
+                let folded = crate::cob::fold(&set)?;
+                if folded != state {
+                    return Err(ClientError::Protocol {
+                        node: String::new(),
+                        reason: "the node's state of the object differs from the fold of its changes".into(),
+                    });
+                }
+                Ok((folded, signed))
+            }
+            other => Err(unexpected("cob_show", &other)),
+        }
+    }
+
+    /// Summaries of `repo`'s issues or patches after id `after`, and whether more follow.
+    pub async fn list_cobs(
+        &self,
+        repo: &str,
+        kind: crate::cob::CobKind,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<crate::records::CobSummary>, bool), ClientError> {
+        let request = ForgeRequest::ListCobs { repo: repo.into(), kind, after: after.map(str::to_string), limit };
+        match self.call(request).await? {
+            ForgeResponse::Cobs { cobs, more } => Ok((cobs, more)),
+            other => Err(unexpected("cob_list", &other)),
+        }
+    }
 }

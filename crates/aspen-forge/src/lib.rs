@@ -15,6 +15,8 @@
 //! See docs/forge.md.
 
 pub mod client;
+pub mod cob;
+mod collab;
 mod gc;
 pub mod names;
 pub mod objects;

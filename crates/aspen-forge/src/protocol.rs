@@ -4,6 +4,7 @@
 use aspen_core::AspenError;
 use serde::{Deserialize, Serialize};
 
+use crate::cob::{CobKind, CobState};
 use crate::records::ObjectId;
 
 /// ALPN of the forge's protocol.
@@ -45,6 +46,32 @@ pub enum ForgeRequest {
     /// and carries one `Events` answer per batch as pushes happen, until the client goes;
     /// otherwise one page of at most `limit`. Needs `read` over `prefix`.
     Events { prefix: String, from_revision: u64, limit: u32, follow: bool },
+    /// Adds one signed change (`cob::SignedChange`, encoded) to an issue or patch of
+    /// `repo`, or opens a new one with a root change. Needs `read` (anyone who may read a
+    /// repository may file issues and patches; every change is signed by its author). A
+    /// `Merged` action is refused here: see `MergePatch`. Answered with `Cob`.
+    AppendChange {
+        repo: String,
+        kind: CobKind,
+        #[serde(with = "serde_bytes")]
+        change: Vec<u8>,
+    },
+    /// An issue or patch, named by its id or a unique prefix of it (at least 6 hex
+    /// digits): its folded state and every signed change. Needs `read`. Answered with
+    /// `CobDetail`.
+    ShowCob { repo: String, kind: CobKind, id: String },
+    /// Summaries of `repo`'s issues (or patches), after id `after`. Needs `read`. Answered
+    /// with `Cobs`.
+    ListCobs { repo: String, kind: CobKind, after: Option<String>, limit: u32 },
+    /// Merges a patch: `change` is a signed change of the patch carrying one `Merged`
+    /// action. The target branch moves to the revision's head through the same
+    /// compare-and-swap and rules as a push (fast-forward only; the event is written in the
+    /// same transaction). Needs `push`. Answered with `Cob`.
+    MergePatch {
+        repo: String,
+        #[serde(with = "serde_bytes")]
+        change: Vec<u8>,
+    },
 }
 
 /// A git service a [`ForgeRequest::Connect`] asks for.
@@ -88,6 +115,10 @@ impl ForgeRequest {
             ForgeRequest::ForkRepo { .. } => "repo_fork",
             ForgeRequest::CollectGarbage { .. } => "repo_gc",
             ForgeRequest::Events { .. } => "events",
+            ForgeRequest::AppendChange { .. } => "cob_append",
+            ForgeRequest::ShowCob { .. } => "cob_show",
+            ForgeRequest::ListCobs { .. } => "cob_list",
+            ForgeRequest::MergePatch { .. } => "patch_merge",
         }
     }
 
@@ -100,6 +131,10 @@ impl ForgeRequest {
                 | ForgeRequest::Protect { .. }
                 | ForgeRequest::CollectGarbage { .. }
                 | ForgeRequest::Events { follow: false, .. }
+                | ForgeRequest::ShowCob { .. }
+                | ForgeRequest::ListCobs { .. }
+                // A change is content-addressed: adding it twice adds it once.
+                | ForgeRequest::AppendChange { .. }
         )
     }
 }
@@ -123,6 +158,17 @@ pub enum ForgeResponse {
     Events {
         events: Vec<EventEntry>,
         next_revision: u64,
+    },
+    /// An issue or patch after the change.
+    Cob(CobState),
+    /// An issue or patch and its signed changes (encoded `cob::SignedChange`s).
+    CobDetail {
+        state: CobState,
+        changes: Vec<serde_bytes::ByteBuf>,
+    },
+    Cobs {
+        cobs: Vec<crate::records::CobSummary>,
+        more: bool,
     },
 }
 

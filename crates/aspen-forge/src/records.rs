@@ -12,6 +12,11 @@
 //! - `fork/<parent>:<fork>`: present while repository `fork` is a fork of `parent` (it
 //!   shares the parent's packs, so the parent may not be deleted, and the parent's garbage
 //!   collection keeps what the fork's refs reach);
+//! - `cob/<repo>:<kind>/<object id hex>`: a [`CobSummary`] of one issue or patch (its
+//!   folded state, for lists), rewritten with compare-and-swap by every change to it;
+//! - `change/<repo>:<kind>/<object id hex>/<change id hex>`: one change of that object,
+//!   whose signed bytes are the blob the change id names, pinned as
+//!   `forge/<repo>/cob/<change id hex>`;
 //! - `event/<16 hex digits of ms>-<16 hex digits>`: a [`PushEvent`], written in the same
 //!   transaction as the ref update it records; watchers read them from a revision.
 
@@ -32,6 +37,10 @@ pub const PACK_PREFIX: &str = "_aspen/forge/pack/";
 pub const ACTIVITY_PREFIX: &str = "_aspen/forge/activity/";
 /// Prefix of the fork index.
 pub const FORK_PREFIX: &str = "_aspen/forge/fork/";
+/// Prefix of issue and patch summaries.
+pub const COB_PREFIX: &str = "_aspen/forge/cob/";
+/// Prefix of the changes of issues and patches.
+pub const CHANGE_PREFIX: &str = "_aspen/forge/change/";
 /// Prefix of the blob pins the forge holds.
 pub const PIN_SCOPE: &str = "forge/";
 
@@ -80,6 +89,76 @@ pub struct PackRecord {
     pub bytes: u64,
     /// When it was stored, by the storing node's clock (ms since the Unix epoch).
     pub added_ms: u64,
+}
+
+/// An issue or patch as lists show it: its state folded from every change it has. Frozen
+/// like [`RepoRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CobSummary {
+    pub id: crate::cob::ChangeId,
+    pub kind: crate::cob::CobKind,
+    pub title: String,
+    pub status: crate::cob::CobStatus,
+    pub labels: Vec<String>,
+    /// The opening change's author (ed25519 public key).
+    pub author: [u8; 32],
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Changes in its DAG.
+    pub changes: u32,
+    /// For a patch: its target branch and latest revision's head.
+    pub target: Option<String>,
+    pub head: Option<ObjectId>,
+}
+
+impl CobSummary {
+    /// The summary of a folded state of `changes` changes.
+    pub fn of(state: &crate::cob::CobState, changes: usize) -> Self {
+        CobSummary {
+            id: state.id,
+            kind: state.kind,
+            title: state.title.clone(),
+            status: state.state.clone(),
+            labels: state.labels.iter().cloned().collect(),
+            author: state.author,
+            created_ms: state.created_ms,
+            updated_ms: state.updated_ms,
+            changes: changes as u32,
+            target: state.target.clone(),
+            head: state.revisions.last().map(|r| r.head),
+        }
+    }
+}
+
+/// The key of the summary of issue or patch `id` of `repo`.
+pub fn cob_key(repo: &str, kind: crate::cob::CobKind, id: &crate::cob::ChangeId) -> Vec<u8> {
+    format!("{COB_PREFIX}{repo}:{}/{}", kind.name(), crate::cob::hex(id)).into_bytes()
+}
+
+/// The prefix of the summaries of `repo`'s issues (or patches) whose ids start with
+/// `id_prefix` (hex).
+pub fn cobs_prefix(repo: &str, kind: crate::cob::CobKind, id_prefix: &str) -> Vec<u8> {
+    format!("{COB_PREFIX}{repo}:{}/{id_prefix}", kind.name()).into_bytes()
+}
+
+/// The key of change `change` of issue or patch `id` of `repo`.
+pub fn change_key(
+    repo: &str,
+    kind: crate::cob::CobKind,
+    id: &crate::cob::ChangeId,
+    change: &crate::cob::ChangeId,
+) -> Vec<u8> {
+    format!("{CHANGE_PREFIX}{repo}:{}/{}/{}", kind.name(), crate::cob::hex(id), crate::cob::hex(change)).into_bytes()
+}
+
+/// The prefix of the changes of issue or patch `id` of `repo`.
+pub fn changes_prefix(repo: &str, kind: crate::cob::CobKind, id: &crate::cob::ChangeId) -> Vec<u8> {
+    format!("{CHANGE_PREFIX}{repo}:{}/{}/", kind.name(), crate::cob::hex(id)).into_bytes()
+}
+
+/// The blob pin that keeps change `change` of `repo`.
+pub fn change_pin(repo: &str, change: &crate::cob::ChangeId) -> String {
+    format!("{PIN_SCOPE}{repo}/cob/{}", crate::cob::hex(change))
 }
 
 /// The key of pack `pack_name` of `repo`.

@@ -120,6 +120,13 @@ impl AppHandler for ForgeHandler {
             let span = tracing::debug_span!("forge", op = request.name());
             let response = async {
                 let caps = caller.capabilities()?;
+                if let ForgeRequest::MergePatch { repo, change } = request {
+                    validate_repo_name(&repo)?;
+                    rights::require(&caps, PUSH, &repo)?;
+                    let pusher = data_encoding::HEXLOWER.encode(&caller.remote_key());
+                    let state = self.append_change(&repo, crate::cob::CobKind::Patch, change, Some(&pusher)).await?;
+                    return Ok(ForgeResponse::Cob(state));
+                }
                 self.handle(&caps, request).await
             }
             .instrument(span)
@@ -325,6 +332,29 @@ impl ForgeHandler {
                 rights::require(caps, READ, &prefix)?;
                 let (events, next_revision, _) = self.events_page(&prefix, from_revision, limit).await?;
                 Ok(ForgeResponse::Events { events, next_revision })
+            }
+            ForgeRequest::AppendChange { repo, kind, change } => {
+                validate_repo_name(&repo)?;
+                rights::require(caps, READ, &repo)?;
+                self.append_change(&repo, kind, change, None).await.map(ForgeResponse::Cob)
+            }
+            ForgeRequest::ShowCob { repo, kind, id } => {
+                validate_repo_name(&repo)?;
+                rights::require(caps, READ, &repo)?;
+                let (state, changes) = self.show_cob(&repo, kind, &id).await?;
+                Ok(ForgeResponse::CobDetail {
+                    state,
+                    changes: changes.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                })
+            }
+            ForgeRequest::ListCobs { repo, kind, after, limit } => {
+                validate_repo_name(&repo)?;
+                rights::require(caps, READ, &repo)?;
+                let (cobs, more) = self.list_cobs(&repo, kind, after.as_deref(), limit).await?;
+                Ok(ForgeResponse::Cobs { cobs, more })
+            }
+            ForgeRequest::MergePatch { .. } => {
+                Err(AspenError::UnknownRequest { detail: "patch_merge is answered with the caller's key".into() })
             }
             ForgeRequest::Connect { .. } => {
                 Err(AspenError::UnknownRequest { detail: "git_connect is answered before requests are handled".into() })

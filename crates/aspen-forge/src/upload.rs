@@ -44,7 +44,7 @@ pub(crate) fn write_session(dir: &Path, snapshot: &Snapshot) -> std::io::Result<
     std::fs::write(dir.join("HEAD"), format!("ref: {}\n", branch_ref(&snapshot.record.default_branch)))?;
     std::fs::write(
         dir.join("config"),
-        "[core]\n\trepositoryformatversion = 0\n\tbare = true\n[uploadpack]\n\tallowFilter = true\n",
+        "[core]\n\trepositoryformatversion = 0\n\tbare = true\n[uploadpack]\n\tallowFilter = true\n\tallowReachableSHA1InWant = true\n",
     )?;
     let mut refs = String::from("# pack-refs with: sorted \n");
     for (name, id) in &snapshot.refs {

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use aspen_core::AspenError;
 use aspen_core::golden::{check_file, recorded_text, sample};
+use aspen_forge::cob::{self, Action, Change, CobKind, CobState, CobStatus, Verdict};
 use aspen_forge::protocol::{
     EventEntry, ForgeRequest, ForgeResponse, GcReport, GitService, RefEntry, RepoInfo, RepoSummary,
 };
-use aspen_forge::records::{self, PackRecord, PushEvent, RepoRecord};
+use aspen_forge::records::{self, CobSummary, PackRecord, PushEvent, RepoRecord};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
@@ -26,6 +27,10 @@ fn requests() -> Vec<ForgeRequest> {
         ForgeRequest::ForkRepo { source: "repos/a".into(), name: "repos/b".into() },
         ForgeRequest::CollectGarbage { repo: "repos/a".into(), grace_ms: Some(60_000) },
         ForgeRequest::Events { prefix: "repos/".into(), from_revision: 42, limit: 100, follow: true },
+        ForgeRequest::AppendChange { repo: "repos/a".into(), kind: CobKind::Issue, change: vec![1, 2, 3] },
+        ForgeRequest::ShowCob { repo: "repos/a".into(), kind: CobKind::Patch, id: "abcdef".into() },
+        ForgeRequest::ListCobs { repo: "repos/a".into(), kind: CobKind::Issue, after: None, limit: 10 },
+        ForgeRequest::MergePatch { repo: "repos/a".into(), change: vec![4, 5] },
     ]
 }
 
@@ -41,7 +46,91 @@ fn variant_request(r: &ForgeRequest) -> &'static str {
         ForgeRequest::ForkRepo { .. } => "ForkRepo",
         ForgeRequest::CollectGarbage { .. } => "CollectGarbage",
         ForgeRequest::Events { .. } => "Events",
+        ForgeRequest::AppendChange { .. } => "AppendChange",
+        ForgeRequest::ShowCob { .. } => "ShowCob",
+        ForgeRequest::ListCobs { .. } => "ListCobs",
+        ForgeRequest::MergePatch { .. } => "MergePatch",
     }
+}
+
+fn issue_state() -> CobState {
+    let key = iroh::SecretKey::from_bytes(&[7; 32]);
+    let root = Change::root(
+        CobKind::Issue,
+        &key.public(),
+        1_700_000_000_000,
+        Action::OpenIssue { title: "t".into(), body: "b".into() },
+    );
+    let id = root.sign(&key).unwrap().id();
+    cob::fold(&[(id, root)]).unwrap()
+}
+
+fn summary() -> CobSummary {
+    CobSummary {
+        id: [5; 32],
+        kind: CobKind::Patch,
+        title: "t".into(),
+        status: CobStatus::Merged { revision: [6; 32], commit: [7; 20] },
+        labels: vec!["bug".into()],
+        author: [8; 32],
+        created_ms: 1_700_000_000_000,
+        updated_ms: 1_700_000_000_001,
+        changes: 3,
+        target: Some("main".into()),
+        head: Some([7; 20]),
+    }
+}
+
+/// One change of every action, signed by a fixed key (ed25519 signatures are deterministic).
+#[test]
+fn signed_changes_keep_their_bytes_and_ids() {
+    let key = iroh::SecretKey::from_bytes(&[7; 32]);
+    let open = Action::OpenPatch {
+        title: "t".into(),
+        description: "d".into(),
+        target: "main".into(),
+        base: [1; 20],
+        head: [2; 20],
+    };
+    let root = Change::root(CobKind::Patch, &key.public(), 1_700_000_000_000, open);
+    let root_signed = root.sign(&key).unwrap();
+    let actions = vec![
+        Action::Comment { body: "c".into(), reply_to: Some([3; 32]) },
+        Action::EditTitle { title: "t2".into() },
+        Action::Label { add: vec!["a".into()], remove: vec!["b".into()] },
+        Action::Close,
+        Action::Reopen,
+        Action::Revise { base: [1; 20], head: [4; 20], note: "n".into() },
+        Action::Review { revision: root_signed.id(), verdict: Verdict::Accept, body: "ok".into() },
+    ];
+    let mut samples = vec![sample("Change.root", &root), sample("SignedChange.root", &root_signed)];
+    for (i, action) in actions.into_iter().enumerate() {
+        let change = Change::child(
+            CobKind::Patch,
+            root_signed.id(),
+            vec![root_signed.id()],
+            &key.public(),
+            1_700_000_000_001,
+            vec![action],
+        );
+        samples.push(sample(format!("Change.child.{i}"), &change));
+    }
+    let merged = Change::child(
+        CobKind::Patch,
+        root_signed.id(),
+        vec![root_signed.id()],
+        &key.public(),
+        1_700_000_000_002,
+        vec![Action::Merged { revision: root_signed.id(), commit: [2; 20] }],
+    );
+    samples.push(sample("SignedChange.merged", &merged.sign(&key).unwrap()));
+    samples.push(sample("Verdict.Reject", &Verdict::Reject));
+    samples.push(sample("Verdict.Comment", &Verdict::Comment));
+    samples.push(sample("OpenIssue", &Action::OpenIssue { title: "t".into(), body: "b".into() }));
+    check_file(&fixture("cob.txt"), &samples);
+    // The id is the BLAKE3 hash of the signed bytes, so it is frozen with them.
+    let id = cob::hex(&root_signed.id());
+    assert_eq!(recorded_text(&fixture("keys.txt"), "root_change_id", || id.clone()), id);
 }
 
 fn responses() -> Vec<ForgeResponse> {
@@ -86,6 +175,9 @@ fn responses() -> Vec<ForgeResponse> {
             }],
             next_revision: 43,
         },
+        ForgeResponse::Cob(issue_state()),
+        ForgeResponse::CobDetail { state: issue_state(), changes: vec![serde_bytes::ByteBuf::from(vec![9u8, 9])] },
+        ForgeResponse::Cobs { cobs: vec![summary()], more: false },
     ]
 }
 
@@ -98,6 +190,9 @@ fn variant_response(r: &ForgeResponse) -> &'static str {
         ForgeResponse::Connected => "Connected",
         ForgeResponse::Collected(_) => "Collected",
         ForgeResponse::Events { .. } => "Events",
+        ForgeResponse::Cob(_) => "Cob",
+        ForgeResponse::CobDetail { .. } => "CobDetail",
+        ForgeResponse::Cobs { .. } => "Cobs",
     }
 }
 
@@ -129,7 +224,12 @@ fn forge_records_keep_their_bytes_and_keys_their_shape() {
         PackRecord { pack: [3; 32], index: [4; 32], objects: 112_731, bytes: 40_276_958, added_ms: 1_700_000_000_000 };
     check_file(
         &fixture("records.txt"),
-        &[sample("RepoRecord", &record), sample("PushEvent", &event), sample("PackRecord", &pack)],
+        &[
+            sample("RepoRecord", &record),
+            sample("PushEvent", &event),
+            sample("PackRecord", &pack),
+            sample("CobSummary", &summary()),
+        ],
     );
     let path = fixture("keys.txt");
     for (name, key) in [
@@ -141,6 +241,9 @@ fn forge_records_keep_their_bytes_and_keys_their_shape() {
         ("pack_pin", records::pack_pins("repos/a", "0123abcd").0.into_bytes()),
         ("index_pin", records::pack_pins("repos/a", "0123abcd").1.into_bytes()),
         ("fork_key", records::fork_key("repos/a", "repos/b")),
+        ("cob_key", records::cob_key("repos/a", CobKind::Issue, &[1; 32])),
+        ("change_key", records::change_key("repos/a", CobKind::Patch, &[1; 32], &[2; 32])),
+        ("change_pin", records::change_pin("repos/a", &[2; 32]).into_bytes()),
     ] {
         let text = String::from_utf8(key).unwrap();
         assert_eq!(recorded_text(&path, name, || text.clone()), text, "{name} changed shape");

@@ -6,6 +6,7 @@ pub mod bench_blob;
 pub mod bench_forge;
 pub mod blob;
 pub mod cluster;
+pub mod collab;
 pub mod coord;
 pub mod counter;
 pub mod election;
