@@ -54,6 +54,7 @@
 
       checks = forAllSystems (system: pkgs: {
         vm-cluster = import ./vm-tests/cluster.nix { inherit pkgs module; aspen = built.${system}.aspen; };
+        vm-forge = import ./vm-tests/forge.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         cargo-test = built.${system}.tests;
         clippy = built.${system}.clippy;
       });

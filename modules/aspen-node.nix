@@ -27,6 +27,10 @@ let
     ++ optionals cfg.initialize [ "--init" "--root-token-file" cfg.rootTokenFile "--join-ticket-out" cfg.joinTicketOut ]
     ++ optionals (!cfg.initialize) [ "--root-token-file" cfg.rootTokenFile ]
     ++ optionals (joinTicket != null) [ "--join-ticket-file" joinTicket "--join-as" cfg.joinAs ]
+    ++ [
+      "--forge-gc-grace-secs" (toString cfg.forge.gcGraceSeconds)
+      "--forge-gc-interval-secs" (toString cfg.forge.gcIntervalSeconds)
+    ]
     ++ cfg.extraFlags;
 in
 {
@@ -165,6 +169,38 @@ in
       description = "The node's log filter (`RUST_LOG` syntax); logs go to the journal.";
     };
 
+    forge = {
+      gitPackage = mkOption {
+        type = types.package;
+        default = pkgs.git;
+        defaultText = lib.literalExpression "pkgs.git";
+        description = ''
+          The git the forge runs to serve fetches (`git upload-pack`) and to collect garbage
+          (`git rev-list`, `git pack-objects`). Pushes are received by the node itself.
+        '';
+      };
+
+      gcGraceSeconds = mkOption {
+        type = types.ints.unsigned;
+        default = 86400;
+        description = ''
+          How long a pushed pack is kept as it is before garbage collection may repack it and
+          drop the objects no ref reaches (of the repository, or of a fork of it): the window
+          in which a force-pushed or deleted branch can still be pushed back cheaply.
+        '';
+      };
+
+      gcIntervalSeconds = mkOption {
+        type = types.ints.unsigned;
+        default = 3600;
+        description = ''
+          Seconds between the forge's background rounds: the leader collects every
+          repository's garbage, and every node drops its copies of packs no repository holds.
+          0 turns them off (`aspen forge gc REPO` still works).
+        '';
+      };
+    };
+
     extraFlags = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -202,7 +238,10 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
-      environment.RUST_LOG = cfg.logLevel;
+      environment = {
+        RUST_LOG = cfg.logLevel;
+        ASPEN_FORGE_GIT = "${cfg.forge.gitPackage}/bin/git";
+      };
       serviceConfig = {
         Type = "notify";
         NotifyAccess = "main";

@@ -28,7 +28,7 @@ let
 
   # A stand-in package: evaluation needs a derivation-shaped value, not a build.
   package = { type = "derivation"; name = "aspen"; outPath = "/aspen-package"; };
-  pkgs = { coreutils = "/coreutils"; };
+  pkgs = { coreutils = "/coreutils"; git = { type = "derivation"; name = "git"; outPath = "/git"; }; };
 
   cases = {
     minimal = { services.aspen = { enable = true; package = package; }; };
@@ -48,6 +48,7 @@ let
         secretKeyFile = "/run/keys/aspen-node.key";
         logLevel = "info,aspen_node=debug";
         extraFlags = [ "--blob-replicas" "2" "--heartbeat-ms" "50" "--election-timeout-ms" "400" ];
+        forge = { gcGraceSeconds = 600; gcIntervalSeconds = 0; };
       };
     };
     first-node = {

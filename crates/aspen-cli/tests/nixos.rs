@@ -238,6 +238,10 @@ fn the_module_evaluates_stays_in_step_with_the_binary_and_is_hardened() {
 
     let full = evaluate(&lib, "full").unwrap();
     assert_eq!(full["firewall"], serde_json::json!([7711]));
+    // The forge's settings reach the node, and its git is the module's.
+    let exec = full["services"]["aspen"]["serviceConfig"]["ExecStart"].as_str().unwrap();
+    assert!(exec.contains("--forge-gc-grace-secs 600") && exec.contains("--forge-gc-interval-secs 0"), "{exec}");
+    assert_eq!(full["services"]["aspen"]["environment"]["ASPEN_FORGE_GIT"], "/git/bin/git");
     assert_eq!(full["paths"]["aspen-join-ticket"]["pathConfig"]["PathExists"], "/boot/aspen/join.ticket");
     let credential = &full["services"]["aspen"]["serviceConfig"]["LoadCredential"];
     assert_eq!(credential, &serde_json::json!(["node.key:/run/keys/aspen-node.key"]), "the key is a credential");
@@ -336,19 +340,25 @@ fn the_cluster_app_script_forms_a_working_cluster() {
 /// nixpkgs' test framework, compiles; the machines it names are the ones the test declares.
 #[test]
 fn the_vm_test_script_compiles_and_names_its_machines() {
-    let expr = format!(
-        "let t = import {}/vm-tests/cluster.nix {{ pkgs = {{ testers.runNixOSTest = a: a; jq = \"jq\"; }}; \
-         module = {{ }}; aspen = \"aspen\"; }}; in {{ script = t.testScript; nodes = builtins.attrNames t.nodes; }}",
-        repo().display()
-    );
-    let out = Command::new("nix-instantiate").args(["--eval", "--strict", "--json", "-E", &expr]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let test: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let nodes: Vec<&str> = test["nodes"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
-    assert_eq!(nodes, ["node1", "node2", "node3", "node4"]);
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("test_script.py");
-    std::fs::write(&script, test["script"].as_str().unwrap()).unwrap();
-    let out = Command::new("python3").args(["-m", "py_compile"]).arg(&script).output().expect("python3 runs");
-    assert!(out.status.success(), "the VM test script does not compile:\n{}", String::from_utf8_lossy(&out.stderr));
+    for (file, machines) in [("cluster", &["node1", "node2", "node3", "node4"][..]), ("forge", &["alice", "bob"][..])] {
+        let expr = format!(
+            "let t = import {}/vm-tests/{file}.nix {{ pkgs = {{ testers.runNixOSTest = a: a; jq = \"jq\"; git = \"git\"; }}; \
+             module = {{ }}; aspen = \"aspen\"; }}; in {{ script = t.testScript; nodes = builtins.attrNames t.nodes; }}",
+            repo().display()
+        );
+        let out = Command::new("nix-instantiate").args(["--eval", "--strict", "--json", "-E", &expr]).output().unwrap();
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let test: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let nodes: Vec<&str> = test["nodes"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
+        assert_eq!(nodes, machines, "{file}");
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("test_script.py");
+        std::fs::write(&script, test["script"].as_str().unwrap()).unwrap();
+        let out = Command::new("python3").args(["-m", "py_compile"]).arg(&script).output().expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "the {file} VM test script does not compile:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
