@@ -9,7 +9,7 @@ use aspen_core::api::ClientRequest;
 use aspen_core::golden::{check_file, sample};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 fn variant_hello(h: &Hello) -> &'static str {

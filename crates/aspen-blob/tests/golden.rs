@@ -12,7 +12,7 @@ use aspen_core::AspenError;
 use aspen_core::golden::{check_file, recorded_text, sample};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 const HASH: [u8; 32] = [0x5a; 32];

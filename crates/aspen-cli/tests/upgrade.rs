@@ -17,8 +17,8 @@ use aspen_net::token::Token;
 use aspen_testkit::harness::{aspen_bin, eventually};
 use aspen_testkit::{ClusterOptions, NodeSpec, ProcessCluster};
 
-fn fixture() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/datadir-v1.tar.gz"))
+fn fixture() -> std::path::PathBuf {
+    aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datadir-v1.tar.gz")
 }
 
 /// Unpacks the fixture into node 0's data dir.

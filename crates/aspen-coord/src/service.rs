@@ -269,7 +269,7 @@ mod golden {
     /// An instance record is JSON in the KV, read by every discoverer.
     #[test]
     fn instance_records_keep_their_json() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/service_records.txt");
+        let path = aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden/service_records.txt");
         let instance = Instance {
             addr: "10.0.0.1:8080".into(),
             tags: vec!["blue".into()],

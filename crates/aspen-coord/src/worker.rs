@@ -586,7 +586,7 @@ mod golden {
     /// worker running it) must read the ones written today.
     #[test]
     fn worker_records_keep_their_json() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/worker_records.txt");
+        let path = aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden/worker_records.txt");
         let worker = serde_json::to_string(&WorkerRecord { capacity: 4 }).unwrap();
         let recorded = recorded_text(&path, "WorkerRecord", || worker.clone());
         assert_eq!(recorded, worker);

@@ -14,7 +14,7 @@
 //! This module reads and appends fixture files; it is used only by tests.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -115,6 +115,13 @@ pub fn compare(recorded: &[(String, Vec<u8>)], samples: &[Sample]) -> (Vec<Strin
         }
     }
     (problems, unrecorded)
+}
+
+/// The directory of the crate under test: `CARGO_MANIFEST_DIR` as cargo sets it when it runs
+/// the test, else `compiled` (pass `env!("CARGO_MANIFEST_DIR")`). A test binary reused from
+/// a build in another checkout (a shared target dir) then still reads this checkout's files.
+pub fn crate_dir(compiled: &str) -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(compiled))
 }
 
 /// Checks `samples` against the fixture at `path` (see the module docs). Panics with every

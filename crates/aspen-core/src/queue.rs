@@ -781,7 +781,7 @@ mod golden {
     /// The dedup record is private to the apply step, but it is stored in the KV.
     #[test]
     fn the_dedup_record_keeps_its_bytes() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/queue_private.txt");
+        let path = crate::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden/queue_private.txt");
         check_file(&path, &[sample("DedupRecord", &DedupRecord { seq: 41, expires_ms: 1_700_000_300_000 })]);
     }
 }

@@ -132,7 +132,7 @@ mod golden {
     /// The bucket record is private to the apply step, but it is stored in the KV.
     #[test]
     fn the_bucket_record_keeps_its_bytes() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ratelimit_private.txt");
+        let path = crate::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ratelimit_private.txt");
         let bucket = Bucket { level_milli: 99_500, last_ms: 1_700_000_000_000 };
         check_file(&path, &[sample("Bucket", &bucket)]);
     }

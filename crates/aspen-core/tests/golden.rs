@@ -19,7 +19,7 @@ use aspen_core::ratelimit::{RateLimitResult, RateLimitTake};
 use aspen_core::types::*;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 fn kv(key: &str, value: &str) -> KeyValue {

@@ -207,7 +207,7 @@ impl ForgeClient {
         kind: crate::cob::CobKind,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<(Vec<crate::records::CobSummary>, bool), ClientError> {
+    ) -> Result<(Vec<crate::cob_index::CobSummary>, bool), ClientError> {
         let request = ForgeRequest::ListCobs { repo: repo.into(), kind, after: after.map(str::to_string), limit };
         match self.call(request).await? {
             ForgeResponse::Cobs { cobs, more } => Ok((cobs, more)),

@@ -20,9 +20,10 @@ use aspen_kv::KvExt;
 use futures::StreamExt;
 
 use crate::cob::{self, Action, Change, ChangeId, CobKind, CobState, CobStatus, SignedChange};
+use crate::cob_index::{self, CobSummary};
 use crate::names::branch_ref;
 use crate::objects::PackSet;
-use crate::records::{self, CobSummary, PushEvent};
+use crate::records::{self, PushEvent};
 use crate::server::{ForgeHandler, kv_error};
 
 /// Attempts at an append whose summary changed under it.
@@ -43,11 +44,11 @@ impl ForgeHandler {
     /// content-addressed, so the bytes are the ones the change id names).
     async fn stored_changes(&self, repo: &str, kind: CobKind, id: &ChangeId) -> Result<Stored, AspenError> {
         let summary =
-            self.kv().get(records::cob_key(repo, kind, id), ReadConsistency::Linearizable).await.map_err(kv_error)?;
+            self.kv().get(cob_index::cob_key(repo, kind, id), ReadConsistency::Linearizable).await.map_err(kv_error)?;
         let summary_revision = summary.map(|kv| kv.mod_revision).unwrap_or(0);
         let (kvs, _) = self
             .kv()
-            .scan_all(records::changes_prefix(repo, kind, id), ReadConsistency::Linearizable)
+            .scan_all(cob_index::changes_prefix(repo, kind, id), ReadConsistency::Linearizable)
             .await
             .map_err(kv_error)?;
         if kvs.len() > MAX_CHANGES {
@@ -86,7 +87,7 @@ impl ForgeHandler {
                 "{text:?} is not a {kind} id: give its id, or at least {MIN_ID_PREFIX} hex digits of it"
             )));
         }
-        let start = records::cobs_prefix(repo, kind, &prefix);
+        let start = cob_index::cobs_prefix(repo, kind, &prefix);
         let page = self
             .kv()
             .scan(start.clone(), aspen_core::keys::prefix_end(&start), 2, ReadConsistency::Linearizable)
@@ -131,9 +132,9 @@ impl ForgeHandler {
             }
             l => l,
         };
-        let range = records::cobs_prefix(repo, kind, "");
+        let range = cob_index::cobs_prefix(repo, kind, "");
         let start = match after {
-            Some(after) => aspen_core::keys::key_successor(&records::cobs_prefix(repo, kind, after)),
+            Some(after) => aspen_core::keys::key_successor(&cob_index::cobs_prefix(repo, kind, after)),
             None => range.clone(),
         };
         let page = self
@@ -228,7 +229,7 @@ impl ForgeHandler {
             let state = cob::fold(&set)?;
             let summary = CobSummary::of(&state, set.len());
 
-            let summary_key = records::cob_key(repo, kind, &object);
+            let summary_key = cob_index::cob_key(repo, kind, &object);
             let mut compare = vec![Compare {
                 key: summary_key.clone(),
                 op: CompareOp::Equal,
@@ -239,13 +240,13 @@ impl ForgeHandler {
             }];
             let mut success = vec![
                 TxnOp::Put {
-                    key: records::change_key(repo, kind, &object, &change_id),
+                    key: cob_index::change_key(repo, kind, &object, &change_id),
                     value: Vec::new(),
                     lease: None,
                 },
                 TxnOp::Put { key: summary_key, value: records::encode(&summary)?, lease: None },
             ];
-            success.extend(aspen_blob::records::pin_ops(&records::change_pin(repo, &change_id), &change_id, None));
+            success.extend(aspen_blob::records::pin_ops(&cob_index::change_pin(repo, &change_id), &change_id, None));
             if let (Some(pusher), Some((revision, commit))) = (merge, merged_action) {
                 let before = before.as_ref().ok_or_else(|| AspenError::invalid("a merge cannot open a patch"))?;
                 let (ops, compares) = self.merge_ops(repo, before, &revision, &commit, pusher).await?;
@@ -258,7 +259,7 @@ impl ForgeHandler {
                 Ok(_) => {}
                 Err(e) if e.is_transient() => {
                     tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-                    let key = records::change_key(repo, kind, &object, &change_id);
+                    let key = cob_index::change_key(repo, kind, &object, &change_id);
                     let landed = self.kv().get(key, ReadConsistency::Linearizable).await.map_err(kv_error)?;
                     if landed.is_some() {
                         return Ok(state);

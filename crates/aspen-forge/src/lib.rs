@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod cob;
+pub mod cob_index;
 mod collab;
 mod gc;
 pub mod names;

@@ -167,7 +167,7 @@ pub enum ForgeResponse {
         changes: Vec<serde_bytes::ByteBuf>,
     },
     Cobs {
-        cobs: Vec<crate::records::CobSummary>,
+        cobs: Vec<crate::cob_index::CobSummary>,
         more: bool,
     },
 }

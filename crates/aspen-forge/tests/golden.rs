@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use aspen_core::AspenError;
 use aspen_core::golden::{check_file, recorded_text, sample};
 use aspen_forge::cob::{self, Action, Change, CobKind, CobState, CobStatus, Verdict};
+use aspen_forge::cob_index::{self, CobSummary};
 use aspen_forge::protocol::{
     EventEntry, ForgeRequest, ForgeResponse, GcReport, GitService, RefEntry, RepoInfo, RepoSummary,
 };
-use aspen_forge::records::{self, CobSummary, PackRecord, PushEvent, RepoRecord};
+use aspen_forge::records::{self, PackRecord, PushEvent, RepoRecord};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 fn requests() -> Vec<ForgeRequest> {
@@ -241,9 +242,9 @@ fn forge_records_keep_their_bytes_and_keys_their_shape() {
         ("pack_pin", records::pack_pins("repos/a", "0123abcd").0.into_bytes()),
         ("index_pin", records::pack_pins("repos/a", "0123abcd").1.into_bytes()),
         ("fork_key", records::fork_key("repos/a", "repos/b")),
-        ("cob_key", records::cob_key("repos/a", CobKind::Issue, &[1; 32])),
-        ("change_key", records::change_key("repos/a", CobKind::Patch, &[1; 32], &[2; 32])),
-        ("change_pin", records::change_pin("repos/a", &[2; 32]).into_bytes()),
+        ("cob_key", cob_index::cob_key("repos/a", CobKind::Issue, &[1; 32])),
+        ("change_key", cob_index::change_key("repos/a", CobKind::Patch, &[1; 32], &[2; 32])),
+        ("change_pin", cob_index::change_pin("repos/a", &[2; 32]).into_bytes()),
     ] {
         let text = String::from_utf8(key).unwrap();
         assert_eq!(recorded_text(&path, name, || text.clone()), text, "{name} changed shape");

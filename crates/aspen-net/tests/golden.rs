@@ -12,7 +12,7 @@ use aspen_net::token::{Audience, Link, LinkSpec, SignedLink, Token, verify};
 use iroh::SecretKey;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 /// A fixed root key: the recorded tokens are signed by it.

@@ -19,7 +19,7 @@ use openraft::raft::{
 use openraft::testing::log_id;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 fn addr(n: u8) -> NodeAddr {

@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use aspen_client::Client;
 use aspen_forge::ForgeClient;
 use aspen_forge::cob::{self, Action, Change, CobKind, CobState, CobStatus, SignedChange, Verdict};
-use aspen_forge::records::{self as forge_records, CobSummary};
+use aspen_forge::cob_index::CobSummary;
+use aspen_forge::records as forge_records;
 use serde_json::{Value, json};
 
 use crate::context::Ctx;

@@ -167,7 +167,7 @@ mod golden {
             next_lease_id: 7,
             cluster_root: Some([3; 32]),
         };
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot.txt");
+        let path = aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshot.txt");
         check_file(
             &path,
             &[
