@@ -519,7 +519,28 @@ async fn a_leader_killed_mid_push_leaves_the_old_ref_or_the_new_never_a_dangling
     git.ok(work.path(), &["clone", "-q", "--mirror", "aspen://default/crash", "final.git"]);
     let final_repo = work.path().join("final.git");
     git.ok(&final_repo, &["fsck", "--strict"]);
-    assert_eq!(git.ok(&final_repo, &["rev-parse", "main"]).trim(), expected.unwrap());
+    let expected = expected.unwrap();
+    assert_eq!(git.ok(&final_repo, &["rev-parse", "main"]).trim(), expected);
+
+    // The events, in revision order, are one unbroken chain of the ref's moves: none lost
+    // (each starts where the last ended) and none written twice (a repeat would restart
+    // from an old id), across three leader kills.
+    let client = c.client().await;
+    let (events, _) = ForgeClient::new(&client).events("crash", 0, 0).await.unwrap();
+    client.close().await;
+    let hex = |id: &Option<[u8; 20]>| id.map(|i| records::hex(&i));
+    let mut at: Option<String> = None;
+    for e in &events {
+        assert_eq!(
+            hex(&e.event.old),
+            at,
+            "event at revision {} does not start where the last ended: {events:#?}",
+            e.revision
+        );
+        at = hex(&e.event.new);
+    }
+    assert_eq!(at.as_deref(), Some(expected.as_str()), "the last event ends at the ref: {events:#?}");
+    assert_eq!(events.len(), 3, "one move per round: {events:#?}");
 }
 
 /// How many objects the repository's pack records hold.
