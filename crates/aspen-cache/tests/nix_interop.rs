@@ -70,3 +70,44 @@ fn signatures_match_what_nix_itself_makes() {
     assert_ne!(tampered, fingerprint);
     assert!(!verify(&tampered, &nix_sig, &[nix_public.trim().to_string()]).unwrap(), "another size, no match");
 }
+
+#[test]
+fn nars_nix_dumps_check_and_hash_as_nix_records_them() {
+    if !nix_available() {
+        eprintln!("SKIPPED: no nix-store on PATH (scripts/test.sh installs nix-bin)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    std::fs::write(tree.join("a.txt"), "a\n").unwrap();
+    std::fs::write(tree.join("sub/deeper/big.bin"), vec![7u8; 300_001]).unwrap();
+    std::fs::write(tree.join("run.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+    std::fs::create_dir(tree.join("empty")).unwrap();
+
+    let dump = Command::new("nix-store").arg("--dump").arg(&tree).output().unwrap();
+    assert!(dump.status.success());
+    let summary = aspen_cache::nar::check_nar(&dump.stdout[..]).unwrap();
+    assert_eq!(summary.nar_size, dump.stdout.len() as u64);
+
+    // What nix records for the same tree, added to a store of its own.
+    let store = dir.path().join("store");
+    let mut add = Command::new("nix-store");
+    add.arg("--store").arg(&store).arg("--add").arg(&tree);
+    let path = run(&mut add).trim().to_string();
+    let mut info = Command::new("nix");
+    info.args(["--extra-experimental-features", "nix-command", "--store"])
+        .arg(&store)
+        .args(["path-info", "--json"])
+        .arg(&path);
+    let info: serde_json::Value = serde_json::from_str(&run(&mut info)).unwrap();
+    assert_eq!(summary.nar_hash, Sha256::parse(info[0]["narHash"].as_str().unwrap()).unwrap());
+    assert_eq!(summary.nar_size, info[0]["narSize"].as_u64().unwrap());
+
+    // A cut NAR is refused.
+    let cut = &dump.stdout[..dump.stdout.len() - 8];
+    assert!(aspen_cache::nar::check_nar(cut).unwrap_err().to_string().contains("ends early"));
+}
