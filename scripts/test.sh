@@ -4,7 +4,7 @@
 #
 # Installs what the tests need first: iproute2 (ip, tc) for the network namespaces
 # the cluster tests partition; nix-bin (nix-instantiate, nix) and systemd (systemd-analyze)
-# and python3 for the NixOS checks. Partition tests need root; without it they are skipped with a
+# and python3 for the NixOS checks; git for the forge tests (the real git client). Partition tests need root; without it they are skipped with a
 # notice, and everything else runs on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ command -v tc >/dev/null || need_pkgs+=(iproute2)
 command -v nix-instantiate >/dev/null || need_pkgs+=(nix-bin)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v git >/dev/null || need_pkgs+=(git)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"
   as_root apt-get update -qq
