@@ -7,18 +7,7 @@
 pkgs.testers.runNixOSTest {
   name = "aspen-cluster";
 
-  defaults = { config, ... }: {
-    imports = [ module ];
-    services.aspen = {
-      enable = true;
-      package = aspen;
-      listenAddress = config.networking.primaryIPAddress;
-      openFirewall = true;
-      extraFlags = [ "--heartbeat-ms" "100" "--election-timeout-ms" "600" ];
-    };
-    environment.systemPackages = [ aspen pkgs.jq ];
-    virtualisation.memorySize = 1024;
-  };
+  defaults = import ./defaults.nix { inherit pkgs module aspen; };
 
   nodes = {
     node1 = { services.aspen = { nodeId = 1; initialize = true; }; };

@@ -7,18 +7,10 @@
 pkgs.testers.runNixOSTest {
   name = "aspen-forge";
 
-  defaults = { config, ... }: {
-    imports = [ module ];
-    services.aspen = {
-      enable = true;
-      package = aspen;
-      listenAddress = config.networking.primaryIPAddress;
-      openFirewall = true;
-      extraFlags = [ "--heartbeat-ms" "100" "--election-timeout-ms" "600" ];
-      forge.gcGraceSeconds = 0;
-    };
-    environment.systemPackages = [ aspen pkgs.git pkgs.jq ];
-    virtualisation.memorySize = 1024;
+  defaults = {
+    imports = [ (import ./defaults.nix { inherit pkgs module aspen; }) ];
+    services.aspen.forge.gcGraceSeconds = 0;
+    environment.systemPackages = [ pkgs.git ];
   };
 
   nodes = {

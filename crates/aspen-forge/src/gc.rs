@@ -37,7 +37,7 @@ use tokio::process::Command;
 use crate::protocol::GcReport;
 use crate::records::{self, PackRecord};
 use crate::server::{ForgeHandler, kv_error};
-use crate::upload::git_program;
+use crate::upload::{git_command, git_program};
 
 /// Most packs one collection repacks.
 pub const MAX_PACKS_PER_ROUND: usize = 16;
@@ -130,16 +130,7 @@ impl ForgeHandler {
             next += 1;
         }
         let snapshot = self.snapshot(repo).await?;
-        let own: Vec<(String, PackRecord)> = {
-            let mut own = Vec::new();
-            let prefix = records::packs_prefix(repo);
-            let (kvs, _) = self.kv().scan_all(prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
-            for kv in kvs {
-                let Some(name) = records::pack_name(repo, &kv.key) else { continue };
-                own.push((name.to_string(), records::decode::<PackRecord>(&kv.value, "a pack record")?));
-            }
-            own
-        };
+        let own = self.packs(repo).await?;
         let now = aspen_net::now_ms();
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         let mut old: Vec<(String, PackRecord)> =
@@ -200,30 +191,18 @@ impl ForgeHandler {
         let mut success = Vec::new();
         let mut stored = None;
         if let Some((name, pack_path, index_path, objects)) = &new_pack {
-            let blobs = self.store.blobs()?;
-            let open = |path: std::path::PathBuf| async move {
-                tokio::fs::File::open(&path).await.map_err(|e| AspenError::internal(format!("{}: {e}", path.display())))
-            };
-            let pack_blob = blobs.add(open(pack_path.clone()).await?, None).await?;
-            let index_blob = blobs.add(open(index_path.clone()).await?, None).await?;
+            let (pack_hash, index_hash, _) = self.store.store_blobs(pack_path, index_path).await?;
             let bytes = tokio::fs::metadata(pack_path).await.map_err(|e| io_error("the new pack", e))?.len();
             let record = PackRecord {
-                pack: pack_blob.hash,
-                index: index_blob.hash,
+                pack: pack_hash,
+                index: index_hash,
                 objects: *objects,
                 bytes,
                 added_ms: old.iter().map(|(_, r)| r.added_ms).max().unwrap_or(now),
             };
             report.bytes_written = bytes;
             if !old.iter().any(|(n, _)| n == name) {
-                success.push(TxnOp::Put {
-                    key: records::pack_key(repo, name),
-                    value: records::encode(&record)?,
-                    lease: None,
-                });
-                let (pack_pin, index_pin) = records::pack_pins(repo, name);
-                success.extend(aspen_blob::records::pin_ops(&pack_pin, &record.pack, None));
-                success.extend(aspen_blob::records::pin_ops(&index_pin, &record.index, None));
+                success.extend(records::pack_put_ops(repo, name, &record)?);
             }
             stored = Some((name.clone(), pack_path.clone(), index_path.clone()));
         }
@@ -231,10 +210,7 @@ impl ForgeHandler {
             if stored.as_ref().is_some_and(|(n, _, _)| n == name) {
                 continue;
             }
-            success.push(TxnOp::Delete { key: records::pack_key(repo, name) });
-            let (pack_pin, index_pin) = records::pack_pins(repo, name);
-            success.extend(aspen_blob::records::unpin_ops(&pack_pin, &record.pack));
-            success.extend(aspen_blob::records::unpin_ops(&index_pin, &record.index));
+            success.extend(records::pack_delete_ops(repo, name, record));
         }
         let mut compare = Vec::new();
         for member in &family {
@@ -317,16 +293,8 @@ fn old_objects(indexes: &[std::path::PathBuf]) -> Result<HashSet<records::Object
 }
 
 fn git(dir: &Path) -> Command {
-    let mut command = Command::new(git_program());
-    command
-        .arg("--git-dir")
-        .arg(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("HOME", dir)
-        .kill_on_drop(true);
+    let mut command = git_command(dir);
+    command.arg("--git-dir").arg(dir);
     command
 }
 

@@ -259,24 +259,19 @@ impl ForgeHandler {
         // Store the pack, unless it holds nothing new.
         let mut pack = None;
         if let Some(r) = received {
-            let blobs = self.store.blobs()?;
-            let open = |path: std::path::PathBuf| async move {
-                tokio::fs::File::open(&path).await.map_err(|e| AspenError::internal(format!("{}: {e}", path.display())))
-            };
-            let pack_blob = blobs.add(open(r.pack.clone()).await?, None).await?;
-            let index_blob = blobs.add(open(r.index.clone()).await?, None).await?;
+            let (pack_hash, index_hash, replicas) = self.store.store_blobs(&r.pack, &r.index).await?;
             reporter
                 .progress(&format!(
                     "aspen: stored pack {} ({} objects, {} bytes) on {} nodes\n",
                     &r.name[..12],
                     r.objects,
                     r.bytes,
-                    pack_blob.replicas
+                    replicas
                 ))
                 .await;
             let record = PackRecord {
-                pack: pack_blob.hash,
-                index: index_blob.hash,
+                pack: pack_hash,
+                index: index_hash,
                 objects: r.objects,
                 bytes: r.bytes,
                 added_ms: aspen_net::now_ms(),
@@ -320,14 +315,7 @@ impl ForgeHandler {
             }];
             let mut success = Vec::new();
             if let Some((name, record)) = pack {
-                success.push(TxnOp::Put {
-                    key: records::pack_key(repo, name),
-                    value: records::encode(record)?,
-                    lease: None,
-                });
-                let (pack_pin, index_pin) = records::pack_pins(repo, name);
-                success.extend(aspen_blob::records::pin_ops(&pack_pin, &record.pack, None));
-                success.extend(aspen_blob::records::pin_ops(&index_pin, &record.index, None));
+                success.extend(records::pack_put_ops(repo, name, record)?);
             }
             success.push(TxnOp::Put {
                 key: records::activity_key(repo),

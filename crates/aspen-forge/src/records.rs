@@ -21,6 +21,7 @@
 //!   transaction as the ref update it records; watchers read them from a revision.
 
 use aspen_core::AspenError;
+use aspen_core::command::TxnOp;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every forge record.
@@ -104,6 +105,25 @@ pub fn packs_prefix(repo: &str) -> Vec<u8> {
 /// The pack name a pack key of `repo` holds.
 pub fn pack_name<'k>(repo: &str, key: &'k [u8]) -> Option<&'k str> {
     std::str::from_utf8(key.strip_prefix(packs_prefix(repo).as_slice())?).ok()
+}
+
+/// The operations that record pack `name` of `repo` and pin its two blobs, to go in the
+/// transaction that makes a ref reach it.
+pub fn pack_put_ops(repo: &str, name: &str, record: &PackRecord) -> Result<Vec<TxnOp>, AspenError> {
+    let (pack_pin, index_pin) = pack_pins(repo, name);
+    let mut ops = vec![TxnOp::Put { key: pack_key(repo, name), value: encode(record)?, lease: None }];
+    ops.extend(aspen_blob::records::pin_ops(&pack_pin, &record.pack, None));
+    ops.extend(aspen_blob::records::pin_ops(&index_pin, &record.index, None));
+    Ok(ops)
+}
+
+/// The operations that drop pack `name` of `repo`: its record and its two pins.
+pub fn pack_delete_ops(repo: &str, name: &str, record: &PackRecord) -> Vec<TxnOp> {
+    let (pack_pin, index_pin) = pack_pins(repo, name);
+    let mut ops = vec![TxnOp::Delete { key: pack_key(repo, name) }];
+    ops.extend(aspen_blob::records::unpin_ops(&pack_pin, &record.pack));
+    ops.extend(aspen_blob::records::unpin_ops(&index_pin, &record.index));
+    ops
 }
 
 /// The key rewritten by every change to `repo`'s refs or packs.

@@ -272,7 +272,7 @@ impl ForgeHandler {
         Ok(refs)
     }
 
-    async fn packs(&self, repo: &str) -> Result<Vec<(String, PackRecord)>, AspenError> {
+    pub(crate) async fn packs(&self, repo: &str) -> Result<Vec<(String, PackRecord)>, AspenError> {
         let (kvs, _) =
             self.kv().scan_all(records::packs_prefix(repo), ReadConsistency::Linearizable).await.map_err(kv_error)?;
         let mut packs = Vec::with_capacity(kvs.len());
@@ -482,10 +482,7 @@ impl ForgeHandler {
         for chunk in packs.chunks(20) {
             let mut success = Vec::with_capacity(chunk.len() * 5);
             for (pack, record) in chunk {
-                success.push(TxnOp::Delete { key: records::pack_key(name, pack) });
-                let (pack_pin, index_pin) = records::pack_pins(name, pack);
-                success.extend(aspen_blob::records::unpin_ops(&pack_pin, &record.pack));
-                success.extend(aspen_blob::records::unpin_ops(&index_pin, &record.index));
+                success.extend(records::pack_delete_ops(name, pack, record));
             }
             self.kv().txn(Txn { compare: Vec::new(), success, failure: Vec::new() }).await.map_err(kv_error)?;
         }

@@ -93,6 +93,19 @@ impl PackStore {
         Ok(())
     }
 
+    /// Stores a pack and its index as blobs (replicated before this returns): their hashes,
+    /// and on how many nodes the pack is.
+    pub async fn store_blobs(&self, pack: &Path, index: &Path) -> Result<([u8; 32], [u8; 32], u32), AspenError> {
+        let blobs = self.blobs()?;
+        let open = |path: &Path| {
+            let path = path.to_path_buf();
+            async move { tokio::fs::File::open(&path).await.map_err(|e| io_error(path.display(), e)) }
+        };
+        let pack_blob = blobs.add(open(pack).await?, None).await?;
+        let index_blob = blobs.add(open(index).await?, None).await?;
+        Ok((pack_blob.hash, index_blob.hash, pack_blob.replicas))
+    }
+
     /// Makes sure this node has pack `name` as files, fetching its blobs if not.
     pub async fn ensure_local(&self, name: &str, record: &PackRecord) -> Result<(PathBuf, PathBuf), AspenError> {
         let (pack, index) = self.pack_paths(name);

@@ -35,6 +35,20 @@ pub fn git_program() -> String {
     std::env::var(GIT_ENV).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "git".into())
 }
 
+/// The git program run with nothing of the node's environment but `PATH`: no system or
+/// user config, `HOME` at `home`, killed when dropped.
+pub(crate) fn git_command(home: &Path) -> Command {
+    let mut command = Command::new(git_program());
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", home)
+        .kill_on_drop(true);
+    command
+}
+
 /// Writes the git directory of one fetch: `HEAD`, `config` and `packed-refs` (its packs are
 /// linked in by [`crate::store::PackStore::link_packs`]).
 pub(crate) fn write_session(dir: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
@@ -67,21 +81,15 @@ impl ForgeHandler {
         let served = async {
             write_session(&dir, &snapshot).map_err(|e| io_error("cannot write the fetch's git directory", e))?;
             self.store.link_packs(&dir.join("objects/pack"), &snapshot.packs).await?;
-            let mut command = Command::new(git_program());
+            let mut command = git_command(&dir);
             command
                 .arg("upload-pack")
                 .arg("--strict")
                 .arg(format!("--timeout={IDLE_TIMEOUT_S}"))
                 .arg(&dir)
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("HOME", &dir)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
+                .stderr(Stdio::piped());
             if protocol == "version=2" || protocol == "version=1" {
                 command.env("GIT_PROTOCOL", protocol);
             }
