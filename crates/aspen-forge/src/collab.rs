@@ -224,7 +224,8 @@ impl ForgeHandler {
                 }
             }
             let mut set: Vec<(ChangeId, Change)> = stored.changes.into_iter().map(|(i, c, _)| (i, c)).collect();
-            let before = if set.is_empty() { None } else { Some(cob::fold(&set)?) };
+            // The state before the change matters only to a merge, which judges it.
+            let before = if merge.is_some() && !set.is_empty() { Some(cob::fold(&set)?) } else { None };
             set.push((change_id, change.clone()));
             let state = cob::fold(&set)?;
             let summary = CobSummary::of(&state, set.len());

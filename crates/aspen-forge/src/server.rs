@@ -88,6 +88,32 @@ pub(crate) fn kv_error(e: KvError) -> AspenError {
     }
 }
 
+/// The most events one answer carries: `limit`, 0 meaning 1,000.
+fn page_limit(limit: u32) -> Result<usize, AspenError> {
+    match limit {
+        0 => Ok(1_000),
+        l if l > MAX_LIST => Err(AspenError::invalid(format!("limit {l} is over MAX_LIST = {MAX_LIST}"))),
+        l => Ok(l as usize),
+    }
+}
+
+/// Takes the first page of at most `limit` events off `found` (in revision order). One
+/// transaction writes several events at one revision: a page never splits them.
+fn take_page(
+    found: &mut Vec<crate::protocol::EventEntry>,
+    limit: usize,
+) -> Result<Vec<crate::protocol::EventEntry>, AspenError> {
+    if found.len() <= limit {
+        return Ok(std::mem::take(found));
+    }
+    let cut_revision = found[limit].revision;
+    let end = found.iter().position(|e| e.revision >= cut_revision).unwrap_or(found.len());
+    if end == 0 {
+        return Err(AspenError::invalid(format!("limit {limit} is smaller than one push's events")));
+    }
+    Ok(found.drain(..end).collect())
+}
+
 impl AppHandler for ForgeHandler {
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         self.stop.cancel();
@@ -199,20 +225,19 @@ impl ForgeHandler {
     ) -> Result<(), AspenError> {
         let caps = caller.capabilities()?;
         rights::require(&caps, READ, prefix)?;
-        let mut from = from_revision;
+        let limit = page_limit(limit)?;
         let closed = |e: aspen_net::FrameError| AspenError::Unavailable { reason: format!("event stream: {e}") };
+        // What is stored, read once, sent in pages; then the watch from the next revision.
+        let (mut found, read_at) = self.events_since(prefix, from_revision).await?;
         loop {
-            let (events, next, read_at) = self.events_page(prefix, from, limit).await?;
-            from = next;
-            let done = next > read_at;
-            aspen_net::write_frame(send, &ForgeResponse::Events { events, next_revision: next })
-                .await
-                .map_err(closed)?;
-            if done {
+            let events = take_page(&mut found, limit)?;
+            let next_revision = found.first().map_or(read_at + 1, |e| e.revision);
+            aspen_net::write_frame(send, &ForgeResponse::Events { events, next_revision }).await.map_err(closed)?;
+            if found.is_empty() {
                 break;
             }
         }
-        let mut watch = self.kv().watch(records::EVENT_PREFIX.as_bytes(), from);
+        let mut watch = self.kv().watch(records::EVENT_PREFIX.as_bytes(), read_at + 1);
         loop {
             let item = tokio::select! {
                 item = watch.next() => item,
@@ -330,7 +355,10 @@ impl ForgeHandler {
             }
             ForgeRequest::Events { prefix, from_revision, limit, follow: _ } => {
                 rights::require(caps, READ, &prefix)?;
-                let (events, next_revision, _) = self.events_page(&prefix, from_revision, limit).await?;
+                let limit = page_limit(limit)?;
+                let (mut found, read_at) = self.events_since(&prefix, from_revision).await?;
+                let events = take_page(&mut found, limit)?;
+                let next_revision = found.first().map_or(read_at + 1, |e| e.revision);
                 Ok(ForgeResponse::Events { events, next_revision })
             }
             ForgeRequest::AppendChange { repo, kind, change } => {
@@ -557,20 +585,13 @@ impl ForgeHandler {
         Ok(())
     }
 
-    /// One page of push events of repositories under `prefix`, written at `from_revision` or
-    /// later, in revision order; with the revision to continue from and the revision the
-    /// page was read at.
-    pub(crate) async fn events_page(
+    /// Push events of repositories under `prefix` written at `from_revision` or later, in
+    /// revision order, read at one revision, which is returned with them.
+    pub(crate) async fn events_since(
         &self,
         prefix: &str,
         from_revision: u64,
-        limit: u32,
-    ) -> Result<(Vec<crate::protocol::EventEntry>, u64, u64), AspenError> {
-        let limit = match limit {
-            0 => 1_000,
-            l if l > MAX_LIST => return Err(AspenError::invalid(format!("limit {l} is over MAX_LIST = {MAX_LIST}"))),
-            l => l as usize,
-        };
+    ) -> Result<(Vec<crate::protocol::EventEntry>, u64), AspenError> {
         let (kvs, read_at) = self
             .kv()
             .scan_all(records::EVENT_PREFIX.as_bytes(), ReadConsistency::Linearizable)
@@ -587,17 +608,7 @@ impl ForgeHandler {
             }
         }
         found.sort_by_key(|e| e.revision);
-        // One transaction writes several events at one revision: a page never splits them.
-        let mut next = read_at + 1;
-        if found.len() > limit {
-            let cut_revision = found[limit].revision;
-            found.retain(|e| e.revision < cut_revision);
-            if found.is_empty() {
-                return Err(AspenError::invalid(format!("limit {limit} is smaller than one push's events")));
-            }
-            next = cut_revision;
-        }
-        Ok((found, next, read_at))
+        Ok((found, read_at))
     }
 
     async fn protect(&self, repo: &str, branch: &str, protected: bool) -> Result<(), AspenError> {
@@ -631,5 +642,37 @@ impl ForgeHandler {
             }
         }
         Err(AspenError::Unavailable { reason: format!("repository {repo:?} kept changing; try again") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::EventEntry;
+
+    fn at(revision: u64) -> EventEntry {
+        let event = records::PushEvent {
+            repo: "r".into(),
+            ref_name: "refs/heads/main".into(),
+            old: None,
+            new: Some([1; 20]),
+            pusher: String::new(),
+            time_ms: 0,
+        };
+        EventEntry { revision, event }
+    }
+
+    #[test]
+    fn pages_never_split_one_transaction_s_events() {
+        let revisions = |page: &[EventEntry]| page.iter().map(|e| e.revision).collect::<Vec<_>>();
+        let mut found = vec![at(1), at(2), at(2), at(3)];
+        assert_eq!(revisions(&take_page(&mut found, 2).unwrap()), [1]);
+        assert_eq!(revisions(&take_page(&mut found, 2).unwrap()), [2, 2]);
+        assert_eq!(revisions(&take_page(&mut found, 2).unwrap()), [3]);
+        assert!(found.is_empty() && take_page(&mut found, 2).unwrap().is_empty());
+        let mut found = vec![at(2), at(2)];
+        assert!(take_page(&mut found, 1).unwrap_err().to_string().contains("smaller than one push"));
+        assert_eq!(page_limit(0).unwrap(), 1_000);
+        assert!(page_limit(MAX_LIST + 1).is_err());
     }
 }
