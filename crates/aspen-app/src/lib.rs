@@ -24,6 +24,7 @@ mod auth;
 mod caller;
 mod cluster;
 pub mod rights;
+pub mod secrets;
 mod services;
 pub mod wire;
 
@@ -38,6 +39,7 @@ pub use caller::Caller;
 pub use cluster::{Cluster, Members};
 use iroh::endpoint::{RecvStream, SendStream};
 use iroh::protocol::DynProtocolHandler;
+pub use secrets::SecretBox;
 pub use services::Services;
 pub use wire::MEMBER_ALPN;
 
@@ -100,6 +102,9 @@ pub struct NodeContext {
     pub cluster: Arc<dyn Cluster>,
     /// In-process handles apps publish for one another (the blob store's, for one).
     pub services: Arc<Services>,
+    /// The cluster's secrets key, when this node was given one (`--secrets-key-file`): what
+    /// an app seals the secrets it keeps in the KV with ([`secrets`]).
+    pub secrets: Option<Arc<SecretBox>>,
 }
 
 impl std::fmt::Debug for NodeContext {

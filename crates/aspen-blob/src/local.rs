@@ -18,7 +18,8 @@ use futures::{Stream, StreamExt};
 use iroh_blobs::Hash;
 use iroh_blobs::api::TempTag;
 use iroh_blobs::api::proto::ExportRangesItem;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use iroh_blobs::store::fs::options::PathOptions;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 
 use crate::protocol::Added;
 use crate::records::BlobHash;
@@ -26,6 +27,8 @@ use crate::store::BlobNode;
 
 /// Bytes read from a reader at once.
 const CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes read from a blob's data file at once.
+const FILE_READ_BYTES: usize = 1024 * 1024;
 
 /// This node's blob store, in-process (see the module docs). Cheap to clone.
 #[derive(Clone)]
@@ -75,9 +78,24 @@ impl LocalBlobs {
         self.node.add_stream(futures::stream::iter([Ok(bytes)]), None).await
     }
 
+    /// Adds what `chunks` yields as one blob (refused unless it hashes to `expected`, when
+    /// given); returns once the replica target holds it. An error item aborts the add and
+    /// keeps nothing.
+    pub async fn add_stream(
+        &self,
+        chunks: impl Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+        expected: Option<BlobHash>,
+    ) -> Result<Added, AspenError> {
+        self.node.add_stream(chunks, expected).await
+    }
+
     /// `len` bytes of blob `hash` from `offset` (fewer at its end), fetched to this node
     /// first if it lacks the blob. The stream keeps the blob from garbage collection while it
     /// lives.
+    ///
+    /// A complete blob's bytes are read straight from its data file in large reads, the
+    /// store having verified them when they arrived; a small blob, which the store keeps in
+    /// its database, goes through the store's own export.
     pub async fn read_range(&self, hash: BlobHash, offset: u64, len: u64) -> Result<RangeStream, AspenError> {
         let hash = Hash::from_bytes(hash);
         let (size, tag) = self.node.ensure_local(hash, None).await?;
@@ -85,8 +103,34 @@ impl LocalBlobs {
             return Err(AspenError::invalid(format!("offset {offset} is past the end of the {size}-byte blob")));
         }
         let len = len.min(size - offset);
-        let items = self.node.store.export_ranges(hash, offset..offset + len).stream();
-        Ok(RangeStream { size, remaining: len, items: Box::pin(items), _tag: tag })
+        let source = match self.open_data_file(&hash, size, offset, len).await? {
+            Some(file) => Source::File(Box::pin(tokio_util::io::ReaderStream::with_capacity(file, FILE_READ_BYTES))),
+            None => Source::Store(Box::pin(self.node.store.export_ranges(hash, offset..offset + len).stream())),
+        };
+        Ok(RangeStream { size, remaining: len, source, _tag: tag })
+    }
+
+    /// The data file of complete blob `hash`, positioned at `offset` and limited to `len`
+    /// bytes, if the store keeps the blob in a file of its full size.
+    async fn open_data_file(
+        &self,
+        hash: &Hash,
+        size: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<tokio::io::Take<tokio::fs::File>>, AspenError> {
+        let path = PathOptions::new(&self.node.ctx.data_dir.join("blobs")).data_path(hash);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(AspenError::storage(format!("cannot open {}: {e}", path.display()))),
+        };
+        let on_disk = file.metadata().await.map_err(AspenError::storage)?.len();
+        if on_disk != size {
+            return Ok(None);
+        }
+        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(AspenError::storage)?;
+        Ok(Some(file.take(len)))
     }
 
     /// The blob's size if some member of the cluster holds it complete.
@@ -100,8 +144,16 @@ impl LocalBlobs {
 pub struct RangeStream {
     size: u64,
     remaining: u64,
-    items: Pin<Box<dyn Stream<Item = ExportRangesItem> + Send>>,
+    source: Source,
     _tag: TempTag,
+}
+
+/// Where a range's bytes come from.
+enum Source {
+    /// The blob's data file.
+    File(Pin<Box<tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>>>>),
+    /// The store's export, leaf by leaf.
+    Store(Pin<Box<dyn Stream<Item = ExportRangesItem> + Send>>),
 }
 
 impl RangeStream {
@@ -116,35 +168,55 @@ impl RangeStream {
     }
 }
 
+impl RangeStream {
+    /// Counts `data` against the range: an error if the source gave more than it holds.
+    fn account(&mut self, data: Bytes) -> Result<Bytes, AspenError> {
+        let n = data.len() as u64;
+        if n > self.remaining {
+            self.remaining = 0;
+            return Err(AspenError::internal("the store returned more than the range"));
+        }
+        self.remaining -= n;
+        Ok(data)
+    }
+
+    /// The end of the source: an error if it ended before the range did.
+    fn end(&mut self) -> Option<Result<Bytes, AspenError>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let missing = std::mem::take(&mut self.remaining);
+        Some(Err(AspenError::storage(format!("the blob range ended {missing} bytes early"))))
+    }
+}
+
 impl Stream for RangeStream {
     type Item = Result<Bytes, AspenError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            match self.items.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(ExportRangesItem::Size(_))) => continue,
-                Poll::Ready(Some(ExportRangesItem::Data(leaf))) => {
-                    let n = leaf.data.len() as u64;
-                    if n > self.remaining {
-                        return Poll::Ready(Some(Err(AspenError::internal("the store returned more than the range"))));
-                    }
-                    self.remaining -= n;
-                    return Poll::Ready(Some(Ok(leaf.data)));
-                }
-                Poll::Ready(Some(ExportRangesItem::Error(e))) => {
+            let item = match &mut self.source {
+                Source::File(file) => match file.poll_next_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(data))) => Ok(data),
+                    Poll::Ready(Some(Err(e))) => Err(format!("reading the blob's file failed: {e}")),
+                    Poll::Ready(None) => return Poll::Ready(self.end()),
+                },
+                Source::Store(items) => match items.poll_next_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(ExportRangesItem::Size(_))) => continue,
+                    Poll::Ready(Some(ExportRangesItem::Data(leaf))) => Ok(leaf.data),
+                    Poll::Ready(Some(ExportRangesItem::Error(e))) => Err(format!("reading the blob failed: {e}")),
+                    Poll::Ready(None) => return Poll::Ready(self.end()),
+                },
+            };
+            return Poll::Ready(Some(match item {
+                Ok(data) => self.account(data),
+                Err(e) => {
                     self.remaining = 0;
-                    return Poll::Ready(Some(Err(AspenError::storage(format!("reading the blob failed: {e}")))));
+                    Err(AspenError::storage(e))
                 }
-                Poll::Ready(None) if self.remaining > 0 => {
-                    let missing = self.remaining;
-                    self.remaining = 0;
-                    return Poll::Ready(Some(Err(AspenError::storage(format!(
-                        "the blob range ended {missing} bytes early"
-                    )))));
-                }
-                Poll::Ready(None) => return Poll::Ready(None),
-            }
+            }));
         }
     }
 }

@@ -67,7 +67,7 @@ pub enum Command {
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Run one node in this process.
-    Node(NodeCommand),
+    Node(Box<NodeCommand>),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -105,6 +105,9 @@ pub enum Command {
     /// Git repositories hosted on the cluster.
     #[command(subcommand)]
     Forge(crate::cmd::forge::ForgeCommand),
+    /// Nix binary caches: create, push, pull, pin, collect, serve over HTTP.
+    #[command(subcommand)]
+    Cache(crate::cmd::cache::CacheCommand),
     /// Add, read, check and list content-addressed blobs.
     #[command(subcommand)]
     Blob(crate::cmd::blob::BlobCommand),

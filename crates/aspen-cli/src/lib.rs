@@ -71,7 +71,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_token(cli.token, cli.token_file)
         .with_identity(cli.identity_file);
     match cli.command {
-        Command::Node(cmd) => cmd::node::run(cmd).await,
+        Command::Node(cmd) => cmd::node::run(*cmd).await,
         Command::Cluster(ClusterCommand::Up(args)) => cmd::cluster::up(&ctx, args).await,
         Command::Cluster(ClusterCommand::Init { members }) => cmd::cluster::init(&ctx, members).await,
         Command::Bench(cmd) => cmd::bench::run(&ctx, cmd).await,
@@ -87,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(cmd) => cmd::worker::run(&ctx, cmd).await,
         Command::Kv(cmd) => ctx.with_client(async |client| cmd::kv::run(&ctx, client, cmd).await).await,
         Command::Blob(cmd) => ctx.with_client(async |client| cmd::blob::run(&ctx, client, cmd).await).await,
+        Command::Cache(cmd) => cmd::cache::run(&ctx, cmd).await,
         Command::Forge(cmd) => ctx.with_client(async |client| cmd::forge::run(&ctx, client, cmd).await).await,
         Command::Identity(cmd) => cmd::collab::run_identity(&ctx, cmd),
         Command::Issue(cmd) => ctx.with_client(async |client| cmd::collab::run_issue(&ctx, client, cmd).await).await,

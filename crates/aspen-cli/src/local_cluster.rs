@@ -289,6 +289,22 @@ impl LocalNode {
     }
 }
 
+/// The local cluster's secrets key, shared by its nodes: `<cluster dir>/secrets.key`, made
+/// (mode 0600) the first time.
+fn secrets_key_file(cluster_dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = cluster_dir.join("secrets.key");
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+        Ok(mut file) => file
+            .write_all(aspen_app::SecretBox::generate_text().as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+    Ok(path)
+}
+
 fn spawn_node(exe: &Path, cluster_dir: &Path, id: u64, port: u16) -> anyhow::Result<LocalNode> {
     let dir = cluster_dir.join(format!("n{id}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -314,6 +330,7 @@ fn spawn_node(exe: &Path, cluster_dir: &Path, id: u64, port: u16) -> anyhow::Res
         .arg(bind.to_string())
         .arg("--node-id")
         .arg(id.to_string())
+        .env("ASPEN_SECRETS_KEY_FILE", secrets_key_file(cluster_dir)?)
         .env_remove("ASPEN_JOIN_TICKET_FILE")
         .env_remove("ASPEN_ADVERTISE_ADDR")
         .stdin(Stdio::null())

@@ -24,6 +24,11 @@ pub struct NodeArgs {
     /// at start. Without it the key is `node.key` in the data dir, made on first start.
     #[arg(long, env = "ASPEN_SECRET_KEY_FILE", value_name = "FILE")]
     pub secret_key_file: Option<PathBuf>,
+    /// The cluster's secrets key: a file of 32 raw bytes or 64 hex digits, the same on every
+    /// node, with which apps seal the secrets they keep in the KV (the cache's signing keys).
+    /// Without it, apps that keep secrets refuse to on this node.
+    #[arg(long, env = "ASPEN_SECRETS_KEY_FILE", value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// On first start, make a new cluster with this node as its first voter: the root token
     /// goes to --root-token-file, and a ticket other nodes join with to --join-ticket-out.
     #[arg(long, env = "ASPEN_INIT", default_value_t = false, conflicts_with = "join_ticket_file")]

@@ -230,6 +230,10 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
     let cluster = NodeCluster::new(&state);
     let registry = Arc::new(AppRegistry::default());
     let services = Arc::new(aspen_app::Services::default());
+    let secrets = match &args.secrets_key_file {
+        Some(path) => Some(Arc::new(aspen_app::SecretBox::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?)),
+        None => None,
+    };
 
     let mut router = iroh::protocol::Router::builder(endpoint.clone())
         .accept(RAFT_ALPN, raft_server)
@@ -253,6 +257,7 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
             kv: aspen_app::Cluster::kv_with_rights(&*cluster, own_rights),
             cluster: cluster.clone(),
             services: services.clone(),
+            secrets: secrets.clone(),
         };
         let handler =
             app.start(context).await.map_err(|e| anyhow::anyhow!("app {:?} did not start: {e}", info.name))?;

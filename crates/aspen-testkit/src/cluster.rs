@@ -98,6 +98,7 @@ impl ProcessCluster {
     pub fn with_specs(bin: impl Into<PathBuf>, specs: Vec<NodeSpec>, options: ClusterOptions) -> anyhow::Result<Self> {
         let dir =
             tempfile::Builder::new().prefix("aspen-testkit-").tempdir().context("cannot create cluster temp dir")?;
+        write_secrets_key(&dir.path().join(SECRETS_KEY_FILE))?;
         let net = TestNet::new(options.net_mode, 0)?;
         let mut cluster = Self { slots: Vec::new(), net, bin: bin.into(), options, dir };
         for spec in specs {
@@ -302,6 +303,12 @@ impl ProcessCluster {
         Ok(process)
     }
 
+    /// The cluster's secrets key, which every node is started with (`ASPEN_SECRETS_KEY_FILE`,
+    /// unless the options' environment names another).
+    pub fn secrets_key_file(&self) -> PathBuf {
+        self.dir.path().join(SECRETS_KEY_FILE)
+    }
+
     /// Launches node `i` without waiting for readiness.
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let slot = self.slot_mut(i)?;
@@ -359,6 +366,7 @@ impl ProcessCluster {
             .arg(slot.spec.node_id.to_string())
             .args(&slot.spec.extra_args)
             .env("RUST_LOG", &self.options.rust_log)
+            .env("ASPEN_SECRETS_KEY_FILE", self.secrets_key_file())
             .envs(self.options.env.iter().map(|(k, v)| (k, v)));
         writeln!(log, "===== aspen-testkit: starting node {i}: {cmd:?}")
             .with_context(|| format!("cannot write {}", log_path.display()))?;
@@ -385,4 +393,22 @@ impl Drop for ProcessCluster {
             }
         }
     }
+}
+
+/// The file in a cluster's directory holding its secrets key.
+const SECRETS_KEY_FILE: &str = "secrets.key";
+
+/// Writes 32 random bytes to `path` (mode 0600): a cluster's secrets key.
+pub fn write_secrets_key(path: &Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; 32];
+    fs::File::open("/dev/urandom").and_then(|mut r| r.read_exact(&mut key)).context("cannot read /dev/urandom")?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(&key).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -70,15 +70,19 @@ impl TestCluster {
 
     /// Starts `n` nodes, each with [`fast_raft_args`] and `extra`, and initializes them.
     pub async fn start_with(n: usize, extra: Vec<String>) -> TestCluster {
-        let specs = (1..=n as u64)
-            .map(|id| {
-                let mut s = NodeSpec::new(id);
-                s.extra_args = fast_raft_args().into_iter().chain(extra.iter().cloned()).collect();
-                s
-            })
-            .collect();
+        Self::start_each(n, |_, _| extra.clone()).await
+    }
+
+    /// Starts `n` nodes, node `i` with [`fast_raft_args`] and `extra(i, its bind address)`
+    /// (a gateway of its own on its address, say), and initializes them.
+    pub async fn start_each(n: usize, extra: impl Fn(usize, std::net::SocketAddr) -> Vec<String>) -> TestCluster {
+        let specs = (1..=n as u64).map(NodeSpec::new).collect();
         let mut nodes =
             ProcessCluster::with_specs(aspen_bin(), specs, ClusterOptions::default()).expect("create cluster");
+        for i in 0..n {
+            let args = fast_raft_args().into_iter().chain(extra(i, nodes.addr(i))).collect();
+            nodes.set_extra_args(i, args).expect("node arguments");
+        }
         nodes.start_all().await.expect("start nodes");
         let first_addr =
             ClusterTicket::decode(&nodes.node_ticket(0).expect("node ticket")).expect("ticket").nodes.remove(0);

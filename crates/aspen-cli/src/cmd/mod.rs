@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_blob;
 pub mod bench_forge;
 pub mod blob;
+pub mod cache;
 pub mod cluster;
 pub mod collab;
 pub mod coord;

@@ -13,6 +13,8 @@ pub struct AppArgs {
     pub blob: aspen_blob::BlobArgs,
     #[command(flatten)]
     pub forge: aspen_forge::ForgeArgs,
+    #[command(flatten)]
+    pub cache: aspen_cache::CacheArgs,
 }
 
 /// The apps a node serves.
@@ -20,6 +22,7 @@ pub fn apps(args: &AppArgs) -> Vec<Arc<dyn App>> {
     vec![
         Arc::new(aspen_blob::BlobApp::new(args.blob.settings())),
         Arc::new(aspen_forge::ForgeApp::new(args.forge.settings())),
+        Arc::new(aspen_cache::CacheApp::new(args.cache.settings())),
     ]
 }
 
