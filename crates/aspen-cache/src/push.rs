@@ -28,6 +28,8 @@ pub struct NixCommand {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PathInfoJson {
+    /// Given in nix's older list form; the key of the newer map form.
+    #[serde(default)]
     path: String,
     nar_hash: Option<String>,
     nar_size: Option<u64>,
@@ -71,8 +73,7 @@ impl NixCommand {
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
         }
-        let infos: Vec<PathInfoJson> = serde_json::from_slice(&output.stdout)
-            .map_err(|e| AspenError::invalid(format!("nix path-info printed what this does not read: {e}")))?;
+        let infos = parse_path_info(&output.stdout)?;
         let mut uploads = BTreeMap::new();
         for info in infos {
             if info.valid == Some(false) {
@@ -113,6 +114,28 @@ impl NixCommand {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| AspenError::invalid(format!("cannot run nix-store --dump (is nix installed?): {e}")))
+    }
+}
+
+/// Reads `nix path-info --json`: a list of objects with `path` (nix before 2.19), or an
+/// object keyed by path whose values are the info, or null for an invalid path (2.19 on).
+fn parse_path_info(json: &[u8]) -> Result<Vec<PathInfoJson>, AspenError> {
+    let unreadable = |e: serde_json::Error| AspenError::invalid(format!("nix path-info printed what this does not read: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(unreadable)?;
+    match value {
+        serde_json::Value::Array(_) => serde_json::from_value(value).map_err(unreadable),
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(path, info)| {
+                if info.is_null() {
+                    return Err(AspenError::invalid(format!("{path} is not a valid path in the store")));
+                }
+                let mut info: PathInfoJson = serde_json::from_value(info).map_err(unreadable)?;
+                info.path = path;
+                Ok(info)
+            })
+            .collect(),
+        _ => Err(AspenError::invalid("nix path-info printed neither a list nor an object")),
     }
 }
 
@@ -214,6 +237,21 @@ mod tests {
             ca: None,
             sigs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn both_forms_of_path_info_are_read() {
+        let old = br#"[{"path":"/nix/store/5klx9pxl1c90q0j01ph753cpfm5dz3as-hello.txt","narHash":"sha256-EFUdrtf6Rn0LWIJufrmg8q99aT3jGfLvd1//zaJEufY=","narSize":120,"references":[],"signatures":["test-1:x"]}]"#;
+        let new = br#"{"/nix/store/5klx9pxl1c90q0j01ph753cpfm5dz3as-hello.txt":{"narHash":"sha256-EFUdrtf6Rn0LWIJufrmg8q99aT3jGfLvd1//zaJEufY=","narSize":120,"references":[],"signatures":["test-1:x"],"ca":null,"deriver":null}}"#;
+        for json in [&old[..], &new[..]] {
+            let infos = parse_path_info(json).unwrap();
+            assert_eq!(infos.len(), 1);
+            assert_eq!(infos[0].path, "/nix/store/5klx9pxl1c90q0j01ph753cpfm5dz3as-hello.txt");
+            assert_eq!(infos[0].nar_size, Some(120));
+        }
+        let invalid = br#"{"/nix/store/5klx9pxl1c90q0j01ph753cpfm5dz3as-hello.txt":null}"#;
+        assert!(parse_path_info(invalid).unwrap_err().to_string().contains("not a valid path"));
+        assert!(parse_path_info(b"7").is_err());
     }
 
     #[test]
