@@ -55,6 +55,7 @@
       checks = forAllSystems (system: pkgs: {
         vm-cluster = import ./vm-tests/cluster.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         vm-forge = import ./vm-tests/forge.nix { inherit pkgs module; aspen = built.${system}.aspen; };
+        vm-cache = import ./vm-tests/cache.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         cargo-test = built.${system}.tests;
         clippy = built.${system}.clippy;
       });

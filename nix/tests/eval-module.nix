@@ -6,7 +6,8 @@
 #     --arg lib 'import /path/to/nixpkgs/lib' --argstr case full
 #
 # Prints the evaluated service (its ExecStart, environment and serviceConfig), the users, the
-# firewall ports and the other units, or fails with the module's assertion messages.
+# firewall ports (UDP and TCP), the other units, nix.settings and the warnings, or fails with
+# the module's assertion messages.
 { lib, case }:
 
 let
@@ -20,10 +21,33 @@ let
       users.users = mkOption { type = types.attrsOf types.anything; default = { }; };
       users.groups = mkOption { type = types.attrsOf types.anything; default = { }; };
       networking.firewall.allowedUDPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
+      networking.firewall.allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
       environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
       systemd.services = mkOption { type = types.attrsOf types.anything; default = { }; };
       systemd.paths = mkOption { type = types.attrsOf types.anything; default = { }; };
+      # nix.settings as NixOS declares it: free-form, with these two lists declared.
+      nix.settings = mkOption {
+        type = types.submodule {
+          freeformType = types.attrsOf types.anything;
+          options.substituters = mkOption { type = types.listOf types.str; };
+          options.trusted-public-keys = mkOption { type = types.listOf types.str; };
+        };
+        default = { };
+      };
     };
+    # What NixOS's nix module defines on every machine: the module's entries go beside these.
+    config.nix.settings = {
+      substituters = lib.mkAfter [ "https://cache.nixos.org/" ];
+      trusted-public-keys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+    };
+  };
+
+  # Caches of a cluster, as a client machine names them.
+  mainCache = { url = "http://10.0.0.11:8380/main"; publicKey = "main-1:2c4mTn1AaMZ6gi3p8XYRTJSSPXSbFnIK0fxxkXPFCWU="; };
+  teamCache = {
+    url = "http://10.0.0.12:8380/team";
+    publicKey = "team-1:S1k2d0pZCkZ5Yk2mX8R9vQh3e0Jd6r1nqXzq3b7yT8o=";
+    netrcFile = "/run/keys/aspen-cache.netrc";
   };
 
   # A stand-in package: evaluation needs a derivation-shaped value, not a build.
@@ -46,11 +70,27 @@ let
         joinAs = "learner";
         rootTokenFile = "/var/lib/aspen/root.token";
         secretKeyFile = "/run/keys/aspen-node.key";
+        secretsKeyFile = "/run/keys/aspen-secrets.key";
         logLevel = "info,aspen_node=debug";
         extraFlags = [ "--blob-replicas" "2" "--heartbeat-ms" "50" "--election-timeout-ms" "400" ];
         forge = { gcGraceSeconds = 600; gcIntervalSeconds = 0; };
+        cache = { httpListen = "0.0.0.0:8380"; openFirewall = true; gcIntervalSeconds = 600; };
       };
     };
+    # A first node serving the cache gateway on IPv6, and using the cluster's caches itself.
+    cache-node = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        nodeId = 1;
+        initialize = true;
+        secretsKeyFile = "/var/lib/aspen-keys/secrets.key";
+        cache = { httpListen = "[::]:8381"; openFirewall = true; gcIntervalSeconds = 0; };
+        substituters = [ mainCache ];
+      };
+    };
+    # A machine without a node that substitutes from a cluster's caches.
+    client = { services.aspen.substituters = [ mainCache teamCache ]; };
     first-node = {
       services.aspen = {
         enable = true;
@@ -80,6 +120,31 @@ let
     # Must fail: a secret named by a store path.
     secret-in-store = {
       services.aspen = { enable = true; inherit package; secretKeyFile = "${builtins.storeDir}/xyz-node.key"; };
+    };
+    # Must fail: the cluster's secrets key named by a store path.
+    secrets-key-in-store = {
+      services.aspen = { enable = true; inherit package; secretsKeyFile = "${builtins.storeDir}/xyz-secrets.key"; };
+    };
+    # Must fail: the node's own key and the cluster's in one file.
+    same-key-files = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        secretKeyFile = "/run/keys/aspen.key";
+        secretsKeyFile = "/run/keys/aspen.key";
+      };
+    };
+    # Must fail: a host name where the node takes a socket address.
+    listen-host-name = {
+      services.aspen = { enable = true; inherit package; cache.httpListen = "localhost:8380"; };
+    };
+    # Must fail: two netrc files, where nix reads one.
+    two-netrc-files = {
+      services.aspen.substituters = [ teamCache (mainCache // { netrcFile = "/run/keys/other.netrc"; }) ];
+    };
+    # Must fail: a key without its name.
+    nameless-key = {
+      services.aspen.substituters = [ (mainCache // { publicKey = "2c4mTn1AaMZ6gi3p8XYRTJSSPXSbFnIK0fxxkXPFCWU="; }) ];
     };
     # Must fail: joining from two tickets.
     two-tickets = {
@@ -112,4 +177,7 @@ else
     users = config.users.users;
     groups = config.users.groups;
     firewall = config.networking.firewall.allowedUDPPorts;
+    firewallTCP = config.networking.firewall.allowedTCPPorts;
+    nix = config.nix.settings;
+    inherit (config) warnings;
   }

@@ -2,8 +2,9 @@
 //!
 //! - every `.nix` file parses, and flake.lock is a lock nix accepts for flake.nix's inputs;
 //! - modules/aspen-node.nix, evaluated by the real module system (nixpkgs' `lib`), gives
-//!   the expected service for a minimal, a full, a first and a joining node, and refuses a
-//!   wrongly typed option and contradicting settings;
+//!   the expected service for a minimal, a full, a first, a joining and a cache-serving node,
+//!   the expected `nix.settings` for a machine that substitutes from a cluster's caches (with or
+//!   without a node), and refuses a wrongly typed option and contradicting settings;
 //! - each evaluated `ExecStart` goes through the real binary's parser and validation
 //!   (`aspen-node ... --check-config`), so the module cannot set a flag the binary lacks;
 //! - the unit rendered from the module scores at most 2.0 in
@@ -55,7 +56,9 @@ fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_nix_file_parses() {
     let mut files = Vec::new();
     nix_files(&repo(), &mut files);
-    for expected in ["flake.nix", "modules/aspen-node.nix", "vm-tests/cluster.nix", "images/node.nix"] {
+    let expected =
+        ["flake.nix", "modules/aspen-node.nix", "vm-tests/cluster.nix", "vm-tests/cache.nix", "images/node.nix"];
+    for expected in expected {
         assert!(files.contains(&repo().join(expected)), "{expected} is missing");
     }
     for file in &files {
@@ -196,7 +199,7 @@ fn the_module_evaluates_stays_in_step_with_the_binary_and_is_hardened() {
         eprintln!("SKIPPED: no nixpkgs lib (set ASPEN_NIXPKGS_LIB, or keep ../shared/nixpkgs-lib beside the checkout)");
         return;
     };
-    for case in ["minimal", "full", "first-node", "joining-node"] {
+    for case in ["minimal", "full", "first-node", "joining-node", "cache-node"] {
         let evaluated = evaluate(&lib, case).unwrap_or_else(|e| panic!("case {case} fails to evaluate:\n{e}"));
         let service = &evaluated["services"]["aspen"];
         let config = &service["serviceConfig"];
@@ -244,15 +247,74 @@ fn the_module_evaluates_stays_in_step_with_the_binary_and_is_hardened() {
     assert_eq!(full["services"]["aspen"]["environment"]["ASPEN_FORGE_GIT"], "/git/bin/git");
     assert_eq!(full["paths"]["aspen-join-ticket"]["pathConfig"]["PathExists"], "/boot/aspen/join.ticket");
     let credential = &full["services"]["aspen"]["serviceConfig"]["LoadCredential"];
-    assert_eq!(credential, &serde_json::json!(["node.key:/run/keys/aspen-node.key"]), "the key is a credential");
-    assert_eq!(evaluate(&lib, "minimal").unwrap()["firewall"], serde_json::json!([]), "closed by default");
-    assert_eq!(evaluate(&lib, "disabled").unwrap()["services"], serde_json::json!({}), "nothing when disabled");
+    assert_eq!(
+        credential,
+        &serde_json::json!(["node.key:/run/keys/aspen-node.key", "secrets.key:/run/keys/aspen-secrets.key"]),
+        "the node's key and the cluster's secrets key are credentials"
+    );
+    // The cache: the secrets key by its credential path only, the gateway and its port, gc.
+    let words = split_exec(exec);
+    let flag = |name: &str| words.iter().position(|w| w == name).map(|i| words[i + 1].as_str());
+    assert_eq!(flag("--secrets-key-file"), Some("%d/secrets.key"), "{exec}");
+    assert_eq!(flag("--cache-http-listen"), Some("0.0.0.0:8380"), "{exec}");
+    assert_eq!(flag("--cache-gc-interval-secs"), Some("600"), "{exec}");
+    assert!(!exec.contains("/run/keys/aspen-secrets.key"), "the secrets key's path is not on the command line: {exec}");
+    assert_eq!(full["firewallTCP"], serde_json::json!([8380]), "the gateway's port");
+
+    let minimal = evaluate(&lib, "minimal").unwrap();
+    assert_eq!(minimal["firewall"], serde_json::json!([]), "closed by default");
+    assert_eq!(minimal["firewallTCP"], serde_json::json!([]), "closed by default");
+    let exec = minimal["services"]["aspen"]["serviceConfig"]["ExecStart"].as_str().unwrap();
+    assert!(!exec.contains("--secrets-key-file") && !exec.contains("--cache-http-listen"), "{exec}");
+    assert!(exec.contains("--cache-gc-interval-secs 3600"), "{exec}");
+    assert_eq!(minimal["services"]["aspen"]["serviceConfig"]["LoadCredential"], serde_json::json!([]));
+    let disabled = evaluate(&lib, "disabled").unwrap();
+    assert_eq!(disabled["services"], serde_json::json!({}), "nothing when disabled");
+
+    // An IPv6 gateway: quoted for systemd, its port opened.
+    let cache_node = evaluate(&lib, "cache-node").unwrap();
+    let exec = cache_node["services"]["aspen"]["serviceConfig"]["ExecStart"].as_str().unwrap();
+    assert!(exec.contains("--cache-http-listen '[::]:8381'") && exec.contains("--cache-gc-interval-secs 0"), "{exec}");
+    assert_eq!(cache_node["firewallTCP"], serde_json::json!([8381]));
+    assert_eq!(
+        cache_node["services"]["aspen"]["serviceConfig"]["LoadCredential"],
+        serde_json::json!(["secrets.key:/var/lib/aspen-keys/secrets.key"])
+    );
+
+    // Substituters: beside NixOS's own (cache.nixos.org, which stays last), with or without a
+    // node on the machine; a netrc file when a cache needs a token.
+    let nixos_cache = "https://cache.nixos.org/";
+    let nixos_key = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+    let main_key = "main-1:2c4mTn1AaMZ6gi3p8XYRTJSSPXSbFnIK0fxxkXPFCWU=";
+    let team_key = "team-1:S1k2d0pZCkZ5Yk2mX8R9vQh3e0Jd6r1nqXzq3b7yT8o=";
+    let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v["nix"]["trusted-public-keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect()
+    };
+    let set = |k: &[&str]| -> std::collections::BTreeSet<String> { k.iter().map(|k| k.to_string()).collect() };
+    let client = evaluate(&lib, "client").unwrap();
+    assert_eq!(client["services"], serde_json::json!({}), "a client runs no node");
+    assert_eq!(
+        client["nix"]["substituters"],
+        serde_json::json!(["http://10.0.0.11:8380/main", "http://10.0.0.12:8380/team", nixos_cache])
+    );
+    assert_eq!(keys(&client), set(&[nixos_key, main_key, team_key]));
+    assert_eq!(client["nix"]["netrc-file"], "/run/keys/aspen-cache.netrc");
+    assert_eq!(cache_node["nix"]["substituters"], serde_json::json!(["http://10.0.0.11:8380/main", nixos_cache]));
+    assert_eq!(keys(&cache_node), set(&[nixos_key, main_key]));
+    assert!(cache_node["nix"].get("netrc-file").is_none(), "no netrc file unless one is named");
+    assert_eq!(disabled["nix"]["substituters"], serde_json::json!([nixos_cache]), "nix.settings untouched by default");
+    assert_eq!(keys(&disabled), set(&[nixos_key]));
 
     for (case, expected) in [
         ("wrong-type", "is not of type `null or integer"),
         ("contradiction", "`initialize` makes a new cluster"),
         ("two-tickets", "not both"),
         ("secret-in-store", "absolute path outside the Nix store"),
+        ("secrets-key-in-store", "`services.aspen.secretsKeyFile' is not of type `null or absolute path outside"),
+        ("same-key-files", "they must be different files"),
+        ("listen-host-name", "`services.aspen.cache.httpListen' is not of type `null or `IP:PORT`"),
+        ("two-netrc-files", "nix reads one netrc file"),
+        ("nameless-key", ".publicKey' is not of type"),
     ] {
         match evaluate(&lib, case) {
             Ok(v) => panic!("case {case} evaluated: {v}"),
@@ -336,11 +398,15 @@ fn the_cluster_app_script_forms_a_working_cluster() {
     assert!(alive.stdout.is_empty(), "nodes left running: {}", String::from_utf8_lossy(&alive.stdout));
 }
 
-/// The VM test's Python script, evaluated out of vm-tests/cluster.nix with a stand-in for
+/// Each VM test's Python script, evaluated out of vm-tests/*.nix with a stand-in for
 /// nixpkgs' test framework, compiles; the machines it names are the ones the test declares.
 #[test]
 fn the_vm_test_script_compiles_and_names_its_machines() {
-    for (file, machines) in [("cluster", &["node1", "node2", "node3", "node4"][..]), ("forge", &["alice", "bob"][..])] {
+    for (file, machines) in [
+        ("cluster", &["node1", "node2", "node3", "node4"][..]),
+        ("forge", &["alice", "bob"][..]),
+        ("cache", &["client", "node"][..]),
+    ] {
         let expr = format!(
             "let t = import {}/vm-tests/{file}.nix {{ pkgs = {{ testers.runNixOSTest = a: a; jq = \"jq\"; git = \"git\"; }}; \
              module = {{ }}; aspen = \"aspen\"; }}; in {{ script = t.testScript; nodes = builtins.attrNames t.nodes; }}",
