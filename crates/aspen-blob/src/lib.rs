@@ -18,6 +18,7 @@
 //! Not for: small values (the KV), or anything that needs the bytes in the Raft log.
 
 pub mod client;
+mod file_chunks;
 pub mod local;
 pub mod protocol;
 pub mod records;

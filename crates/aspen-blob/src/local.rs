@@ -19,8 +19,9 @@ use iroh_blobs::Hash;
 use iroh_blobs::api::TempTag;
 use iroh_blobs::api::proto::ExportRangesItem;
 use iroh_blobs::store::fs::options::PathOptions;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::file_chunks::FileChunks;
 use crate::protocol::Added;
 use crate::records::BlobHash;
 use crate::store::BlobNode;
@@ -104,7 +105,7 @@ impl LocalBlobs {
         }
         let len = len.min(size - offset);
         let source = match self.open_data_file(&hash, size, offset, len).await? {
-            Some(file) => Source::File(Box::pin(tokio_util::io::ReaderStream::with_capacity(file, FILE_READ_BYTES))),
+            Some(file) => Source::File(file),
             None => Source::Store(Box::pin(self.node.store.export_ranges(hash, offset..offset + len).stream())),
         };
         Ok(RangeStream { size, remaining: len, source, _tag: tag })
@@ -118,19 +119,18 @@ impl LocalBlobs {
         size: u64,
         offset: u64,
         len: u64,
-    ) -> Result<Option<tokio::io::Take<tokio::fs::File>>, AspenError> {
+    ) -> Result<Option<FileChunks>, AspenError> {
         let path = PathOptions::new(&self.node.ctx.data_dir.join("blobs")).data_path(hash);
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file.into_std().await,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(AspenError::storage(format!("cannot open {}: {e}", path.display()))),
         };
-        let on_disk = file.metadata().await.map_err(AspenError::storage)?.len();
+        let on_disk = file.metadata().map_err(AspenError::storage)?.len();
         if on_disk != size {
             return Ok(None);
         }
-        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(AspenError::storage)?;
-        Ok(Some(file.take(len)))
+        FileChunks::new(file, offset, len, FILE_READ_BYTES).map(Some).map_err(AspenError::storage)
     }
 
     /// The blob's size if some member of the cluster holds it complete.
@@ -151,7 +151,7 @@ pub struct RangeStream {
 /// Where a range's bytes come from.
 enum Source {
     /// The blob's data file.
-    File(Pin<Box<tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>>>>),
+    File(FileChunks),
     /// The store's export, leaf by leaf.
     Store(Pin<Box<dyn Stream<Item = ExportRangesItem> + Send>>),
 }

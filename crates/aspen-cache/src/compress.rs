@@ -72,15 +72,15 @@ where
     S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
 {
     use async_compression::Level;
-    let reader = tokio_util::io::StreamReader::new(nar);
     match compression {
-        Compression::None => Box::pin(tokio_util::io::ReaderStream::new(reader)),
+        // Chunks pass as they come: no copy, no re-chunking.
+        Compression::None => Box::pin(nar),
         Compression::Xz => Box::pin(tokio_util::io::ReaderStream::with_capacity(
-            XzEncoder::with_quality(reader, Level::Precise(1)),
+            XzEncoder::with_quality(tokio_util::io::StreamReader::new(nar), Level::Precise(1)),
             256 * 1024,
         )),
         Compression::Zstd => Box::pin(tokio_util::io::ReaderStream::with_capacity(
-            ZstdEncoder::with_quality(reader, Level::Precise(3)),
+            ZstdEncoder::with_quality(tokio_util::io::StreamReader::new(nar), Level::Precise(3)),
             256 * 1024,
         )),
     }

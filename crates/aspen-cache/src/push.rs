@@ -120,7 +120,8 @@ impl NixCommand {
 /// Reads `nix path-info --json`: a list of objects with `path` (nix before 2.19), or an
 /// object keyed by path whose values are the info, or null for an invalid path (2.19 on).
 fn parse_path_info(json: &[u8]) -> Result<Vec<PathInfoJson>, AspenError> {
-    let unreadable = |e: serde_json::Error| AspenError::invalid(format!("nix path-info printed what this does not read: {e}"));
+    let unreadable =
+        |e: serde_json::Error| AspenError::invalid(format!("nix path-info printed what this does not read: {e}"));
     let value: serde_json::Value = serde_json::from_slice(json).map_err(unreadable)?;
     match value {
         serde_json::Value::Array(_) => serde_json::from_value(value).map_err(unreadable),

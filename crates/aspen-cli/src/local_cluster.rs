@@ -330,6 +330,9 @@ fn spawn_node(exe: &Path, cluster_dir: &Path, id: u64, port: u16) -> anyhow::Res
         .arg(bind.to_string())
         .arg("--node-id")
         .arg(id.to_string())
+        // The cache's HTTP gateway, on the same port number over TCP.
+        .arg("--cache-http-listen")
+        .arg(bind.to_string())
         .env("ASPEN_SECRETS_KEY_FILE", secrets_key_file(cluster_dir)?)
         .env_remove("ASPEN_JOIN_TICKET_FILE")
         .env_remove("ASPEN_ADVERTISE_ADDR")
@@ -377,11 +380,22 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// `count` UDP ports on 127.0.0.1 that were free a moment ago.
+/// `count` ports on 127.0.0.1 that were free a moment ago over both UDP (a node's endpoint)
+/// and TCP (its cache gateway).
 pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
-    let sockets = (0..count)
-        .map(|_| std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot find free ports")?;
-    sockets.iter().map(|s| Ok(s.local_addr()?.port())).collect::<std::io::Result<Vec<u16>>>().map_err(Into::into)
+    let mut held = Vec::new();
+    for _ in 0..count * 20 {
+        if held.len() == count {
+            break;
+        }
+        let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find free ports")?;
+        let port = udp.local_addr()?.port();
+        if let Ok(tcp) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            held.push((udp, tcp, port));
+        }
+    }
+    if held.len() < count {
+        bail!("cannot find {count} ports free over both UDP and TCP");
+    }
+    Ok(held.into_iter().map(|(_, _, port)| port).collect())
 }

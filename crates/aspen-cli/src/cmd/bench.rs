@@ -58,6 +58,10 @@ pub enum BenchCommand {
     /// commit pushed and fetched, beside `git daemon` serving the same repository on
     /// loopback in the same run, with the ratio of each.
     Forge(crate::cmd::bench_forge::BenchForgeArgs),
+    /// The Nix cache's HTTP gateway beside nginx serving a `file://` cache of the same
+    /// paths: narinfo requests per second (p50, p99), NAR download MB/s and `nix copy
+    /// --from`, with the ratio of each. Needs nix-bin, nginx, wrk and curl.
+    Cache(crate::cmd::bench_cache::BenchCacheArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -137,6 +141,12 @@ pub async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<()> {
                 return crate::cmd::bench_forge::run(ctx, &args, ctx.ticket()?, Vec::new()).await;
             }
             with_bench_cluster(|ticket, pids| crate::cmd::bench_forge::run(ctx, &args, ticket, pids)).await
+        }
+        BenchCommand::Cache(args) => {
+            if !args.start_cluster {
+                return crate::cmd::bench_cache::run(ctx, &args, ctx.ticket()?).await;
+            }
+            with_bench_cluster(|ticket, _| crate::cmd::bench_cache::run(ctx, &args, ticket)).await
         }
     }
 }

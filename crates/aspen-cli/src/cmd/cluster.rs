@@ -114,6 +114,7 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
             "ticket_file": ticket_path.display().to_string(),
             "nodes": args.nodes,
             "data_dir": spec.dir.display().to_string(),
+            "cache_gateways": spec.ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>(),
         }))?;
     } else {
         println!("cluster of {} nodes is up; data in {}", args.nodes, spec.dir.display());
@@ -122,6 +123,10 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
         println!();
         println!("  export ASPEN_TICKET={ticket}");
         println!("  aspen kv put hello world && aspen kv get hello");
+        println!(
+            "  aspen cache create main --public   # then nix substitutes from http://127.0.0.1:{}/main",
+            spec.ports[0]
+        );
         println!();
         println!("Ctrl-C stops the cluster.");
     }

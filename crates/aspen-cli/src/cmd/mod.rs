@@ -3,6 +3,7 @@
 pub mod barrier;
 pub mod bench;
 pub mod bench_blob;
+pub mod bench_cache;
 pub mod bench_forge;
 pub mod blob;
 pub mod cache;
