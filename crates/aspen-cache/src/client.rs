@@ -377,9 +377,7 @@ impl Backend for RemoteBackend {
         body: BoxRead,
     ) -> BoxFuture<'a, Result<(), AspenError>> {
         Box::pin(async move {
-            let token = token.ok_or_else(|| AspenError::Unauthenticated {
-                reason: format!("uploads to cache {cache:?} need a token with cache:write"),
-            })?;
+            let token = token.ok_or_else(|| crate::gateway::needs_token(cache))?;
             self.client(Some(token), cache)
                 .await?
                 .stage_nar(cache, file_name, body)
@@ -396,9 +394,7 @@ impl Backend for RemoteBackend {
         text: String,
     ) -> BoxFuture<'a, Result<(), AspenError>> {
         Box::pin(async move {
-            let token = token.ok_or_else(|| AspenError::Unauthenticated {
-                reason: format!("uploads to cache {cache:?} need a token with cache:write"),
-            })?;
+            let token = token.ok_or_else(|| crate::gateway::needs_token(cache))?;
             self.client(Some(token), cache).await?.add_narinfo(cache, &text).await.map(drop).map_err(aspen_error)
         })
     }

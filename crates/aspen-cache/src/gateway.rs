@@ -252,7 +252,7 @@ impl Backend for LocalBackend {
     }
 }
 
-fn needs_token(cache: &str) -> AspenError {
+pub(crate) fn needs_token(cache: &str) -> AspenError {
     AspenError::Unauthenticated { reason: format!("uploads to cache {cache:?} need a token with cache:write") }
 }
 

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use aspen_app::{SecretBox, Services};
 use aspen_blob::{LocalBlobs, RangeStream};
 use aspen_core::AspenError;
-use aspen_core::LeaseId;
 use aspen_core::api::ReadConsistency;
 use aspen_core::capability::Capability;
 use aspen_core::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp};
+use aspen_core::{KeyValue, LeaseId};
 use aspen_kv::{KvError, KvExt, SharedKv};
 use tokio::io::AsyncRead;
 
@@ -37,6 +37,10 @@ const STAGED_TTL: Duration = Duration::from_secs(2 * 3600);
 /// Most signatures a path keeps, and their longest.
 const MAX_SIGS: usize = 16;
 const MAX_SIG_BYTES: usize = 512;
+/// Most rendered narinfo kept (about 0.5 KiB each); past it, the memo starts afresh.
+const MAX_RENDERED: usize = 16_384;
+/// A rendered narinfo: for which version of the path entry and which compression.
+type Rendered = ((u64, Compression), Arc<str>);
 /// Paths whose deletes go in one transaction (three operations each).
 const GC_BATCH: usize = 40;
 
@@ -58,6 +62,10 @@ pub struct CacheService {
     secrets: Option<Arc<SecretBox>>,
     /// Signing keys opened so far, by cache.
     keys: Mutex<HashMap<String, Arc<SigningKey>>>,
+    /// Narinfo rendered so far, by cache and hash part, each with the path entry's
+    /// `mod_revision` and the compression it was rendered for: a hit still reads both
+    /// records, so it is exactly as fresh as a render, without the decoding and rendering.
+    rendered: Mutex<HashMap<(String, String), Rendered>>,
     /// The lease staged NARs share for a while.
     staged_lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
 }
@@ -124,6 +132,7 @@ impl CacheService {
             services,
             secrets,
             keys: Mutex::new(HashMap::new()),
+            rendered: Mutex::new(HashMap::new()),
             staged_lease: tokio::sync::Mutex::new(None),
         }
     }
@@ -247,22 +256,37 @@ impl CacheService {
         cache: &str,
         hash_part: &str,
     ) -> Result<Option<String>, AspenError> {
-        let Some((record, path)) = self.lookup(caps, cache, hash_part).await? else { return Ok(None) };
-        render_narinfo(&path, record.compression).map(Some)
+        let Some((record, kv)) = self.lookup(caps, cache, hash_part).await? else { return Ok(None) };
+        let memo_key = (cache.to_string(), hash_part.to_string());
+        let version = (kv.mod_revision, record.compression);
+        if let Some((v, text)) = self.rendered.lock().ok().and_then(|m| m.get(&memo_key).cloned())
+            && v == version
+        {
+            return Ok(Some(text.to_string()));
+        }
+        let text = render_narinfo(&records::decode("path", &kv.value)?, record.compression)?;
+        if let Ok(mut memo) = self.rendered.lock() {
+            if memo.len() >= MAX_RENDERED {
+                memo.clear();
+            }
+            memo.insert(memo_key, (version, Arc::from(text.as_str())));
+        }
+        Ok(Some(text))
     }
 
-    /// A cache's record and one of its paths, read as [`CacheService::narinfo`] reads them.
+    /// A cache's record and one of its paths' KV entry, read stale first, then
+    /// linearizable on a miss (a path just pushed through another node).
     async fn lookup(
         &self,
         caps: Option<&[Capability]>,
         cache: &str,
         hash_part: &str,
-    ) -> Result<Option<(CacheRecord, PathRecord)>, AspenError> {
+    ) -> Result<Option<(CacheRecord, KeyValue)>, AspenError> {
         validate_hash_part(hash_part)?;
         for consistency in [ReadConsistency::Stale, ReadConsistency::Linearizable] {
             let Some(record) = self.readable(caps, cache, consistency).await? else { continue };
             if let Some(kv) = self.kv.get(path_key(cache, hash_part), consistency).await.map_err(kv_error)? {
-                return Ok(Some((record, records::decode("path", &kv.value)?)));
+                return Ok(Some((record, kv)));
             }
         }
         Ok(None)
@@ -277,7 +301,8 @@ impl CacheService {
         hash_part: &str,
         nar_hash: Option<[u8; 32]>,
     ) -> Result<Option<PathRecord>, AspenError> {
-        let Some((_, path)) = self.lookup(caps, cache, hash_part).await? else { return Ok(None) };
+        let Some((_, kv)) = self.lookup(caps, cache, hash_part).await? else { return Ok(None) };
+        let path: PathRecord = records::decode("path", &kv.value)?;
         Ok(nar_hash.is_none_or(|h| h == path.nar_hash).then_some(path))
     }
 
