@@ -98,45 +98,55 @@ impl LocalBlobs {
     /// store having verified them when they arrived; a small blob, which the store keeps in
     /// its database, goes through the store's own export.
     pub async fn read_range(&self, hash: BlobHash, offset: u64, len: u64) -> Result<RangeStream, AspenError> {
-        let hash = Hash::from_bytes(hash);
-        let (size, tag) = self.node.ensure_local(hash, None).await?;
-        if offset > size {
-            return Err(AspenError::invalid(format!("offset {offset} is past the end of the {size}-byte blob")));
-        }
-        let len = len.min(size - offset);
-        let source = match self.open_data_file(&hash, size, offset, len).await? {
-            Some(file) => Source::File(file),
-            None => Source::Store(Box::pin(self.node.store.export_ranges(hash, offset..offset + len).stream())),
-        };
-        Ok(RangeStream { size, remaining: len, source, _tag: tag })
-    }
-
-    /// The data file of complete blob `hash`, positioned at `offset` and limited to `len`
-    /// bytes, if the store keeps the blob in a file of its full size.
-    async fn open_data_file(
-        &self,
-        hash: &Hash,
-        size: u64,
-        offset: u64,
-        len: u64,
-    ) -> Result<Option<FileChunks>, AspenError> {
-        let path = PathOptions::new(&self.node.ctx.data_dir.join("blobs")).data_path(hash);
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file.into_std().await,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(AspenError::storage(format!("cannot open {}: {e}", path.display()))),
-        };
-        let on_disk = file.metadata().map_err(AspenError::storage)?.len();
-        if on_disk != size {
-            return Ok(None);
-        }
-        FileChunks::new(file, offset, len, FILE_READ_BYTES).map(Some).map_err(AspenError::storage)
+        read_range(&self.node, hash, offset, len).await
     }
 
     /// The blob's size if some member of the cluster holds it complete.
     pub async fn has(&self, hash: BlobHash) -> Result<Option<u64>, AspenError> {
         self.node.cluster_has(&hash).await
     }
+}
+
+/// [`LocalBlobs::read_range`] on `node`: what the blob app's own `Get` serves too.
+pub(crate) async fn read_range(
+    node: &BlobNode,
+    hash: BlobHash,
+    offset: u64,
+    len: u64,
+) -> Result<RangeStream, AspenError> {
+    let hash = Hash::from_bytes(hash);
+    let (size, tag) = node.ensure_local(hash, None).await?;
+    if offset > size {
+        return Err(AspenError::invalid(format!("offset {offset} is past the end of the {size}-byte blob")));
+    }
+    let len = len.min(size - offset);
+    let source = match open_data_file(node, &hash, size, offset, len).await? {
+        Some(file) => Source::File(file),
+        None => Source::Store(Box::pin(node.store.export_ranges(hash, offset..offset + len).stream())),
+    };
+    Ok(RangeStream { size, remaining: len, source, _tag: tag })
+}
+
+/// The data file of complete blob `hash`, positioned at `offset` and limited to `len`
+/// bytes, if the store keeps the blob in a file of its full size.
+async fn open_data_file(
+    node: &BlobNode,
+    hash: &Hash,
+    size: u64,
+    offset: u64,
+    len: u64,
+) -> Result<Option<FileChunks>, AspenError> {
+    let path = PathOptions::new(&node.ctx.data_dir.join("blobs")).data_path(hash);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file.into_std().await,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AspenError::storage(format!("cannot open {}: {e}", path.display()))),
+    };
+    let on_disk = file.metadata().map_err(AspenError::storage)?.len();
+    if on_disk != size {
+        return Ok(None);
+    }
+    FileChunks::new(file, offset, len, FILE_READ_BYTES).map(Some).map_err(AspenError::storage)
 }
 
 /// A byte range of a blob, as chunks; ends with an error if the store returns fewer bytes

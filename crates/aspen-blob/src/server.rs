@@ -17,7 +17,6 @@ use futures::StreamExt;
 use iroh::endpoint::{RecvStream, SendStream};
 use iroh::protocol::DynProtocolHandler;
 use iroh_blobs::Hash;
-use iroh_blobs::api::proto::ExportRangesItem;
 use tracing::Instrument;
 
 use crate::protocol::{
@@ -312,46 +311,33 @@ async fn pins(kv: &dyn Kv, prefix: &str, after: Option<&str>, limit: u32) -> Res
 /// member first if this node lacks it. A failure before the header is an error frame;
 /// after it, the stream is reset so the client cannot mistake a short blob for a whole one.
 async fn get(node: &BlobNode, caps: &[Capability], hash: BlobHash, range: Option<ByteRange>, send: &mut SendStream) {
-    let found = async {
+    let offset = range.map_or(0, |r| r.offset);
+    let opened = async {
         rights::require_read_blob(&*node.ctx.kv, caps, &hash).await?;
-        node.ensure_local(Hash::from_bytes(hash), None).await
+        crate::local::read_range(node, hash, offset, range.map_or(u64::MAX, |r| r.len)).await
     };
-    let (size, _tag) = match found.await {
-        Ok(found) => found,
+    let mut chunks = match opened.await {
+        Ok(chunks) => chunks,
         Err(e) => {
             respond(send, BlobResponse::Error(e)).await;
             return;
         }
     };
-    let (offset, len) = match range {
-        None => (0, size),
-        Some(ByteRange { offset, .. }) if offset > size => {
-            let e = AspenError::invalid(format!("offset {offset} is past the end of the {size}-byte blob"));
-            respond(send, BlobResponse::Error(e)).await;
-            return;
-        }
-        Some(ByteRange { offset, len }) => (offset, len.min(size - offset)),
-    };
+    let (size, len) = (chunks.blob_size(), chunks.remaining());
     if aspen_net::write_frame(send, &BlobResponse::Data { size, offset, len }).await.is_err() {
         return;
     }
-    let hash = Hash::from_bytes(hash);
-    // One streaming export: a read request per chunk would cost a round trip to the
-    // store's own runtime each time.
-    let items = node.store.export_ranges(hash, offset..offset + len).stream();
-    tokio::pin!(items);
     let mut sent = 0u64;
-    while let Some(item) = items.next().await {
-        match item {
-            ExportRangesItem::Size(_) => {}
-            ExportRangesItem::Data(leaf) => {
-                sent += leaf.data.len() as u64;
-                if send.write_chunk(leaf.data).await.is_err() {
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(data) => {
+                sent += data.len() as u64;
+                if send.write_chunk(data).await.is_err() {
                     return;
                 }
             }
-            ExportRangesItem::Error(e) => {
-                tracing::warn!(%hash, "reading a blob failed: {e}");
+            Err(e) => {
+                tracing::warn!(hash = %Hash::from_bytes(hash), "reading a blob failed: {e}");
                 break;
             }
         }
@@ -359,7 +345,7 @@ async fn get(node: &BlobNode, caps: &[Capability], hash: BlobHash, range: Option
     if sent == len {
         let _ = send.finish();
     } else {
-        tracing::warn!(%hash, sent, len, "blob read ended early; resetting the stream");
+        tracing::warn!(hash = %Hash::from_bytes(hash), sent, len, "blob read ended early; resetting the stream");
         let _ = send.reset(1u32.into());
     }
 }
