@@ -37,7 +37,8 @@ const STAGED_TTL: Duration = Duration::from_secs(2 * 3600);
 /// Most signatures a path keeps, and their longest.
 const MAX_SIGS: usize = 16;
 const MAX_SIG_BYTES: usize = 512;
-/// Most rendered narinfo kept (about 0.5 KiB each); past it, the memo starts afresh.
+/// Most rendered narinfo kept per cache (about 0.5 KiB each); past it, that cache's memo
+/// starts afresh.
 const MAX_RENDERED: usize = 16_384;
 /// A rendered narinfo: for which version of the path entry and which compression.
 type Rendered = ((u64, Compression), Arc<str>);
@@ -65,7 +66,7 @@ pub struct CacheService {
     /// Narinfo rendered so far, by cache and hash part, each with the path entry's
     /// `mod_revision` and the compression it was rendered for: a hit still reads both
     /// records, so it is exactly as fresh as a render, without the decoding and rendering.
-    rendered: Mutex<HashMap<(String, String), Rendered>>,
+    rendered: Mutex<HashMap<String, HashMap<String, Rendered>>>,
     /// The lease staged NARs share for a while.
     staged_lease: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
 }
@@ -257,19 +258,20 @@ impl CacheService {
         hash_part: &str,
     ) -> Result<Option<String>, AspenError> {
         let Some((record, kv)) = self.lookup(caps, cache, hash_part).await? else { return Ok(None) };
-        let memo_key = (cache.to_string(), hash_part.to_string());
         let version = (kv.mod_revision, record.compression);
-        if let Some((v, text)) = self.rendered.lock().ok().and_then(|m| m.get(&memo_key).cloned())
-            && v == version
+        if let Ok(memo) = self.rendered.lock()
+            && let Some((v, text)) = memo.get(cache).and_then(|paths| paths.get(hash_part))
+            && *v == version
         {
             return Ok(Some(text.to_string()));
         }
         let text = render_narinfo(&records::decode("path", &kv.value)?, record.compression)?;
         if let Ok(mut memo) = self.rendered.lock() {
-            if memo.len() >= MAX_RENDERED {
-                memo.clear();
+            let paths = memo.entry(cache.to_string()).or_default();
+            if paths.len() >= MAX_RENDERED {
+                paths.clear();
             }
-            memo.insert(memo_key, (version, Arc::from(text.as_str())));
+            paths.insert(hash_part.to_string(), (version, Arc::from(text.as_str())));
         }
         Ok(Some(text))
     }
