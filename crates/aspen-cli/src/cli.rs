@@ -111,6 +111,9 @@ pub enum Command {
     /// Add, read, check and list content-addressed blobs.
     #[command(subcommand)]
     Blob(crate::cmd::blob::BlobCommand),
+    /// AspenFS: mount a KV prefix as a filesystem (FUSE).
+    #[command(subcommand)]
+    Fs(crate::cmd::fs::FsCommand),
     /// Make, read and revoke capability tokens.
     #[command(subcommand)]
     Token(crate::cmd::token::TokenCommand),

@@ -53,9 +53,14 @@ pub fn main() -> ExitCode {
 
 /// Logs go to stderr; a node logs at `info`, the other commands only warnings and errors
 /// (unless `RUST_LOG` says otherwise). A command's own transport noise is hidden: QUIC
-/// path warnings, and iroh's complaint when a close gives up on a dead node's handshake.
+/// path warnings, iroh's complaint when a close gives up on a dead node's handshake, and
+/// fuser's second unmount attempt after the filesystem was unmounted from outside.
 fn init_tracing(is_node: bool) {
-    let default = if is_node { "info" } else { "warn,iroh=error,iroh::socket=off,noq=error,noq_proto=error" };
+    let default = if is_node {
+        "info"
+    } else {
+        "warn,iroh=error,iroh::socket=off,noq=error,noq_proto=error,fuser::session=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
 }
@@ -88,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(cmd) => ctx.with_client(async |client| cmd::kv::run(&ctx, client, cmd).await).await,
         Command::Blob(cmd) => ctx.with_client(async |client| cmd::blob::run(&ctx, client, cmd).await).await,
         Command::Cache(cmd) => cmd::cache::run(&ctx, cmd).await,
+        Command::Fs(cmd) => cmd::fs::run(&ctx, cmd).await,
         Command::Forge(cmd) => ctx.with_client(async |client| cmd::forge::run(&ctx, client, cmd).await).await,
         Command::Identity(cmd) => cmd::collab::run_identity(&ctx, cmd),
         Command::Issue(cmd) => ctx.with_client(async |client| cmd::collab::run_issue(&ctx, client, cmd).await).await,

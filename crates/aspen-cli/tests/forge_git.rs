@@ -45,7 +45,9 @@ impl GitEnv {
             .env("PATH", path)
             .env("HOME", self.home.path())
             .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            // A file in the test's own home, not /dev/null: a git that writes its global
+            // config (lockfile, then rename) must not replace the device node.
+            .env("GIT_CONFIG_GLOBAL", self.home.path().join(".gitconfig"))
             .env("GIT_AUTHOR_NAME", "Ada")
             .env("GIT_AUTHOR_EMAIL", "ada@example.org")
             .env("GIT_COMMITTER_NAME", "Ada")

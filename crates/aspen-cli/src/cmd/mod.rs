@@ -13,6 +13,7 @@ pub mod coord;
 pub mod counter;
 pub mod election;
 pub mod forge;
+pub mod fs;
 pub mod kv;
 pub mod lease;
 pub mod lock;

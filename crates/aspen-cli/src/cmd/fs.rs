@@ -1,0 +1,78 @@
+//! `aspen fs`: AspenFS, a KV prefix mounted as a filesystem with FUSE.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aspen_fs::{MountOptions, mount};
+use aspen_kv::SharedKv;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::context::Ctx;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FsCommand {
+    /// Mount a KV prefix at MOUNTPOINT and serve it until SIGTERM, SIGINT or `umount`.
+    /// Files are keys under the prefix; directories are the prefixes between them.
+    Mount {
+        mountpoint: PathBuf,
+        /// The KV prefix shown as the filesystem's root; must end in '/'.
+        #[arg(long, default_value = "fs/default/")]
+        prefix: String,
+        /// How long the kernel keeps names and attributes (changes the mount's watch sees
+        /// are dropped at once).
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        ttl_ms: u64,
+        /// A system call fails with EIO when the cluster has not answered within this.
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        op_timeout: u64,
+        /// Threads answering the kernel.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Let other users use the mount (non-root needs `user_allow_other` in /etc/fuse.conf).
+        #[arg(long)]
+        allow_other: bool,
+    },
+}
+
+pub async fn run(ctx: &Ctx, cmd: FsCommand) -> anyhow::Result<()> {
+    match cmd {
+        FsCommand::Mount { mountpoint, prefix, ttl_ms, op_timeout, threads, allow_other } => {
+            let client = ctx.client().await?;
+            let kv: SharedKv = std::sync::Arc::new(client);
+            let options = MountOptions {
+                prefix: prefix.clone().into_bytes(),
+                ttl: Duration::from_millis(ttl_ms),
+                op_timeout: Duration::from_secs(op_timeout),
+                threads,
+                allow_other,
+            };
+            let rt = tokio::runtime::Handle::current();
+            let point = mountpoint.clone();
+            let mounted = tokio::task::spawn_blocking(move || mount(kv, &rt, &point, &options))
+                .await
+                .context("the mount task")?
+                .with_context(|| format!("mounting {prefix} at {}", mountpoint.display()))?;
+            eprintln!("mounted {prefix} at {}", mountpoint.display());
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if mounted.is_ended() {
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::task::spawn_blocking(move || mounted.unmount())
+                .await
+                .context("the unmount task")?
+                .with_context(|| format!("unmounting {}", mountpoint.display()))?;
+            eprintln!("unmounted {}", mountpoint.display());
+            Ok(())
+        }
+    }
+}

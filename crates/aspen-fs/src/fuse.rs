@@ -1,0 +1,777 @@
+//! The FUSE side: inode numbers for paths, open files buffered until flush, and every
+//! kernel request answered through [`FsStore`].
+//!
+//! Consistency is close-to-open, as on NFS: an open reads the file's current record, writes
+//! go to a buffer shared by every handle of the inode on this mount, and `flush` (each
+//! `close`), `fsync` and the last `release` write the whole record back. The kernel keeps
+//! entries and attributes for the mount's TTL; a watch on the prefix tells it sooner when
+//! a key changes ([`crate::mount`]).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tracing::warn;
+
+use crate::record::{FileData, Record, max_inline_bytes};
+use crate::store::{DirEntry, FsError, FsStore, Kind, Stat, check_name, join, now_ns};
+
+struct Inode {
+    path: Vec<u8>,
+    lookups: u64,
+    kind: Kind,
+    /// Removed through this mount; kept until the kernel forgets it.
+    unlinked: bool,
+}
+
+/// An open regular file: its bytes, shared by every handle of the inode.
+struct OpenFile {
+    data: Vec<u8>,
+    mode: u32,
+    mtime_ns: u64,
+    dirty: bool,
+    handles: usize,
+    unlinked: bool,
+}
+
+enum Handle {
+    File(u64),
+    Dir(Vec<DirEntry>),
+}
+
+#[derive(Default)]
+struct State {
+    inodes: HashMap<u64, Inode>,
+    paths: HashMap<Vec<u8>, u64>,
+    next_ino: u64,
+    open: HashMap<u64, Arc<Mutex<OpenFile>>>,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+}
+
+impl State {
+    fn path(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        match self.inodes.get(&ino) {
+            Some(i) if !i.unlinked => Ok(i.path.clone()),
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    /// The inode for `path`, made if new, with one more lookup counted.
+    fn remember(&mut self, path: &[u8], kind: Kind) -> u64 {
+        if let Some(ino) = self.paths.get(path).copied() {
+            let inode = self.inodes.get_mut(&ino).expect("paths and inodes agree");
+            inode.lookups += 1;
+            inode.kind = kind;
+            return ino;
+        }
+        self.next_ino += 1;
+        let ino = self.next_ino;
+        self.inodes.insert(ino, Inode { path: path.to_vec(), lookups: 1, kind, unlinked: false });
+        self.paths.insert(path.to_vec(), ino);
+        ino
+    }
+
+    fn forget(&mut self, ino: u64, n: u64) {
+        if ino == u64::from(INodeNo::ROOT) {
+            return;
+        }
+        let Some(inode) = self.inodes.get_mut(&ino) else { return };
+        inode.lookups = inode.lookups.saturating_sub(n);
+        if inode.lookups == 0 && !self.open.contains_key(&ino) {
+            let inode = self.inodes.remove(&ino).expect("just seen");
+            if self.paths.get(&inode.path) == Some(&ino) {
+                self.paths.remove(&inode.path);
+            }
+        }
+    }
+
+    fn mark_unlinked(&mut self, path: &[u8]) {
+        if let Some(ino) = self.paths.remove(path) {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.unlinked = true;
+            }
+            if let Some(open) = self.open.get(&ino) {
+                open.lock().expect("open file lock").unlinked = true;
+            }
+        }
+    }
+
+    /// Moves `from`, and everything known below it, to `to`.
+    fn renamed(&mut self, from: &[u8], to: &[u8]) {
+        self.mark_unlinked(to);
+        let moved: Vec<(Vec<u8>, u64)> = self
+            .paths
+            .iter()
+            .filter(|(p, _)| p.as_slice() == from || (p.starts_with(from) && p.get(from.len()) == Some(&b'/')))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        for (old, ino) in moved {
+            self.paths.remove(&old);
+            let mut new = to.to_vec();
+            new.extend_from_slice(&old[from.len()..]);
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.path = new.clone();
+            }
+            self.paths.insert(new, ino);
+        }
+    }
+}
+
+/// Finds the kernel's inodes for a changed path.
+pub(crate) struct Invalidator {
+    state: Arc<Mutex<State>>,
+}
+
+impl Invalidator {
+    /// The path's own inode, and its parent's inode with its name, when the kernel has them.
+    pub(crate) fn stale(&self, path: &[u8]) -> (Option<INodeNo>, Option<(INodeNo, Vec<u8>)>) {
+        let st = self.state.lock().expect("fs state lock");
+        let own = st.paths.get(path).map(|i| INodeNo(*i));
+        let name = path.rsplit(|b| *b == b'/').next().unwrap_or(path).to_vec();
+        let parent = st.paths.get(crate::store::parent_of(path)).map(|i| (INodeNo(*i), name));
+        (own, parent)
+    }
+}
+
+/// What a mount is told at start.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// How long the kernel may keep entries and attributes without asking again.
+    pub ttl: Duration,
+    /// Files and directories are shown as owned by these.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The filesystem fuser drives.
+pub struct AspenFs {
+    store: FsStore,
+    rt: tokio::runtime::Handle,
+    config: FsConfig,
+    state: Arc<Mutex<State>>,
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn time_of(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn ns_of(t: TimeOrNow) -> u64 {
+    match t {
+        TimeOrNow::Now => now_ns(),
+        TimeOrNow::SpecificTime(t) => t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+    }
+}
+
+impl AspenFs {
+    pub fn new(store: FsStore, rt: tokio::runtime::Handle, config: FsConfig) -> AspenFs {
+        let mut state = State { next_ino: u64::from(INodeNo::ROOT), ..State::default() };
+        let root = Inode { path: Vec::new(), lookups: 1, kind: Kind::Dir, unlinked: false };
+        state.inodes.insert(u64::from(INodeNo::ROOT), root);
+        state.paths.insert(Vec::new(), u64::from(INodeNo::ROOT));
+        AspenFs { store, rt, config, state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// What the kernel must forget when `path` changed in the cluster: the inode it has for
+    /// the path (when any), and the parent's inode with the entry's name.
+    pub(crate) fn invalidator(&self) -> Invalidator {
+        Invalidator { state: self.state.clone() }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("fs state lock")
+    }
+
+    fn block<T>(&self, fut: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, FsError> {
+        let r = self.rt.block_on(fut);
+        if let Err(e) = &r
+            && e.errno() == libc::EIO
+        {
+            warn!(error = %e, "aspenfs operation failed");
+        }
+        r
+    }
+
+    fn attr(&self, ino: u64, stat: &Stat) -> FileAttr {
+        let t = time_of(stat.mtime_ns);
+        FileAttr {
+            ino: INodeNo(ino),
+            size: stat.size,
+            blocks: stat.size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: file_type(stat.kind),
+            perm: (stat.mode & 0o7777) as u16,
+            nlink: if stat.kind == Kind::Dir { 2 } else { 1 },
+            uid: self.config.uid,
+            gid: self.config.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn open_stat(file: &OpenFile) -> Stat {
+        Stat {
+            kind: Kind::File,
+            mode: file.mode,
+            size: file.data.len() as u64,
+            mtime_ns: file.mtime_ns,
+            explicit: false,
+        }
+    }
+
+    /// The current attributes of `ino`: its open buffer's, else the KV's.
+    fn stat_of(&self, ino: u64) -> Result<Stat, FsError> {
+        // An open file's buffer answers first, also once it is unlinked.
+        let open = self.state().open.get(&ino).cloned();
+        if let Some(open) = open {
+            return Ok(Self::open_stat(&open.lock().expect("open file lock")));
+        }
+        let path = self.state().path(ino)?;
+        match self.block(self.store.lookup(&path))? {
+            Some(found) => Ok(found.stat),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<Vec<u8>, FsError> {
+        check_name(name.as_bytes())?;
+        let dir = self.state().path(parent.into())?;
+        Ok(join(&dir, name.as_bytes()))
+    }
+
+    fn entry(&self, path: &[u8], reply: ReplyEntry) {
+        match self.block(self.store.lookup(path)) {
+            Ok(Some(found)) => {
+                let ino = self.state().remember(path, found.stat.kind);
+                let stat = match self.state().open.get(&ino) {
+                    Some(open) => Self::open_stat(&open.lock().expect("open file lock")),
+                    None => found.stat,
+                };
+                reply.entry(&self.config.ttl, &self.attr(ino, &stat), Generation(0));
+            }
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// Writes an open file's buffer back when it changed.
+    fn write_back(&self, ino: u64) -> Result<(), FsError> {
+        let (path, open) = {
+            let st = self.state();
+            let Some(open) = st.open.get(&ino).cloned() else { return Ok(()) };
+            (st.inodes.get(&ino).map(|i| i.path.clone()), open)
+        };
+        let mut file = open.lock().expect("open file lock");
+        if !file.dirty || file.unlinked {
+            return Ok(());
+        }
+        let Some(path) = path else { return Ok(()) };
+        let record =
+            Record::File { mode: file.mode, mtime_ns: file.mtime_ns, data: FileData::Inline(file.data.clone()) };
+        self.block(self.store.write(&path, &record))?;
+        file.dirty = false;
+        Ok(())
+    }
+
+    fn new_handle(&self, handle: Handle) -> FileHandle {
+        let mut st = self.state();
+        st.next_fh += 1;
+        let fh = st.next_fh;
+        st.handles.insert(fh, handle);
+        FileHandle(fh)
+    }
+
+    /// Opens `ino`'s buffer (loading it unless `truncate`) and returns a handle on it.
+    fn open_file(&self, ino: u64, truncate: bool) -> Result<FileHandle, FsError> {
+        let existing = self.state().open.get(&ino).cloned();
+        if let Some(open) = existing {
+            let mut file = open.lock().expect("open file lock");
+            file.handles += 1;
+            if truncate {
+                file.data.clear();
+                file.dirty = true;
+                file.mtime_ns = now_ns();
+            }
+            drop(file);
+            return Ok(self.new_handle(Handle::File(ino)));
+        }
+        let path = self.state().path(ino)?;
+        let Some(found) = self.block(self.store.lookup(&path))? else { return Err(FsError::NotFound) };
+        let (mode, mtime_ns, data) = match found.record {
+            Some(Record::File { mode, mtime_ns, data: FileData::Inline(bytes) }) => (mode, mtime_ns, bytes),
+            Some(Record::Symlink { .. }) => return Err(FsError::Invalid("a symlink is not opened".into())),
+            _ => return Err(FsError::IsDir),
+        };
+        let file = if truncate {
+            OpenFile { data: Vec::new(), mode, mtime_ns: now_ns(), dirty: true, handles: 1, unlinked: false }
+        } else {
+            OpenFile { data, mode, mtime_ns, dirty: false, handles: 1, unlinked: false }
+        };
+        {
+            let mut st = self.state();
+            match st.open.get(&ino).cloned() {
+                // Another thread opened it meanwhile: share its buffer.
+                Some(open) => open.lock().expect("open file lock").handles += 1,
+                None => {
+                    st.open.insert(ino, Arc::new(Mutex::new(file)));
+                }
+            }
+        }
+        Ok(self.new_handle(Handle::File(ino)))
+    }
+
+    fn file_of(&self, fh: FileHandle) -> Result<(u64, Arc<Mutex<OpenFile>>), FsError> {
+        let st = self.state();
+        match st.handles.get(&fh.0) {
+            Some(Handle::File(ino)) => {
+                st.open.get(ino).cloned().map(|o| (*ino, o)).ok_or(FsError::Invalid("a closed file".into()))
+            }
+            _ => Err(FsError::Invalid("not an open file".into())),
+        }
+    }
+}
+
+fn open_truncates(flags: OpenFlags) -> bool {
+    flags.0 & libc::O_TRUNC != 0
+}
+
+impl Filesystem for AspenFs {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child_path(parent, name) {
+            Ok(path) => self.entry(&path, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.state().forget(ino.into(), nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.stat_of(ino.into()) {
+            Ok(stat) => reply.attr(&self.config.ttl, &self.attr(ino.into(), &stat)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ino_n: u64 = ino.into();
+        let result = (|| -> Result<Stat, FsError> {
+            if let Some(size) = size
+                && size as usize > max_inline_bytes()
+            {
+                return Err(FsError::FileTooBig(max_inline_bytes()));
+            }
+            let (path, open) = {
+                let st = self.state();
+                (st.path(ino_n)?, st.open.get(&ino_n).cloned())
+            };
+            if let Some(open) = open {
+                {
+                    let mut file = open.lock().expect("open file lock");
+                    if let Some(size) = size {
+                        file.data.resize(size as usize, 0);
+                        file.mtime_ns = now_ns();
+                    }
+                    if let Some(mode) = mode {
+                        file.mode = mode & 0o7777;
+                    }
+                    if let Some(t) = mtime {
+                        file.mtime_ns = ns_of(t);
+                    }
+                    file.dirty = true;
+                }
+                self.write_back(ino_n)?;
+                return Ok(Self::open_stat(&open.lock().expect("open file lock")));
+            }
+            let Some(found) = self.block(self.store.lookup(&path))? else { return Err(FsError::NotFound) };
+            match found.record {
+                Some(Record::File { mode: m, mtime_ns, data: FileData::Inline(mut bytes) }) => {
+                    let mut mtime_ns = mtime.map(ns_of).unwrap_or(mtime_ns);
+                    if let Some(size) = size {
+                        bytes.resize(size as usize, 0);
+                        if mtime.is_none() {
+                            mtime_ns = now_ns();
+                        }
+                    }
+                    let mode = mode.map(|m| m & 0o7777).unwrap_or(m);
+                    let stat = Stat { kind: Kind::File, mode, size: bytes.len() as u64, mtime_ns, explicit: false };
+                    self.block(
+                        self.store.write(&path, &Record::File { mode, mtime_ns, data: FileData::Inline(bytes) }),
+                    )?;
+                    Ok(stat)
+                }
+                Some(Record::Symlink { .. }) => Ok(found.stat),
+                Some(Record::Dir { .. }) | None => {
+                    let mut stat = found.stat;
+                    if mode.is_none() && mtime.is_none() || path.is_empty() {
+                        return Ok(stat);
+                    }
+                    stat.mode = mode.map(|m| m & 0o7777).unwrap_or(stat.mode);
+                    stat.mtime_ns = mtime.map(ns_of).unwrap_or(stat.mtime_ns);
+                    self.block(self.store.write_dir(&path, stat.mode, stat.mtime_ns))?;
+                    stat.explicit = true;
+                    Ok(stat)
+                }
+            }
+        })();
+        match result {
+            Ok(stat) => reply.attr(&self.config.ttl, &self.attr(ino_n, &stat)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let result = self.state().path(ino.into()).and_then(|path| self.block(self.store.lookup(&path)));
+        match result {
+            Ok(Some(found)) => match found.record {
+                Some(Record::Symlink { target, .. }) => reply.data(&target),
+                _ => reply.error(Errno::EINVAL),
+            },
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let result = self.child_path(parent, name).and_then(|path| {
+            self.block(self.store.mkdir(&path, mode & !umask & 0o7777))?;
+            Ok(path)
+        });
+        match result {
+            Ok(path) => self.entry(&path, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.child_path(parent, name).and_then(|path| {
+            self.block(self.store.unlink(&path))?;
+            self.state().mark_unlinked(&path);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.child_path(parent, name).and_then(|path| {
+            self.block(self.store.rmdir(&path))?;
+            self.state().mark_unlinked(&path);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let result = self.child_path(parent, link_name).and_then(|path| {
+            let record = Record::Symlink { target: target.as_os_str().as_bytes().to_vec(), mtime_ns: now_ns() };
+            self.block(self.store.create(&path, &record))?;
+            Ok(path)
+        });
+        match result {
+            Ok(path) => self.entry(&path, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let result = (|| -> Result<(), FsError> {
+            let from = self.child_path(parent, name)?;
+            let to = self.child_path(newparent, newname)?;
+            // Whatever this mount buffered for the source is written first, so it moves.
+            let ino = self.state().paths.get(&from).copied();
+            if let Some(ino) = ino {
+                self.write_back(ino)?;
+            }
+            self.block(self.store.rename(&from, &to, flags.contains(RenameFlags::RENAME_NOREPLACE)))?;
+            self.state().renamed(&from, &to);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_file(ino.into(), open_truncates(flags)) {
+            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.file_of(fh) {
+            Ok((_, open)) => {
+                let file = open.lock().expect("open file lock");
+                let start = (offset as usize).min(file.data.len());
+                let end = start.saturating_add(size as usize).min(file.data.len());
+                reply.data(&file.data[start..end]);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self.file_of(fh).and_then(|(_, open)| {
+            let mut file = open.lock().expect("open file lock");
+            let offset = if flags.0 & libc::O_APPEND != 0 { file.data.len() } else { offset as usize };
+            let end = offset.checked_add(data.len()).filter(|end| *end <= max_inline_bytes());
+            let Some(end) = end else { return Err(FsError::FileTooBig(max_inline_bytes())) };
+            if file.data.len() < end {
+                file.data.resize(end, 0);
+            }
+            file.data[offset..end].copy_from_slice(data);
+            file.dirty = true;
+            file.mtime_ns = now_ns();
+            Ok(data.len() as u32)
+        });
+        match result {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.file_of(fh).and_then(|(ino, _)| self.write_back(ino)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.file_of(fh).and_then(|(ino, _)| self.write_back(ino)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Ok((ino, open)) = self.file_of(fh) else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let written = self.write_back(ino);
+        let mut st = self.state();
+        st.handles.remove(&fh.0);
+        let last = {
+            let mut file = open.lock().expect("open file lock");
+            file.handles -= 1;
+            file.handles == 0
+        };
+        if last {
+            st.open.remove(&ino);
+            st.forget(ino, 0);
+        }
+        drop(st);
+        match written {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let result = self.state().path(ino.into()).and_then(|path| self.block(self.store.list(&path)));
+        match result {
+            Ok(entries) => reply.opened(self.new_handle(Handle::Dir(entries)), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let st = self.state();
+        let Some(Handle::Dir(entries)) = st.handles.get(&fh.0) else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let dir = st.inodes.get(&u64::from(ino)).map(|i| i.path.clone()).unwrap_or_default();
+        // Offsets: 1 is ".", 2 is "..", 3 + i is entries[i].
+        let mut at = offset;
+        while at < 2 {
+            let name = if at == 0 { "." } else { ".." };
+            if reply.add(ino, at + 1, FileType::Directory, name) {
+                reply.ok();
+                return;
+            }
+            at += 1;
+        }
+        for (i, entry) in entries.iter().enumerate().skip((at - 2) as usize) {
+            let path = join(&dir, &entry.name);
+            let (child_ino, kind) = match st.paths.get(&path) {
+                Some(ino) => (*ino, st.inodes.get(ino).map(|i| i.kind).unwrap_or(entry.kind)),
+                // Not looked up yet: a number outside the ones handed out, for `d_ino` only.
+                None => (u64::MAX - i as u64, entry.kind),
+            };
+            if reply.add(INodeNo(child_ino), 3 + i as u64, file_type(kind), OsStr::from_bytes(&entry.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.state().handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Every directory change is committed in the cluster before it is answered.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // The cluster has no fixed size; report a large, plausible one.
+        let blocks = 1u64 << 32;
+        reply.statfs(blocks, blocks, blocks, 1 << 30, 1 << 30, 4096, crate::store::MAX_NAME_BYTES as u32, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        // Extended attributes are not kept: none exists.
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = (|| -> Result<(u64, Stat, FileHandle), FsError> {
+            let path = self.child_path(parent, name)?;
+            let mode = mode & !umask & 0o7777;
+            let mtime_ns = now_ns();
+            let record = Record::File { mode, mtime_ns, data: FileData::Inline(Vec::new()) };
+            match self.block(self.store.create(&path, &record)) {
+                Ok(_) => {}
+                // Without O_EXCL an existing file is opened (the kernel's lookup raced a creator).
+                Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {}
+                Err(e) => return Err(e),
+            }
+            let ino = self.state().remember(&path, Kind::File);
+            let fh = self.open_file(ino, flags & libc::O_TRUNC != 0)?;
+            let stat = self.stat_of(ino)?;
+            Ok((ino, stat, fh))
+        })();
+        match result {
+            Ok((ino, stat, fh)) => {
+                reply.created(&self.config.ttl, &self.attr(ino, &stat), Generation(0), fh, FopenFlags::empty())
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Mounting: the FUSE session on its own threads, and a watch on the prefix that tells the
+//! kernel to drop what it cached for a key that changed (through the KV, or another mount).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aspen_kv::{Kv, SharedKv};
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use tracing::{debug, warn};
+
+use crate::fuse::{AspenFs, FsConfig};
+use crate::store::{FsError, FsStore};
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// The KV prefix shown as the filesystem's root; ends in `/`.
+    pub prefix: Vec<u8>,
+    /// How long the kernel keeps entries and attributes before asking again (changes seen
+    /// by the watch are dropped sooner).
+    pub ttl: Duration,
+    /// Longest one cluster request may take before the system call fails with `EIO`.
+    pub op_timeout: Duration,
+    /// Threads answering the kernel.
+    pub threads: usize,
+    /// Let other users (and root) use the mount; needs `user_allow_other` for non-root.
+    pub allow_other: bool,
+}
+
+impl MountOptions {
+    pub fn new(prefix: impl Into<Vec<u8>>) -> MountOptions {
+        MountOptions {
+            prefix: prefix.into(),
+            ttl: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(30),
+            threads: 2,
+            allow_other: false,
+        }
+    }
+}
+
+/// Why a mount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("mounting at {mountpoint}: {source}")]
+    Mount { mountpoint: PathBuf, source: std::io::Error },
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct Mount {
+    mountpoint: PathBuf,
+    unmounter: SessionUnmounter,
+    session: Option<JoinHandle<std::io::Result<()>>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+/// Mounts `kv`'s `options.prefix` at `mountpoint`. Requests run on `rt`.
+pub fn mount(
+    kv: SharedKv,
+    rt: &tokio::runtime::Handle,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<Mount, MountError> {
+    let store = FsStore::new(kv.clone(), options.prefix.clone(), options.op_timeout)?;
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let fs = AspenFs::new(store.clone(), rt.clone(), FsConfig { ttl: options.ttl, uid, gid });
+    let invalidator = fs.invalidator();
+    let mut config = Config::default();
+    let name = format!("aspenfs:{}", String::from_utf8_lossy(&options.prefix));
+    config.mount_options = vec![MountOption::FSName(name), MountOption::DefaultPermissions];
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(options.threads.max(1));
+    let map_err = |source| MountError::Mount { mountpoint: mountpoint.to_path_buf(), source };
+    let mut session = Session::new(fs, mountpoint, &config).map_err(map_err)?;
+    let unmounter = session.unmount_callable();
+    let notifier = session.notifier();
+    let session = std::thread::Builder::new().name("aspenfs".into()).spawn(move || session.run()).map_err(map_err)?;
+
+    // Notifications go through their own thread: writing one can wait on a kernel lock held
+    // by a request whose answer needs the runtime.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::Builder::new()
+        .name("aspenfs-inval".into())
+        .spawn(move || {
+            for path in rx {
+                let (own, parent) = invalidator.stale(&path);
+                if let Some(ino) = own
+                    && let Err(e) = notifier.inval_inode(ino, 0, 0)
+                {
+                    debug!(error = %e, "inval_inode");
+                }
+                if let Some((parent, name)) = parent
+                    && let Err(e) = notifier.inval_entry(parent, OsStr::from_bytes(&name))
+                {
+                    debug!(error = %e, "inval_entry");
+                }
+            }
+        })
+        .map_err(map_err)?;
+    let prefix = options.prefix.clone();
+    let watch = rt.spawn(async move {
+        let mut events = kv.watch(&prefix, 0);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    if let Some(path) = store.path_of_key(&event.kv.key)
+                        && tx.send(path.to_vec()).is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Entries still expire after the TTL; changes show that much later.
+                    warn!(error = %e, "aspenfs watch ended; changes made elsewhere show after the TTL");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Mount { mountpoint: mountpoint.to_path_buf(), unmounter, session: Some(session), watch })
+}
+
+impl Mount {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        self.finish()
+    }
+
+    /// Waits until the filesystem is unmounted from outside (`fusermount -u`, `umount`).
+    pub fn wait(mut self) -> std::io::Result<()> {
+        let result = match self.session.take() {
+            Some(session) => {
+                session.join().unwrap_or_else(|_| Err(std::io::Error::other("the session thread panicked")))
+            }
+            None => Ok(()),
+        };
+        self.watch.abort();
+        result
+    }
+
+    /// True once the session has ended (the filesystem was unmounted).
+    pub fn is_ended(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.is_finished())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.watch.abort();
+        let Some(session) = self.session.take() else { return Ok(()) };
+        let mut unmounted = self.unmounter.unmount();
+        if unmounted.is_err() {
+            // Busy (a file still open): detach it now; the kernel ends the session once the
+            // last user lets go.
+            let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+                unmounted = Ok(());
+            }
+        }
+        unmounted?;
+        let deadline = std::time::Instant::now() + UNMOUNT_WAIT;
+        while !session.is_finished() {
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "the FUSE session did not end within {UNMOUNT_WAIT:?} of unmounting"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        session.join().unwrap_or_else(|_| Err(std::io::Error::other("the session thread panicked")))
+    }
+}
+
+/// How long an unmount waits for the session's thread to end.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(10);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            warn!(error = %e, mountpoint = %self.mountpoint.display(), "unmounting");
+        }
+    }
+}
