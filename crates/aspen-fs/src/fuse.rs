@@ -21,8 +21,9 @@ use fuser::{
 };
 use tracing::warn;
 
-use crate::record::{FileData, Record, max_inline_bytes};
-use crate::store::{DirEntry, FsError, FsStore, Kind, Stat, check_name, join, now_ns};
+use crate::content::{ChunkStore, Content};
+use crate::record::{FileData, Record};
+use crate::store::{DirEntry, Found, FsError, FsStore, Kind, Stat, check_name, join, now_ns};
 
 struct Inode {
     path: Vec<u8>,
@@ -34,7 +35,7 @@ struct Inode {
 
 /// An open regular file: its bytes, shared by every handle of the inode.
 struct OpenFile {
-    data: Vec<u8>,
+    content: Content,
     mode: u32,
     mtime_ns: u64,
     dirty: bool,
@@ -155,6 +156,8 @@ pub struct FsConfig {
 /// The filesystem fuser drives.
 pub struct AspenFs {
     store: FsStore,
+    /// Where files past the inline limit keep their chunks; without it they are `EFBIG`.
+    chunks: Option<Arc<dyn ChunkStore>>,
     rt: tokio::runtime::Handle,
     config: FsConfig,
     state: Arc<Mutex<State>>,
@@ -184,12 +187,17 @@ fn ns_of(t: TimeOrNow) -> u64 {
 }
 
 impl AspenFs {
-    pub fn new(store: FsStore, rt: tokio::runtime::Handle, config: FsConfig) -> AspenFs {
+    pub fn new(
+        store: FsStore,
+        chunks: Option<Arc<dyn ChunkStore>>,
+        rt: tokio::runtime::Handle,
+        config: FsConfig,
+    ) -> AspenFs {
         let mut state = State { next_ino: u64::from(INodeNo::ROOT), ..State::default() };
         let root = Inode { path: Vec::new(), lookups: 1, kind: Kind::Dir, unlinked: false };
         state.inodes.insert(u64::from(INodeNo::ROOT), root);
         state.paths.insert(Vec::new(), u64::from(INodeNo::ROOT));
-        AspenFs { store, rt, config, state: Arc::new(Mutex::new(state)) }
+        AspenFs { store, chunks, rt, config, state: Arc::new(Mutex::new(state)) }
     }
 
     /// What the kernel must forget when `path` changed in the cluster: the inode it has for
@@ -234,13 +242,7 @@ impl AspenFs {
     }
 
     fn open_stat(file: &OpenFile) -> Stat {
-        Stat {
-            kind: Kind::File,
-            mode: file.mode,
-            size: file.data.len() as u64,
-            mtime_ns: file.mtime_ns,
-            explicit: false,
-        }
+        Stat { kind: Kind::File, mode: file.mode, size: file.content.size(), mtime_ns: file.mtime_ns, explicit: false }
     }
 
     /// The current attributes of `ino`: its open buffer's, else the KV's.
@@ -290,9 +292,9 @@ impl AspenFs {
             return Ok(());
         }
         let Some(path) = path else { return Ok(()) };
-        let record =
-            Record::File { mode: file.mode, mtime_ns: file.mtime_ns, data: FileData::Inline(file.data.clone()) };
-        self.block(self.store.write(&path, &record))?;
+        let (mode, mtime_ns) = (file.mode, file.mtime_ns);
+        let data = self.block(file.content.seal(self.chunks()))?;
+        self.block(self.store.write(&path, &Record::File { mode, mtime_ns, data }))?;
         file.dirty = false;
         Ok(())
     }
@@ -312,7 +314,7 @@ impl AspenFs {
             let mut file = open.lock().expect("open file lock");
             file.handles += 1;
             if truncate {
-                file.data.clear();
+                file.content = Content::empty();
                 file.dirty = true;
                 file.mtime_ns = now_ns();
             }
@@ -322,14 +324,15 @@ impl AspenFs {
         let path = self.state().path(ino)?;
         let Some(found) = self.block(self.store.lookup(&path))? else { return Err(FsError::NotFound) };
         let (mode, mtime_ns, data) = match found.record {
-            Some(Record::File { mode, mtime_ns, data: FileData::Inline(bytes) }) => (mode, mtime_ns, bytes),
+            Some(Record::File { mode, mtime_ns, data }) => (mode, mtime_ns, data),
             Some(Record::Symlink { .. }) => return Err(FsError::Invalid("a symlink is not opened".into())),
             _ => return Err(FsError::IsDir),
         };
         let file = if truncate {
-            OpenFile { data: Vec::new(), mode, mtime_ns: now_ns(), dirty: true, handles: 1, unlinked: false }
+            OpenFile { content: Content::empty(), mode, mtime_ns: now_ns(), dirty: true, handles: 1, unlinked: false }
         } else {
-            OpenFile { data, mode, mtime_ns, dirty: false, handles: 1, unlinked: false }
+            let content = Content::from_data(data);
+            OpenFile { content, mode, mtime_ns, dirty: false, handles: 1, unlinked: false }
         };
         {
             let mut st = self.state();
@@ -342,6 +345,28 @@ impl AspenFs {
             }
         }
         Ok(self.new_handle(Handle::File(ino)))
+    }
+
+    /// Drops a file handle, writing the file back first; the last handle frees the buffer.
+    fn close_handle(&self, fh: FileHandle) -> Result<(), FsError> {
+        let (ino, open) = self.file_of(fh).map_err(|_| FsError::BadHandle)?;
+        let written = self.write_back(ino);
+        let mut st = self.state();
+        st.handles.remove(&fh.0);
+        let last = {
+            let mut file = open.lock().expect("open file lock");
+            file.handles -= 1;
+            file.handles == 0
+        };
+        if last {
+            st.open.remove(&ino);
+            st.forget(ino, 0);
+        }
+        written
+    }
+
+    fn chunks(&self) -> Option<&dyn ChunkStore> {
+        self.chunks.as_deref()
     }
 
     fn file_of(&self, fh: FileHandle) -> Result<(u64, Arc<Mutex<OpenFile>>), FsError> {
@@ -402,51 +427,44 @@ impl Filesystem for AspenFs {
     ) {
         let ino_n: u64 = ino.into();
         let result = (|| -> Result<Stat, FsError> {
-            if let Some(size) = size
-                && size as usize > max_inline_bytes()
-            {
-                return Err(FsError::FileTooBig(max_inline_bytes()));
-            }
-            let (path, open) = {
-                let st = self.state();
-                (st.path(ino_n)?, st.open.get(&ino_n).cloned())
+            let path = self.state().path(ino_n)?;
+            let found = match self.state().open.contains_key(&ino_n) {
+                true => None,
+                false => Some(self.block(self.store.lookup(&path))?.ok_or(FsError::NotFound)?),
             };
-            if let Some(open) = open {
-                {
-                    let mut file = open.lock().expect("open file lock");
-                    if let Some(size) = size {
-                        file.data.resize(size as usize, 0);
-                        file.mtime_ns = now_ns();
-                    }
-                    if let Some(mode) = mode {
-                        file.mode = mode & 0o7777;
-                    }
-                    if let Some(t) = mtime {
-                        file.mtime_ns = ns_of(t);
-                    }
-                    file.dirty = true;
-                }
-                self.write_back(ino_n)?;
-                return Ok(Self::open_stat(&open.lock().expect("open file lock")));
-            }
-            let Some(found) = self.block(self.store.lookup(&path))? else { return Err(FsError::NotFound) };
-            match found.record {
-                Some(Record::File { mode: m, mtime_ns, data: FileData::Inline(mut bytes) }) => {
-                    let mut mtime_ns = mtime.map(ns_of).unwrap_or(mtime_ns);
-                    if let Some(size) = size {
-                        bytes.resize(size as usize, 0);
-                        if mtime.is_none() {
-                            mtime_ns = now_ns();
+            if let Some(Found { record: Some(Record::File { .. }), .. }) | None = &found {
+                // A file: change it through an open buffer (this one, or one made for this).
+                let fh = match found {
+                    None => None,
+                    Some(_) => Some(self.open_file(ino_n, false)?),
+                };
+                let open = self.state().open.get(&ino_n).cloned().ok_or(FsError::NotFound);
+                let result = open.and_then(|open| {
+                    {
+                        let mut file = open.lock().expect("open file lock");
+                        if let Some(size) = size {
+                            self.block(file.content.truncate(self.chunks(), size))?;
+                            file.mtime_ns = now_ns();
                         }
+                        if let Some(mode) = mode {
+                            file.mode = mode & 0o7777;
+                        }
+                        if let Some(t) = mtime {
+                            file.mtime_ns = ns_of(t);
+                        }
+                        file.dirty = true;
                     }
-                    let mode = mode.map(|m| m & 0o7777).unwrap_or(m);
-                    let stat = Stat { kind: Kind::File, mode, size: bytes.len() as u64, mtime_ns, explicit: false };
-                    self.block(
-                        self.store.write(&path, &Record::File { mode, mtime_ns, data: FileData::Inline(bytes) }),
-                    )?;
-                    Ok(stat)
+                    self.write_back(ino_n)?;
+                    Ok(Self::open_stat(&open.lock().expect("open file lock")))
+                });
+                if let Some(fh) = fh {
+                    self.close_handle(fh)?;
                 }
-                Some(Record::Symlink { .. }) => Ok(found.stat),
+                return result;
+            }
+            let found = found.expect("looked up");
+            match found.record {
+                Some(Record::Symlink { .. } | Record::File { .. }) => Ok(found.stat),
                 Some(Record::Dir { .. }) | None => {
                     let mut stat = found.stat;
                     if mode.is_none() && mtime.is_none() || path.is_empty() {
@@ -577,10 +595,11 @@ impl Filesystem for AspenFs {
     ) {
         match self.file_of(fh) {
             Ok((_, open)) => {
-                let file = open.lock().expect("open file lock");
-                let start = (offset as usize).min(file.data.len());
-                let end = start.saturating_add(size as usize).min(file.data.len());
-                reply.data(&file.data[start..end]);
+                let mut file = open.lock().expect("open file lock");
+                match self.block(file.content.read(self.chunks(), offset, size as usize)) {
+                    Ok(bytes) => reply.data(&bytes),
+                    Err(e) => reply.error(errno(&e)),
+                }
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -600,13 +619,8 @@ impl Filesystem for AspenFs {
     ) {
         let result = self.file_of(fh).and_then(|(_, open)| {
             let mut file = open.lock().expect("open file lock");
-            let offset = if flags.0 & libc::O_APPEND != 0 { file.data.len() } else { offset as usize };
-            let end = offset.checked_add(data.len()).filter(|end| *end <= max_inline_bytes());
-            let Some(end) = end else { return Err(FsError::FileTooBig(max_inline_bytes())) };
-            if file.data.len() < end {
-                file.data.resize(end, 0);
-            }
-            file.data[offset..end].copy_from_slice(data);
+            let offset = if flags.0 & libc::O_APPEND != 0 { file.content.size() } else { offset };
+            self.block(file.content.write(self.chunks(), offset, data))?;
             file.dirty = true;
             file.mtime_ns = now_ns();
             Ok(data.len() as u32)
@@ -641,24 +655,7 @@ impl Filesystem for AspenFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let Ok((ino, open)) = self.file_of(fh) else {
-            reply.error(Errno::EBADF);
-            return;
-        };
-        let written = self.write_back(ino);
-        let mut st = self.state();
-        st.handles.remove(&fh.0);
-        let last = {
-            let mut file = open.lock().expect("open file lock");
-            file.handles -= 1;
-            file.handles == 0
-        };
-        if last {
-            st.open.remove(&ino);
-            st.forget(ino, 0);
-        }
-        drop(st);
-        match written {
+        match self.close_handle(fh) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }

@@ -10,11 +10,13 @@
 //! interface (`aspen_kv::Kv`) with the caller's token, so the token's KV rights on the
 //! prefix are the mount's rights.
 
+pub mod content;
 pub mod fuse;
 pub mod mount;
 pub mod record;
 pub mod store;
 
+pub use content::{BlobChunks, ChunkStore};
 pub use fuse::{AspenFs, FsConfig};
 pub use mount::{Mount, MountOptions, mount};
 pub use store::{FsError, FsStore};

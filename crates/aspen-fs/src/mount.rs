@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use aspen_kv::{Kv, SharedKv};
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use tracing::{debug, warn};
 
+use crate::content::ChunkStore;
 use crate::fuse::{AspenFs, FsConfig};
 use crate::store::{FsError, FsStore};
 
@@ -59,9 +61,11 @@ pub struct Mount {
     watch: tokio::task::JoinHandle<()>,
 }
 
-/// Mounts `kv`'s `options.prefix` at `mountpoint`. Requests run on `rt`.
+/// Mounts `kv`'s `options.prefix` at `mountpoint`, with large files' chunks in `chunks`
+/// (without it, a file larger than one KV value is refused). Requests run on `rt`.
 pub fn mount(
     kv: SharedKv,
+    chunks: Option<Arc<dyn ChunkStore>>,
     rt: &tokio::runtime::Handle,
     mountpoint: &Path,
     options: &MountOptions,
@@ -69,7 +73,7 @@ pub fn mount(
     let store = FsStore::new(kv.clone(), options.prefix.clone(), options.op_timeout)?;
     // SAFETY: geteuid and getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let fs = AspenFs::new(store.clone(), rt.clone(), FsConfig { ttl: options.ttl, uid, gid });
+    let fs = AspenFs::new(store.clone(), chunks, rt.clone(), FsConfig { ttl: options.ttl, uid, gid });
     let invalidator = fs.invalidator();
     let mut config = Config::default();
     let name = format!("aspenfs:{}", String::from_utf8_lossy(&options.prefix));

@@ -38,6 +38,17 @@ pub enum Record {
 pub enum FileData {
     /// In the record itself.
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// In blobs of `chunk_bytes` each (the last one shorter), in order.
+    Chunks { size: u64, chunk_bytes: u32, chunks: Vec<[u8; 32]> },
+}
+
+impl FileData {
+    pub fn size(&self) -> u64 {
+        match self {
+            FileData::Inline(bytes) => bytes.len() as u64,
+            FileData::Chunks { size, .. } => *size,
+        }
+    }
 }
 
 /// A value that starts with [`MAGIC`] and does not decode.

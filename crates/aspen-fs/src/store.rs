@@ -47,8 +47,8 @@ pub enum FsError {
     NotEmpty,
     #[error("name longer than {MAX_NAME_BYTES} bytes, or a key over MAX_KEY_BYTES = {MAX_KEY_BYTES}")]
     NameTooLong,
-    #[error("file larger than {0} bytes, the most a file may hold in this version")]
-    FileTooBig(usize),
+    #[error("file larger than {0} bytes, the most a file may hold on this mount")]
+    FileTooBig(u64),
     #[error("directory too large to rename in one transaction ({0}); copy it instead")]
     TooLargeToRename(String),
     #[error("invalid argument: {0}")]
@@ -57,8 +57,12 @@ pub enum FsError {
     Timeout(Duration),
     #[error("the cluster refused or failed: {0}")]
     Kv(#[from] KvError),
+    #[error("the blob store: {0}")]
+    Blob(String),
     #[error("{key}: {source}")]
     Corrupt { key: String, source: CorruptRecord },
+    #[error("not an open file")]
+    BadHandle,
     #[error("kept changing under concurrent writers after {TXN_ATTEMPTS} attempts")]
     Contended,
 }
@@ -76,7 +80,10 @@ impl FsError {
             FsError::FileTooBig(_) => libc::EFBIG,
             FsError::TooLargeToRename(_) => libc::EXDEV,
             FsError::Invalid(_) => libc::EINVAL,
-            FsError::Timeout(_) | FsError::Kv(_) | FsError::Corrupt { .. } | FsError::Contended => libc::EIO,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Timeout(_) | FsError::Kv(_) | FsError::Blob(_) | FsError::Corrupt { .. } | FsError::Contended => {
+                libc::EIO
+            }
         }
     }
 }
@@ -267,13 +274,9 @@ impl FsStore {
         if let Some(kv) = file {
             let record = self.decode(&kv)?;
             let stat = match &record {
-                Record::File { mode, mtime_ns, data: FileData::Inline(bytes) } => Stat {
-                    kind: Kind::File,
-                    mode: *mode,
-                    size: bytes.len() as u64,
-                    mtime_ns: *mtime_ns,
-                    explicit: false,
-                },
+                Record::File { mode, mtime_ns, data } => {
+                    Stat { kind: Kind::File, mode: *mode, size: data.size(), mtime_ns: *mtime_ns, explicit: false }
+                }
                 Record::Symlink { target, mtime_ns } => Stat {
                     kind: Kind::Symlink,
                     mode: 0o777,
@@ -389,7 +392,7 @@ impl FsStore {
         if let Record::File { data: FileData::Inline(bytes), .. } = record
             && bytes.len() > max_inline_bytes()
         {
-            return Err(FsError::FileTooBig(max_inline_bytes()));
+            return Err(FsError::FileTooBig(max_inline_bytes() as u64));
         }
         let key = self.file_key(path)?;
         Ok(self.bounded(self.kv.put(key, record.encode())).await?.revision)

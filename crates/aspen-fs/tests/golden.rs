@@ -20,6 +20,14 @@ fn records() -> Vec<(&'static str, Record)> {
                 data: FileData::Inline(b"hello\n".to_vec()),
             },
         ),
+        (
+            "File.Chunks",
+            Record::File {
+                mode: 0o755,
+                mtime_ns: 1_700_000_000_000_000_002,
+                data: FileData::Chunks { size: 5_000_000, chunk_bytes: 4_194_304, chunks: vec![[1; 32], [2; 32]] },
+            },
+        ),
         ("Dir", Record::Dir { mode: 0o755, mtime_ns: 1_700_000_000_000_000_000 }),
         ("Symlink", Record::Symlink { target: b"../a/b".to_vec(), mtime_ns: 1_700_000_000_000_000_001 }),
     ]
@@ -31,11 +39,12 @@ fn every_variant_has_a_sample() {
         .iter()
         .map(|(_, r)| match r {
             Record::File { data: FileData::Inline(_), .. } => "File.Inline",
+            Record::File { data: FileData::Chunks { .. }, .. } => "File.Chunks",
             Record::Dir { .. } => "Dir",
             Record::Symlink { .. } => "Symlink",
         })
         .collect();
-    assert_eq!(names, ["File.Inline", "Dir", "Symlink"]);
+    assert_eq!(names, ["File.Inline", "File.Chunks", "Dir", "Symlink"]);
 }
 
 #[test]

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use aspen_fs::{Mount, MountOptions, mount};
+use aspen_blob::BlobClient;
+use aspen_fs::{BlobChunks, ChunkStore, Mount, MountOptions, mount};
 use aspen_kv::{KvExt, ReadConsistency, SharedKv};
 use aspen_testkit::harness::{TestCluster, aspen_bin};
 
@@ -24,6 +25,7 @@ struct Env {
     rt: tokio::runtime::Runtime,
     cluster: Option<TestCluster>,
     kv: SharedKv,
+    chunks: Arc<dyn ChunkStore>,
     dir: tempfile::TempDir,
 }
 
@@ -31,14 +33,17 @@ impl Env {
     fn start(nodes: usize) -> Env {
         let rt = runtime();
         let cluster = rt.block_on(TestCluster::start(nodes));
-        let kv: SharedKv = Arc::new(rt.block_on(cluster.client()));
-        Env { rt, cluster: Some(cluster), kv, dir: tempfile::tempdir().expect("temp dir") }
+        let client = rt.block_on(cluster.client());
+        let chunks: Arc<dyn ChunkStore> =
+            Arc::new(BlobChunks::new(BlobClient::new(&client), BlobChunks::scope_for(PREFIX)));
+        let kv: SharedKv = Arc::new(client);
+        Env { rt, cluster: Some(cluster), kv, chunks, dir: tempfile::tempdir().expect("temp dir") }
     }
 
     fn mount(&self, name: &str, options: MountOptions) -> Mount {
         let point = self.dir.path().join(name);
         std::fs::create_dir_all(&point).expect("mountpoint");
-        mount(self.kv.clone(), self.rt.handle(), &point, &options).expect("mount")
+        mount(self.kv.clone(), Some(self.chunks.clone()), self.rt.handle(), &point, &options).expect("mount")
     }
 
     fn key(&self, key: &str) -> Option<Vec<u8>> {
@@ -140,15 +145,32 @@ fn files_round_trip_and_each_path_is_a_key() {
     drop(open);
     assert_eq!(env.key("fs/t/hello.txt"), None);
 
-    // A file over the value limit is refused with EFBIG, and what was stored stays.
-    std::fs::write(root.join("big"), b"small").unwrap();
-    let mut f = std::fs::OpenOptions::new().write(true).open(root.join("big")).unwrap();
-    let chunk = vec![7u8; 256 * 1024];
-    let refused = (0..8).map(|_| f.write_all(&chunk)).find(|r| r.is_err()).expect("a write past the limit fails");
-    assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::EFBIG));
+    // A file larger than a KV value goes into chunks (blobs) and reads back by range.
+    let big: Vec<u8> = (0..9 * 1024 * 1024 + 123u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    assert_eq!(std::fs::metadata(root.join("big.bin")).unwrap().len(), big.len() as u64);
+    let mut f = std::fs::File::open(root.join("big.bin")).unwrap();
+    let mut middle = vec![0u8; 100_000];
+    f.seek(SeekFrom::Start(4 * 1024 * 1024 - 50_000)).unwrap(); // across a chunk boundary
+    f.read_exact(&mut middle).unwrap();
+    assert_eq!(middle, big[4 * 1024 * 1024 - 50_000..4 * 1024 * 1024 + 50_000]);
     drop(f);
-    let big = std::fs::read(root.join("big")).unwrap();
-    assert!(big.len() <= 1024 * 1024 && big.starts_with(&[7u8; 5]), "{} bytes", big.len());
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big, "the whole file reads back");
+    let record = env.key("fs/t/big.bin").expect("the file's record");
+    assert!(record.len() < 1024, "the record lists chunks, it does not hold the bytes: {} bytes", record.len());
+    // Change a few bytes in the middle, and cut the end off: one chunk changes.
+    let mut f = std::fs::OpenOptions::new().write(true).open(root.join("big.bin")).unwrap();
+    f.seek(SeekFrom::Start(5_000_000)).unwrap();
+    f.write_all(b"patched").unwrap();
+    f.set_len(6_000_000).unwrap();
+    drop(f);
+    let mut expect = big[..6_000_000].to_vec();
+    expect[5_000_000..5_000_007].copy_from_slice(b"patched");
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), expect);
+    // The same bytes in another file share the chunks; a rename moves only the record.
+    std::fs::copy(root.join("big.bin"), root.join("copy.bin")).unwrap();
+    std::fs::rename(root.join("copy.bin"), root.join("z/copy.bin")).unwrap();
+    assert_eq!(std::fs::read(root.join("z/copy.bin")).unwrap(), expect);
 
     m.unmount().expect("unmount");
     assert!(!is_mounted(&root));

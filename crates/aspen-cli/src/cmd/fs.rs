@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aspen_fs::{MountOptions, mount};
+use std::sync::Arc;
+
+use aspen_blob::BlobClient;
+use aspen_fs::{BlobChunks, ChunkStore, MountOptions, mount};
 use aspen_kv::SharedKv;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -13,7 +16,8 @@ use crate::context::Ctx;
 #[derive(Debug, clap::Subcommand)]
 pub enum FsCommand {
     /// Mount a KV prefix at MOUNTPOINT and serve it until SIGTERM, SIGINT or `umount`.
-    /// Files are keys under the prefix; directories are the prefixes between them.
+    /// Files are keys under the prefix; directories are the prefixes between them. Files
+    /// larger than one KV value keep 4 MiB chunks as blobs, pinned as `aspenfs/PREFIX<hash>`.
     Mount {
         mountpoint: PathBuf,
         /// The KV prefix shown as the filesystem's root; must end in '/'.
@@ -39,7 +43,9 @@ pub async fn run(ctx: &Ctx, cmd: FsCommand) -> anyhow::Result<()> {
     match cmd {
         FsCommand::Mount { mountpoint, prefix, ttl_ms, op_timeout, threads, allow_other } => {
             let client = ctx.client().await?;
-            let kv: SharedKv = std::sync::Arc::new(client);
+            let chunks: Arc<dyn ChunkStore> =
+                Arc::new(BlobChunks::new(BlobClient::new(&client), BlobChunks::scope_for(&prefix)));
+            let kv: SharedKv = Arc::new(client);
             let options = MountOptions {
                 prefix: prefix.clone().into_bytes(),
                 ttl: Duration::from_millis(ttl_ms),
@@ -49,7 +55,7 @@ pub async fn run(ctx: &Ctx, cmd: FsCommand) -> anyhow::Result<()> {
             };
             let rt = tokio::runtime::Handle::current();
             let point = mountpoint.clone();
-            let mounted = tokio::task::spawn_blocking(move || mount(kv, &rt, &point, &options))
+            let mounted = tokio::task::spawn_blocking(move || mount(kv, Some(chunks), &rt, &point, &options))
                 .await
                 .context("the mount task")?
                 .with_context(|| format!("mounting {prefix} at {}", mountpoint.display()))?;
