@@ -130,6 +130,8 @@ impl State {
 /// Finds the kernel's inodes for a changed path.
 pub(crate) struct Invalidator {
     state: Arc<Mutex<State>>,
+    /// Whether entries may be kept for the watched TTL.
+    pub(crate) watching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Invalidator {
@@ -141,13 +143,23 @@ impl Invalidator {
         let parent = st.paths.get(crate::store::parent_of(path)).map(|i| (INodeNo(*i), name));
         (own, parent)
     }
+
+    /// Every path the kernel may hold, for when changes may have been missed.
+    pub(crate) fn all_paths(&self) -> Vec<Vec<u8>> {
+        self.state.lock().expect("fs state lock").paths.keys().cloned().collect()
+    }
 }
 
 /// What a mount is told at start.
 #[derive(Debug, Clone)]
 pub struct FsConfig {
-    /// How long the kernel may keep entries and attributes without asking again.
+    /// How long the kernel may keep entries and attributes without asking again, while no
+    /// watch tells the mount of changes made elsewhere.
     pub ttl: Duration,
+    /// The same while the watch runs: changes made elsewhere are then dropped from the
+    /// kernel's cache as they are seen, so entries (and the absence of entries) may be kept
+    /// long.
+    pub watched_ttl: Duration,
     /// Files and directories are shown as owned by these.
     pub uid: u32,
     pub gid: u32,
@@ -161,6 +173,8 @@ pub struct AspenFs {
     rt: tokio::runtime::Handle,
     config: FsConfig,
     state: Arc<Mutex<State>>,
+    /// Set while the mount's watch runs ([`crate::mount`]).
+    watching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -197,13 +211,13 @@ impl AspenFs {
         let root = Inode { path: Vec::new(), lookups: 1, kind: Kind::Dir, unlinked: false };
         state.inodes.insert(u64::from(INodeNo::ROOT), root);
         state.paths.insert(Vec::new(), u64::from(INodeNo::ROOT));
-        AspenFs { store, chunks, rt, config, state: Arc::new(Mutex::new(state)) }
+        AspenFs { store, chunks, rt, config, state: Arc::new(Mutex::new(state)), watching: Arc::default() }
     }
 
     /// What the kernel must forget when `path` changed in the cluster: the inode it has for
     /// the path (when any), and the parent's inode with the entry's name.
     pub(crate) fn invalidator(&self) -> Invalidator {
-        Invalidator { state: self.state.clone() }
+        Invalidator { state: self.state.clone(), watching: self.watching.clone() }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -273,11 +287,19 @@ impl AspenFs {
                     Some(open) => Self::open_stat(&open.lock().expect("open file lock")),
                     None => found.stat,
                 };
-                reply.entry(&self.config.ttl, &self.attr(ino, &stat), Generation(0));
+                reply.entry(&self.ttl(), &self.attr(ino, &stat), Generation(0));
             }
-            Ok(None) => reply.error(Errno::ENOENT),
+            Ok(None) => {
+                // A negative entry (inode 0): the kernel remembers the name is absent.
+                let none = Stat { kind: Kind::File, mode: 0, size: 0, mtime_ns: 0, explicit: false };
+                reply.entry(&self.ttl(), &self.attr(0, &none), Generation(0));
+            }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn ttl(&self) -> Duration {
+        if self.watching.load(std::sync::atomic::Ordering::Relaxed) { self.config.watched_ttl } else { self.config.ttl }
     }
 
     /// Writes an open file's buffer back when it changed.
@@ -402,7 +424,7 @@ impl Filesystem for AspenFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.stat_of(ino.into()) {
-            Ok(stat) => reply.attr(&self.config.ttl, &self.attr(ino.into(), &stat)),
+            Ok(stat) => reply.attr(&self.ttl(), &self.attr(ino.into(), &stat)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -479,7 +501,7 @@ impl Filesystem for AspenFs {
             }
         })();
         match result {
-            Ok(stat) => reply.attr(&self.config.ttl, &self.attr(ino_n, &stat)),
+            Ok(stat) => reply.attr(&self.ttl(), &self.attr(ino_n, &stat)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -716,6 +738,11 @@ impl Filesystem for AspenFs {
         reply.statfs(blocks, blocks, blocks, 1 << 30, 1 << 30, 4096, crate::store::MAX_NAME_BYTES as u32, 4096);
     }
 
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        // A path is a key: one object cannot have two names.
+        reply.error(Errno::EPERM);
+    }
+
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
         // Extended attributes are not kept: none exists.
         reply.error(Errno::ENODATA);
@@ -766,7 +793,7 @@ impl Filesystem for AspenFs {
         })();
         match result {
             Ok((ino, stat, fh)) => {
-                reply.created(&self.config.ttl, &self.attr(ino, &stat), Generation(0), fh, FopenFlags::empty())
+                reply.created(&self.ttl(), &self.attr(ino, &stat), Generation(0), fh, FopenFlags::empty())
             }
             Err(e) => reply.error(errno(&e)),
         }

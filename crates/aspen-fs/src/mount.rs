@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,9 +22,11 @@ use crate::store::{FsError, FsStore};
 pub struct MountOptions {
     /// The KV prefix shown as the filesystem's root; ends in `/`.
     pub prefix: Vec<u8>,
-    /// How long the kernel keeps entries and attributes before asking again (changes seen
-    /// by the watch are dropped sooner).
+    /// How long the kernel keeps entries and attributes before asking again while the
+    /// watch on the prefix is down.
     pub ttl: Duration,
+    /// The same while the watch runs (it drops what changed elsewhere as it sees it).
+    pub watched_ttl: Duration,
     /// Longest one cluster request may take before the system call fails with `EIO`.
     pub op_timeout: Duration,
     /// Threads answering the kernel.
@@ -37,6 +40,7 @@ impl MountOptions {
         MountOptions {
             prefix: prefix.into(),
             ttl: Duration::from_secs(1),
+            watched_ttl: Duration::from_secs(60),
             op_timeout: Duration::from_secs(30),
             threads: 2,
             allow_other: false,
@@ -52,6 +56,16 @@ pub enum MountError {
     #[error("mounting at {mountpoint}: {source}")]
     Mount { mountpoint: PathBuf, source: std::io::Error },
 }
+
+/// What the kernel must forget.
+enum Stale {
+    Path(Vec<u8>),
+    /// Everything: the watch broke, changes may have been missed.
+    All,
+}
+
+/// How long a broken watch waits before it starts again.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// A live mount. Dropping it unmounts.
 pub struct Mount {
@@ -73,7 +87,12 @@ pub fn mount(
     let store = FsStore::new(kv.clone(), options.prefix.clone(), options.op_timeout)?;
     // SAFETY: geteuid and getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let fs = AspenFs::new(store.clone(), chunks, rt.clone(), FsConfig { ttl: options.ttl, uid, gid });
+    let fs = AspenFs::new(
+        store.clone(),
+        chunks,
+        rt.clone(),
+        FsConfig { ttl: options.ttl, watched_ttl: options.watched_ttl, uid, gid },
+    );
     let invalidator = fs.invalidator();
     let mut config = Config::default();
     let name = format!("aspenfs:{}", String::from_utf8_lossy(&options.prefix));
@@ -90,43 +109,62 @@ pub fn mount(
 
     // Notifications go through their own thread: writing one can wait on a kernel lock held
     // by a request whose answer needs the runtime.
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (tx, rx) = std::sync::mpsc::channel::<Stale>();
+    let invalidator_flag = invalidator.watching.clone();
     std::thread::Builder::new()
         .name("aspenfs-inval".into())
         .spawn(move || {
-            for path in rx {
-                let (own, parent) = invalidator.stale(&path);
-                if let Some(ino) = own
-                    && let Err(e) = notifier.inval_inode(ino, 0, 0)
-                {
-                    debug!(error = %e, "inval_inode");
-                }
-                if let Some((parent, name)) = parent
-                    && let Err(e) = notifier.inval_entry(parent, OsStr::from_bytes(&name))
-                {
-                    debug!(error = %e, "inval_entry");
+            for stale in rx {
+                let paths = match stale {
+                    Stale::Path(path) => vec![path],
+                    Stale::All => invalidator.all_paths(),
+                };
+                for path in paths {
+                    let (own, parent) = invalidator.stale(&path);
+                    if let Some(ino) = own
+                        && let Err(e) = notifier.inval_inode(ino, 0, 0)
+                    {
+                        debug!(error = %e, "inval_inode");
+                    }
+                    if let Some((parent, name)) = parent
+                        && let Err(e) = notifier.inval_entry(parent, OsStr::from_bytes(&name))
+                    {
+                        debug!(error = %e, "inval_entry");
+                    }
                 }
             }
         })
         .map_err(map_err)?;
     let prefix = options.prefix.clone();
     let watch = rt.spawn(async move {
-        let mut events = kv.watch(&prefix, 0);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) => {
-                    if let Some(path) = store.path_of_key(&event.kv.key)
-                        && tx.send(path.to_vec()).is_err()
-                    {
-                        return;
+        let watching = invalidator_flag;
+        loop {
+            let mut events = kv.watch(&prefix, 0);
+            watching.store(true, Ordering::Relaxed);
+            while let Some(event) = events.next().await {
+                match event {
+                    // This mount's own changes are already in the kernel's cache.
+                    Ok(event) if store.is_own(event.revision()) => {}
+                    Ok(event) => {
+                        if let Some(path) = store.path_of_key(&event.kv.key)
+                            && tx.send(Stale::Path(path.to_vec())).is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "aspenfs watch failed; entries expire after the short TTL until it is back");
+                        break;
                     }
                 }
-                Err(e) => {
-                    // Entries still expire after the TTL; changes show that much later.
-                    warn!(error = %e, "aspenfs watch ended; changes made elsewhere show after the TTL");
-                    return;
-                }
             }
+            // Changes may have been missed: short entries from now on, everything known
+            // dropped, and a new watch.
+            watching.store(false, Ordering::Relaxed);
+            if tx.send(Stale::All).is_err() {
+                return;
+            }
+            tokio::time::sleep(WATCH_RETRY).await;
         }
     });
     Ok(Mount { mountpoint: mountpoint.to_path_buf(), unmounter, session: Some(session), watch })

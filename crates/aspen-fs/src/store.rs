@@ -9,6 +9,8 @@
 //! Every change that must be atomic is one KV transaction: create (only if absent), rename
 //! (a directory's whole subtree moves at once, or nothing does), unlink and rmdir.
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aspen_core::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp};
@@ -136,6 +138,33 @@ pub struct FsStore {
     op_timeout: Duration,
     /// The mtime shown for plain values and implicit directories, which carry none.
     epoch_ns: u64,
+    /// Revisions of this store's own recent writes: the watch skips them.
+    own: Arc<OwnRevisions>,
+}
+
+/// The revisions of a store's last [`OWN_REVISIONS`] writes.
+#[derive(Default)]
+struct OwnRevisions(std::sync::Mutex<(HashSet<u64>, VecDeque<u64>)>);
+
+/// How many of its own write revisions a store remembers.
+const OWN_REVISIONS: usize = 16_384;
+
+impl OwnRevisions {
+    fn note(&self, revision: u64) {
+        let mut own = self.0.lock().expect("own revisions lock");
+        if own.0.insert(revision) {
+            own.1.push_back(revision);
+            if own.1.len() > OWN_REVISIONS
+                && let Some(old) = own.1.pop_front()
+            {
+                own.0.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, revision: u64) -> bool {
+        self.0.lock().expect("own revisions lock").0.contains(&revision)
+    }
 }
 
 /// Now, in nanoseconds since the Unix epoch.
@@ -203,7 +232,7 @@ impl FsStore {
     pub fn new(kv: SharedKv, prefix: impl Into<Vec<u8>>, op_timeout: Duration) -> Result<FsStore, FsError> {
         let prefix = prefix.into();
         check_prefix(&prefix)?;
-        Ok(FsStore { kv, prefix, op_timeout, epoch_ns: now_ns() })
+        Ok(FsStore { kv, prefix, op_timeout, epoch_ns: now_ns(), own: Arc::default() })
     }
 
     pub fn prefix(&self) -> &[u8] {
@@ -241,6 +270,26 @@ impl FsStore {
             Ok(r) => Ok(r?),
             Err(_) => Err(FsError::Timeout(self.op_timeout)),
         }
+    }
+
+    /// Runs a transaction, remembering its revision when it commits.
+    async fn commit(&self, txn: Txn) -> Result<aspen_kv::TxnResponse, FsError> {
+        let resp = self.bounded(self.kv.txn(txn)).await?;
+        if resp.succeeded {
+            self.own.note(resp.revision);
+        }
+        Ok(resp)
+    }
+
+    async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<u64, FsError> {
+        let revision = self.bounded(self.kv.put(key, value)).await?.revision;
+        self.own.note(revision);
+        Ok(revision)
+    }
+
+    /// Whether this store made the change at `revision` (recent changes only).
+    pub fn is_own(&self, revision: u64) -> bool {
+        self.own.contains(revision)
     }
 
     fn decode(&self, kv: &KeyValue) -> Result<Record, FsError> {
@@ -363,7 +412,7 @@ impl FsStore {
             success: vec![put(key, record.encode())],
             failure: vec![],
         };
-        let resp = self.bounded(self.kv.txn(txn)).await?;
+        let resp = self.commit(txn).await?;
         if !resp.succeeded {
             return Err(FsError::Exists);
         }
@@ -380,7 +429,7 @@ impl FsStore {
             success: vec![put(dir_key, record.encode())],
             failure: vec![],
         };
-        let resp = self.bounded(self.kv.txn(txn)).await?;
+        let resp = self.commit(txn).await?;
         if !resp.succeeded {
             return Err(FsError::Exists);
         }
@@ -395,7 +444,7 @@ impl FsStore {
             return Err(FsError::FileTooBig(max_inline_bytes() as u64));
         }
         let key = self.file_key(path)?;
-        Ok(self.bounded(self.kv.put(key, record.encode())).await?.revision)
+        self.put(key, record.encode()).await
     }
 
     /// Rewrites a directory's explicit entry (its mode or mtime).
@@ -404,7 +453,7 @@ impl FsStore {
             return Err(FsError::Invalid("the root's attributes are fixed".into()));
         }
         let key = self.dir_key(path)?;
-        self.bounded(self.kv.put(key, Record::Dir { mode, mtime_ns }.encode())).await?;
+        self.put(key, Record::Dir { mode, mtime_ns }.encode()).await?;
         Ok(())
     }
 
@@ -422,18 +471,31 @@ impl FsStore {
         })
     }
 
-    /// Removes file or symlink `path`.
+    /// Removes file or symlink `path`: one transaction when its parent has an explicit entry
+    /// (every directory a mount made has one).
     pub async fn unlink(&self, path: &[u8]) -> Result<(), FsError> {
         let key = self.file_key(path)?;
+        let parent = parent_of(path);
+        let exists = Compare { key: key.clone(), op: CompareOp::Greater, target: CompareTarget::Version(0) };
+        let mut compare = vec![exists];
+        if !parent.is_empty() {
+            let marker = self.dir_key(parent)?;
+            compare.push(Compare { key: marker, op: CompareOp::Greater, target: CompareTarget::Version(0) });
+        }
+        let txn = Txn { compare, success: vec![TxnOp::Delete { key: key.clone() }], failure: vec![] };
+        if self.commit(txn).await?.succeeded {
+            return Ok(());
+        }
+        // No such file (or a directory), or a parent that exists only through its children.
         for _ in 0..TXN_ATTEMPTS {
             let Some(found) = self.lookup(path).await? else { return Err(FsError::NotFound) };
             if found.stat.kind == Kind::Dir {
                 return Err(FsError::IsDir);
             }
             let mut success = vec![TxnOp::Delete { key: key.clone() }];
-            success.extend(self.keep_parent(parent_of(path)).await?);
+            success.extend(self.keep_parent(parent).await?);
             let txn = Txn { compare: vec![unchanged_since(key.clone(), found.mod_revision)], success, failure: vec![] };
-            if self.bounded(self.kv.txn(txn)).await?.succeeded {
+            if self.commit(txn).await?.succeeded {
                 return Ok(());
             }
         }
@@ -460,7 +522,7 @@ impl FsStore {
             success.extend(self.keep_parent(parent_of(path)).await?);
             let txn =
                 Txn { compare: vec![unchanged_since(dir_key.clone(), found.mod_revision)], success, failure: vec![] };
-            if self.bounded(self.kv.txn(txn)).await?.succeeded {
+            if self.commit(txn).await?.succeeded {
                 return Ok(());
             }
         }
@@ -556,7 +618,7 @@ impl FsStore {
             }
             success.extend(self.keep_parent(parent_of(from)).await?);
             let txn = Txn { compare, success, failure: vec![] };
-            if self.bounded(self.kv.txn(txn)).await?.succeeded {
+            if self.commit(txn).await?.succeeded {
                 return Ok(());
             }
         }

@@ -182,6 +182,7 @@ fn changes_through_the_kv_and_another_mount_show() {
     // A long TTL: only the watch can make these changes show in time.
     let mut options = MountOptions::new(PREFIX);
     options.ttl = Duration::from_secs(600);
+    options.watched_ttl = Duration::from_secs(600);
     let one = env.mount("one", options.clone());
     let two = env.mount("two", options);
     let (r1, r2) = (one.mountpoint().to_path_buf(), two.mountpoint().to_path_buf());
@@ -191,6 +192,12 @@ fn changes_through_the_kv_and_another_mount_show() {
     env.rt.block_on(env.kv.put("fs/t/shared.txt", "v2 from the kv")).unwrap();
     within(Duration::from_secs(30), "a KV put shows in the mount", || {
         std::fs::read(r2.join("shared.txt")).ok().as_deref() == Some(b"v2 from the kv".as_slice())
+    });
+    // A name looked up while absent (the kernel keeps that too) shows once a key makes it.
+    assert!(!r2.join("late.txt").exists());
+    env.rt.block_on(env.kv.put("fs/t/late.txt", "arrived")).unwrap();
+    within(Duration::from_secs(30), "a name the kernel knew as absent shows", || {
+        std::fs::read(r2.join("late.txt")).ok().as_deref() == Some(b"arrived".as_slice())
     });
     env.rt.block_on(env.kv.put("fs/t/dir/made-by-kv", "plain")).unwrap();
     within(Duration::from_secs(30), "a key below a new prefix shows as a directory", || {

@@ -62,6 +62,10 @@ pub enum BenchCommand {
     /// paths: narinfo requests per second (p50, p99), NAR download MB/s and `nix copy
     /// --from`, with the ratio of each. Needs nix-bin, nginx, wrk and curl.
     Cache(crate::cmd::bench_cache::BenchCacheArgs),
+    /// AspenFS beside a plain directory and a bindfs passthrough mount (the FUSE anchor):
+    /// sequential write and read MB/s, create, stat and unlink per second, a git clone.
+    /// Needs root (for the mounts and drop_caches), git, and bindfs for its column.
+    Fs(crate::cmd::bench_fs::BenchFsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -147,6 +151,12 @@ pub async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<()> {
                 return crate::cmd::bench_cache::run(ctx, &args, ctx.ticket()?).await;
             }
             with_bench_cluster(|ticket, _| crate::cmd::bench_cache::run(ctx, &args, ticket)).await
+        }
+        BenchCommand::Fs(args) => {
+            if !args.start_cluster {
+                return crate::cmd::bench_fs::run(ctx, &args, ctx.ticket()?).await;
+            }
+            with_bench_cluster(|ticket, _| crate::cmd::bench_fs::run(ctx, &args, ticket)).await
         }
     }
 }

@@ -23,10 +23,13 @@ pub enum FsCommand {
         /// The KV prefix shown as the filesystem's root; must end in '/'.
         #[arg(long, default_value = "fs/default/")]
         prefix: String,
-        /// How long the kernel keeps names and attributes (changes the mount's watch sees
-        /// are dropped at once).
-        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        /// How long the kernel keeps names and attributes while the mount's watch on the
+        /// prefix runs (it drops what changes elsewhere as it sees it).
+        #[arg(long, default_value_t = 60_000, value_name = "MS")]
         ttl_ms: u64,
+        /// The same while the watch is down (after a failure, until it is back).
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        unwatched_ttl_ms: u64,
         /// A system call fails with EIO when the cluster has not answered within this.
         #[arg(long, default_value_t = 30, value_name = "SECONDS")]
         op_timeout: u64,
@@ -41,14 +44,15 @@ pub enum FsCommand {
 
 pub async fn run(ctx: &Ctx, cmd: FsCommand) -> anyhow::Result<()> {
     match cmd {
-        FsCommand::Mount { mountpoint, prefix, ttl_ms, op_timeout, threads, allow_other } => {
+        FsCommand::Mount { mountpoint, prefix, ttl_ms, unwatched_ttl_ms, op_timeout, threads, allow_other } => {
             let client = ctx.client().await?;
             let chunks: Arc<dyn ChunkStore> =
                 Arc::new(BlobChunks::new(BlobClient::new(&client), BlobChunks::scope_for(&prefix)));
             let kv: SharedKv = Arc::new(client);
             let options = MountOptions {
                 prefix: prefix.clone().into_bytes(),
-                ttl: Duration::from_millis(ttl_ms),
+                ttl: Duration::from_millis(unwatched_ttl_ms),
+                watched_ttl: Duration::from_millis(ttl_ms),
                 op_timeout: Duration::from_secs(op_timeout),
                 threads,
                 allow_other,

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_blob;
 pub mod bench_cache;
 pub mod bench_forge;
+pub mod bench_fs;
 pub mod blob;
 pub mod cache;
 pub mod cluster;
