@@ -7,7 +7,7 @@
 //! pin. A sequential writer holds at most one unfinished chunk: each chunk is uploaded as soon
 //! as a write moves past it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use aspen_kv::BoxFuture;
@@ -23,6 +23,8 @@ pub const MAX_CHUNKS: usize = (aspen_core::limits::MAX_VALUE_BYTES - 64) / 32;
 const MAX_PENDING_CHUNKS: usize = 8;
 /// Fetched chunks an open file keeps for later reads.
 const CACHED_CHUNKS: usize = 4;
+/// Chunks fetched ahead of a reader, at once (each on its own stream).
+const READ_AHEAD_CHUNKS: usize = 3;
 
 /// A blob hash (BLAKE3).
 pub type ChunkHash = [u8; 32];
@@ -48,6 +50,14 @@ struct Chunked {
     /// Chunks changed since they were stored, by index.
     pending: BTreeMap<usize, Vec<u8>>,
     cache: VecDeque<(usize, Arc<Vec<u8>>)>,
+    /// Chunks being fetched ahead of a sequential reader, by hash.
+    ahead: HashMap<ChunkHash, tokio::task::JoinHandle<Result<Vec<u8>, FsError>>>,
+}
+
+impl Drop for Chunked {
+    fn drop(&mut self) {
+        self.ahead.values().for_each(|task| task.abort());
+    }
 }
 
 /// An open file's bytes.
@@ -71,6 +81,7 @@ impl Content {
                     stored: chunks.into_iter().map(Some).collect(),
                     pending: BTreeMap::new(),
                     cache: VecDeque::new(),
+                    ahead: HashMap::new(),
                 }),
             },
         }
@@ -84,7 +95,12 @@ impl Content {
     }
 
     /// Up to `len` bytes from `offset`.
-    pub async fn read(&mut self, store: Option<&dyn ChunkStore>, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
+    pub async fn read(
+        &mut self,
+        store: Option<&Arc<dyn ChunkStore>>,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, FsError> {
         let Some(c) = &mut self.chunked else {
             let start = (offset as usize).min(self.inline.len());
             let end = start.saturating_add(len).min(self.inline.len());
@@ -97,6 +113,7 @@ impl Content {
             let index = (at / CHUNK_BYTES as u64) as usize;
             let within = (at % CHUNK_BYTES as u64) as usize;
             let take = ((end - at) as usize).min(CHUNK_BYTES - within);
+            c.read_ahead(store, index);
             let chunk = c.chunk(store, index).await?;
             let avail = chunk.len().saturating_sub(within).min(take);
             out.extend_from_slice(&chunk[within.min(chunk.len())..within.min(chunk.len()) + avail]);
@@ -109,7 +126,12 @@ impl Content {
 
     /// Writes `data` at `offset`, growing the file; a file passing the inline limit moves into
     /// chunks (only with a chunk store; without one it is `EFBIG`).
-    pub async fn write(&mut self, store: Option<&dyn ChunkStore>, offset: u64, data: &[u8]) -> Result<(), FsError> {
+    pub async fn write(
+        &mut self,
+        store: Option<&Arc<dyn ChunkStore>>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), FsError> {
         let end = offset.checked_add(data.len() as u64).ok_or(FsError::FileTooBig(max_file_bytes(store.is_some())))?;
         if end > max_file_bytes(store.is_some()) {
             return Err(FsError::FileTooBig(max_file_bytes(store.is_some())));
@@ -156,7 +178,7 @@ impl Content {
     }
 
     /// Cuts or extends (with zeros) the file to `size`.
-    pub async fn truncate(&mut self, store: Option<&dyn ChunkStore>, size: u64) -> Result<(), FsError> {
+    pub async fn truncate(&mut self, store: Option<&Arc<dyn ChunkStore>>, size: u64) -> Result<(), FsError> {
         if size > max_file_bytes(store.is_some()) {
             return Err(FsError::FileTooBig(max_file_bytes(store.is_some())));
         }
@@ -192,7 +214,7 @@ impl Content {
     }
 
     /// Stores every changed chunk and returns what the file's record holds.
-    pub async fn seal(&mut self, store: Option<&dyn ChunkStore>) -> Result<FileData, FsError> {
+    pub async fn seal(&mut self, store: Option<&Arc<dyn ChunkStore>>) -> Result<FileData, FsError> {
         let Some(c) = &mut self.chunked else { return Ok(FileData::Inline(self.inline.clone())) };
         let indexes: Vec<usize> = c.pending.keys().copied().collect();
         for index in indexes {
@@ -216,17 +238,18 @@ impl Content {
         let size = bytes.len() as u64;
         let pending: BTreeMap<usize, Vec<u8>> =
             bytes.chunks(CHUNK_BYTES).enumerate().map(|(i, chunk)| (i, chunk.to_vec())).collect();
-        self.chunked = Some(Chunked { size, stored: Vec::new(), pending, cache: VecDeque::new() });
+        self.chunked =
+            Some(Chunked { size, stored: Vec::new(), pending, cache: VecDeque::new(), ahead: HashMap::new() });
     }
 }
 
 impl Chunked {
-    fn store<'a>(&self, store: Option<&'a dyn ChunkStore>) -> Result<&'a dyn ChunkStore, FsError> {
+    fn store<'a>(&self, store: Option<&'a Arc<dyn ChunkStore>>) -> Result<&'a Arc<dyn ChunkStore>, FsError> {
         store.ok_or_else(|| FsError::Invalid("a chunked file, and this mount has no blob store".into()))
     }
 
     /// Chunk `index`'s current bytes (possibly shorter than a full chunk).
-    async fn chunk(&mut self, store: Option<&dyn ChunkStore>, index: usize) -> Result<Arc<Vec<u8>>, FsError> {
+    async fn chunk(&mut self, store: Option<&Arc<dyn ChunkStore>>, index: usize) -> Result<Arc<Vec<u8>>, FsError> {
         if let Some(bytes) = self.pending.get(&index) {
             return Ok(Arc::new(bytes.clone()));
         }
@@ -234,7 +257,11 @@ impl Chunked {
             return Ok(bytes.clone());
         }
         let Some(Some(hash)) = self.stored.get(index).copied() else { return Ok(Arc::new(Vec::new())) };
-        let bytes = Arc::new(self.store(store)?.get(hash).await?);
+        let bytes = match self.ahead.remove(&hash) {
+            Some(task) => task.await.map_err(|e| FsError::Blob(format!("a read-ahead task: {e}")))??,
+            None => self.store(store)?.get(hash).await?,
+        };
+        let bytes = Arc::new(bytes);
         if self.cache.len() == CACHED_CHUNKS {
             self.cache.pop_front();
         }
@@ -242,8 +269,30 @@ impl Chunked {
         Ok(bytes)
     }
 
+    /// Starts fetching the [`READ_AHEAD_CHUNKS`] stored chunks after `index` that are not in
+    /// memory or on their way, so that a sequential reader finds them fetched.
+    fn read_ahead(&mut self, store: Option<&Arc<dyn ChunkStore>>, index: usize) {
+        let Some(store) = store else { return };
+        for next in index + 1..=index + READ_AHEAD_CHUNKS {
+            let Some(Some(hash)) = self.stored.get(next).copied() else { break };
+            if self.pending.contains_key(&next)
+                || self.cache.iter().any(|(i, _)| *i == next)
+                || self.ahead.contains_key(&hash)
+                || self.ahead.len() >= READ_AHEAD_CHUNKS
+            {
+                continue;
+            }
+            let store = store.clone();
+            self.ahead.insert(hash, tokio::spawn(async move { store.get(hash).await }));
+        }
+    }
+
     /// Chunk `index` as a buffer to change, loaded from the store when it was stored.
-    async fn pending_chunk(&mut self, store: Option<&dyn ChunkStore>, index: usize) -> Result<&mut Vec<u8>, FsError> {
+    async fn pending_chunk(
+        &mut self,
+        store: Option<&Arc<dyn ChunkStore>>,
+        index: usize,
+    ) -> Result<&mut Vec<u8>, FsError> {
         if !self.pending.contains_key(&index) {
             let bytes = self.chunk(store, index).await?;
             self.cache.retain(|(i, _)| *i != index);
@@ -253,7 +302,7 @@ impl Chunked {
     }
 
     /// Stores pending chunk `index`, padded with zeros to its length in the file.
-    async fn upload(&mut self, store: Option<&dyn ChunkStore>, index: usize) -> Result<(), FsError> {
+    async fn upload(&mut self, store: Option<&Arc<dyn ChunkStore>>, index: usize) -> Result<(), FsError> {
         let Some(mut bytes) = self.pending.remove(&index) else { return Ok(()) };
         let len = (self.size.saturating_sub((index * CHUNK_BYTES) as u64) as usize).min(CHUNK_BYTES);
         bytes.resize(len, 0);
@@ -327,8 +376,8 @@ mod tests {
     /// Random writes, truncates, reads and reopenings agree with a plain byte vector.
     #[tokio::test]
     async fn chunked_content_agrees_with_a_byte_vector() {
-        let store = MemChunks::default();
-        let store: Option<&dyn ChunkStore> = Some(&store);
+        let store: Arc<dyn ChunkStore> = Arc::new(MemChunks::default());
+        let store = Some(&store);
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move |bound: u64| {
             rng ^= rng << 13;

@@ -31,6 +31,9 @@ struct Inode {
     kind: Kind,
     /// Removed through this mount; kept until the kernel forgets it.
     unlinked: bool,
+    /// Attributes last read or written, answered while the watch runs (it clears them when
+    /// the path changes elsewhere).
+    stat: Option<Stat>,
 }
 
 /// An open regular file: its bytes, shared by every handle of the inode.
@@ -54,11 +57,22 @@ struct State {
     paths: HashMap<Vec<u8>, u64>,
     next_ino: u64,
     open: HashMap<u64, Arc<Mutex<OpenFile>>>,
+    /// Bumped by every invalidation: attributes read before a bump are not kept.
+    epoch: u64,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
 }
 
 impl State {
+    /// Keeps `stat` for `ino` unless an invalidation came since `epoch`.
+    fn keep_stat(&mut self, ino: u64, stat: &Stat, epoch: u64) {
+        if self.epoch == epoch
+            && let Some(inode) = self.inodes.get_mut(&ino)
+        {
+            inode.stat = Some(stat.clone());
+        }
+    }
+
     fn path(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         match self.inodes.get(&ino) {
             Some(i) if !i.unlinked => Ok(i.path.clone()),
@@ -76,7 +90,7 @@ impl State {
         }
         self.next_ino += 1;
         let ino = self.next_ino;
-        self.inodes.insert(ino, Inode { path: path.to_vec(), lookups: 1, kind, unlinked: false });
+        self.inodes.insert(ino, Inode { path: path.to_vec(), lookups: 1, kind, unlinked: false, stat: None });
         self.paths.insert(path.to_vec(), ino);
         ino
     }
@@ -137,8 +151,14 @@ pub(crate) struct Invalidator {
 impl Invalidator {
     /// The path's own inode, and its parent's inode with its name, when the kernel has them.
     pub(crate) fn stale(&self, path: &[u8]) -> (Option<INodeNo>, Option<(INodeNo, Vec<u8>)>) {
-        let st = self.state.lock().expect("fs state lock");
+        let mut st = self.state.lock().expect("fs state lock");
+        st.epoch += 1;
         let own = st.paths.get(path).map(|i| INodeNo(*i));
+        if let Some(ino) = own
+            && let Some(inode) = st.inodes.get_mut(&ino.0)
+        {
+            inode.stat = None;
+        }
         let name = path.rsplit(|b| *b == b'/').next().unwrap_or(path).to_vec();
         let parent = st.paths.get(crate::store::parent_of(path)).map(|i| (INodeNo(*i), name));
         (own, parent)
@@ -146,7 +166,10 @@ impl Invalidator {
 
     /// Every path the kernel may hold, for when changes may have been missed.
     pub(crate) fn all_paths(&self) -> Vec<Vec<u8>> {
-        self.state.lock().expect("fs state lock").paths.keys().cloned().collect()
+        let mut st = self.state.lock().expect("fs state lock");
+        st.epoch += 1;
+        st.inodes.values_mut().for_each(|i| i.stat = None);
+        st.paths.keys().cloned().collect()
     }
 }
 
@@ -208,7 +231,7 @@ impl AspenFs {
         config: FsConfig,
     ) -> AspenFs {
         let mut state = State { next_ino: u64::from(INodeNo::ROOT), ..State::default() };
-        let root = Inode { path: Vec::new(), lookups: 1, kind: Kind::Dir, unlinked: false };
+        let root = Inode { path: Vec::new(), lookups: 1, kind: Kind::Dir, unlinked: false, stat: None };
         state.inodes.insert(u64::from(INodeNo::ROOT), root);
         state.paths.insert(Vec::new(), u64::from(INodeNo::ROOT));
         AspenFs { store, chunks, rt, config, state: Arc::new(Mutex::new(state)), watching: Arc::default() }
@@ -266,11 +289,30 @@ impl AspenFs {
         if let Some(open) = open {
             return Ok(Self::open_stat(&open.lock().expect("open file lock")));
         }
-        let path = self.state().path(ino)?;
+        let (path, cached, epoch) = {
+            let st = self.state();
+            let cached = st.inodes.get(&ino).and_then(|i| i.stat.clone());
+            (st.path(ino)?, cached, st.epoch)
+        };
+        if let Some(stat) = cached
+            && self.watching.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(stat);
+        }
         match self.block(self.store.lookup(&path))? {
-            Some(found) => Ok(found.stat),
+            Some(found) => {
+                self.state().keep_stat(ino, &found.stat, epoch);
+                Ok(found.stat)
+            }
             None => Err(FsError::NotFound),
         }
+    }
+
+    /// Keeps attributes this mount just wrote.
+    fn wrote_stat(&self, ino: u64, stat: &Stat) {
+        let mut st = self.state();
+        let epoch = st.epoch;
+        st.keep_stat(ino, stat, epoch);
     }
 
     fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<Vec<u8>, FsError> {
@@ -280,9 +322,15 @@ impl AspenFs {
     }
 
     fn entry(&self, path: &[u8], reply: ReplyEntry) {
+        let epoch = self.state().epoch;
         match self.block(self.store.lookup(path)) {
             Ok(Some(found)) => {
-                let ino = self.state().remember(path, found.stat.kind);
+                let ino = {
+                    let mut st = self.state();
+                    let ino = st.remember(path, found.stat.kind);
+                    st.keep_stat(ino, &found.stat, epoch);
+                    ino
+                };
                 let stat = match self.state().open.get(&ino) {
                     Some(open) => Self::open_stat(&open.lock().expect("open file lock")),
                     None => found.stat,
@@ -382,13 +430,18 @@ impl AspenFs {
         };
         if last {
             st.open.remove(&ino);
+            if written.is_ok() {
+                let stat = Self::open_stat(&open.lock().expect("open file lock"));
+                let epoch = st.epoch;
+                st.keep_stat(ino, &stat, epoch);
+            }
             st.forget(ino, 0);
         }
         written
     }
 
-    fn chunks(&self) -> Option<&dyn ChunkStore> {
-        self.chunks.as_deref()
+    fn chunks(&self) -> Option<&Arc<dyn ChunkStore>> {
+        self.chunks.as_ref()
     }
 
     fn file_of(&self, fh: FileHandle) -> Result<(u64, Arc<Mutex<OpenFile>>), FsError> {
@@ -501,7 +554,10 @@ impl Filesystem for AspenFs {
             }
         })();
         match result {
-            Ok(stat) => reply.attr(&self.ttl(), &self.attr(ino_n, &stat)),
+            Ok(stat) => {
+                self.wrote_stat(ino_n, &stat);
+                reply.attr(&self.ttl(), &self.attr(ino_n, &stat))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

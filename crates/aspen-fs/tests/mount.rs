@@ -193,6 +193,11 @@ fn changes_through_the_kv_and_another_mount_show() {
     within(Duration::from_secs(30), "a KV put shows in the mount", || {
         std::fs::read(r2.join("shared.txt")).ok().as_deref() == Some(b"v2 from the kv".as_slice())
     });
+    // Attributes too (the mount keeps them while its watch runs).
+    env.rt.block_on(env.kv.put("fs/t/shared.txt", "v2, longer, from the kv")).unwrap();
+    within(Duration::from_secs(30), "a KV put's size shows in stat", || {
+        std::fs::metadata(r2.join("shared.txt")).map(|m| m.len()).ok() == Some(23)
+    });
     // A name looked up while absent (the kernel keeps that too) shows once a key makes it.
     assert!(!r2.join("late.txt").exists());
     env.rt.block_on(env.kv.put("fs/t/late.txt", "arrived")).unwrap();
