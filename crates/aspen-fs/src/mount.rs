@@ -59,10 +59,14 @@ pub enum MountError {
 
 /// What the kernel must forget.
 enum Stale {
-    Path(Vec<u8>),
+    /// A path changed at a revision; seen at an instant.
+    Path(Vec<u8>, u64, std::time::Instant),
     /// Everything: the watch broke, changes may have been missed.
     All,
 }
+
+/// How long an event waits for the answer of a write this mount may have made.
+const OWN_WRITE_SETTLE: Duration = Duration::from_millis(50);
 
 /// How long a broken watch waits before it starts again.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
@@ -110,13 +114,23 @@ pub fn mount(
     // Notifications go through their own thread: writing one can wait on a kernel lock held
     // by a request whose answer needs the runtime.
     let (tx, rx) = std::sync::mpsc::channel::<Stale>();
+    let own = store.clone();
     let invalidator_flag = invalidator.watching.clone();
     std::thread::Builder::new()
         .name("aspenfs-inval".into())
         .spawn(move || {
             for stale in rx {
                 let paths = match stale {
-                    Stale::Path(path) => vec![path],
+                    Stale::Path(path, revision, seen) => {
+                        // The event of this mount's own write can arrive before the write's
+                        // answer (which records its revision): give the answer a moment.
+                        let settle = (seen + OWN_WRITE_SETTLE).saturating_duration_since(std::time::Instant::now());
+                        std::thread::sleep(settle);
+                        if own.is_own(revision) {
+                            continue;
+                        }
+                        vec![path]
+                    }
                     Stale::All => invalidator.all_paths(),
                 };
                 for path in paths {
@@ -147,7 +161,7 @@ pub fn mount(
                     Ok(event) if store.is_own(event.revision()) => {}
                     Ok(event) => {
                         if let Some(path) = store.path_of_key(&event.kv.key)
-                            && tx.send(Stale::Path(path.to_vec())).is_err()
+                            && tx.send(Stale::Path(path.to_vec(), event.revision(), std::time::Instant::now())).is_err()
                         {
                             return;
                         }
