@@ -4,8 +4,9 @@
 #
 # Installs what the tests need first: iproute2 (ip, tc) for the network namespaces
 # the cluster tests partition; nix-bin (nix-instantiate, nix) and systemd (systemd-analyze)
-# and python3 for the NixOS checks; git for the forge tests (the real git client). Partition tests need root; without it they are skipped with a
-# notice, and everything else runs on loopback.
+# and python3 for the NixOS checks; git for the forge tests (the real git client); fuse3 (fusermount3) for the AspenFS mount
+# tests when not run as root. Partition tests need root, and the mount tests /dev/fuse; without
+# them they are skipped with a notice, and everything else runs on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ command -v nix-instantiate >/dev/null || need_pkgs+=(nix-bin)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v git >/dev/null || need_pkgs+=(git)
+command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"
   as_root apt-get update -qq

@@ -115,8 +115,9 @@ impl Content {
             let take = ((end - at) as usize).min(CHUNK_BYTES - within);
             c.read_ahead(store, index);
             let chunk = c.chunk(store, index).await?;
-            let avail = chunk.len().saturating_sub(within).min(take);
-            out.extend_from_slice(&chunk[within.min(chunk.len())..within.min(chunk.len()) + avail]);
+            let stored = chunk.get(within..).unwrap_or_default();
+            let avail = stored.len().min(take);
+            out.extend_from_slice(&stored[..avail]);
             // Past the stored bytes of a chunk (a hole, or a chunk written shorter) reads zeros.
             out.resize(out.len() + (take - avail), 0);
             at += take as u64;

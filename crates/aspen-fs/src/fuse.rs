@@ -204,6 +204,14 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Answers a request that returns nothing but success or an errno.
+fn answer(result: Result<(), FsError>, reply: ReplyEmpty) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
@@ -417,6 +425,17 @@ impl AspenFs {
         Ok(self.new_handle(Handle::File(ino)))
     }
 
+    /// Removes a file (`dir` false) or an empty directory, and forgets its path.
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<(), FsError> {
+        let path = self.child_path(parent, name)?;
+        match dir {
+            true => self.block(self.store.rmdir(&path))?,
+            false => self.block(self.store.unlink(&path))?,
+        }
+        self.state().mark_unlinked(&path);
+        Ok(())
+    }
+
     /// Drops a file handle, writing the file back first; the last handle frees the buffer.
     fn close_handle(&self, fh: FileHandle) -> Result<(), FsError> {
         let (ino, open) = self.file_of(fh).map_err(|_| FsError::BadHandle)?;
@@ -586,27 +605,11 @@ impl Filesystem for AspenFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.child_path(parent, name).and_then(|path| {
-            self.block(self.store.unlink(&path))?;
-            self.state().mark_unlinked(&path);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer(self.remove(parent, name, false), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.child_path(parent, name).and_then(|path| {
-            self.block(self.store.rmdir(&path))?;
-            self.state().mark_unlinked(&path);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer(self.remove(parent, name, true), reply);
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -647,10 +650,7 @@ impl Filesystem for AspenFs {
             self.state().renamed(&from, &to);
             Ok(())
         })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer(result, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -710,17 +710,11 @@ impl Filesystem for AspenFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        match self.file_of(fh).and_then(|(ino, _)| self.write_back(ino)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer(self.file_of(fh).and_then(|(ino, _)| self.write_back(ino)), reply);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.file_of(fh).and_then(|(ino, _)| self.write_back(ino)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer(self.file_of(fh).and_then(|(ino, _)| self.write_back(ino)), reply);
     }
 
     fn release(
@@ -733,10 +727,7 @@ impl Filesystem for AspenFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.close_handle(fh) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        answer(self.close_handle(fh), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -194,18 +194,6 @@ impl Mount {
         self.finish()
     }
 
-    /// Waits until the filesystem is unmounted from outside (`fusermount -u`, `umount`).
-    pub fn wait(mut self) -> std::io::Result<()> {
-        let result = match self.session.take() {
-            Some(session) => {
-                session.join().unwrap_or_else(|_| Err(std::io::Error::other("the session thread panicked")))
-            }
-            None => Ok(()),
-        };
-        self.watch.abort();
-        result
-    }
-
     /// True once the session has ended (the filesystem was unmounted).
     pub fn is_ended(&self) -> bool {
         self.session.as_ref().is_none_or(|s| s.is_finished())

@@ -25,9 +25,10 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// Most bytes of values a directory rename moves in its one transaction (a request frame
 /// holds 8 MiB). A larger directory is refused with `EXDEV`, which `mv` answers by copying.
 pub const MAX_RENAME_BYTES: usize = 6 * 1024 * 1024;
-/// Most keys a directory rename moves: each key is one put and one delete, plus the new
-/// explicit entry, within one transaction's `MAX_TXN_OPS`.
-pub const MAX_RENAME_KEYS: usize = (MAX_TXN_OPS - 2) / 2;
+/// Most keys a directory rename moves: each key is one put and one delete, beside the new
+/// explicit entry, the replaced destination's entry and the source parent's entry, within
+/// one transaction's `MAX_TXN_OPS`.
+pub const MAX_RENAME_KEYS: usize = (MAX_TXN_OPS - 3) / 2;
 /// Keys per page when listing a directory.
 const LIST_PAGE: u32 = 1_000;
 /// Times a transaction whose compares failed (another writer moved a key between our read
@@ -606,10 +607,6 @@ impl FsStore {
                     compare.push(absent(src_key));
                     success.push(put(dst_key, record.encode()));
                 }
-                // Guard against a key added below the source after the scan.
-                if compare.len() > MAX_TXN_OPS {
-                    return Err(FsError::TooLargeToRename(format!("over MAX_TXN_OPS = {MAX_TXN_OPS} compares")));
-                }
             } else {
                 let src_key = self.file_key(from)?;
                 compare.push(unchanged_since(src_key.clone(), src.mod_revision));
@@ -617,6 +614,9 @@ impl FsStore {
                 success.push(TxnOp::Delete { key: src_key });
             }
             success.extend(self.keep_parent(parent_of(from)).await?);
+            if compare.len() > MAX_TXN_OPS || success.len() > MAX_TXN_OPS {
+                return Err(FsError::TooLargeToRename(format!("over MAX_TXN_OPS = {MAX_TXN_OPS} operations")));
+            }
             let txn = Txn { compare, success, failure: vec![] };
             if self.commit(txn).await?.succeeded {
                 return Ok(());
