@@ -114,6 +114,9 @@ pub enum Command {
     /// AspenFS: mount a KV prefix as a filesystem (FUSE).
     #[command(subcommand)]
     Fs(crate::cmd::fs::FsCommand),
+    /// MicroVMs: run a command in one, build the guest image, check the host.
+    #[command(subcommand)]
+    Vm(crate::cmd::vm::VmCommand),
     /// Make, read and revoke capability tokens.
     #[command(subcommand)]
     Token(crate::cmd::token::TokenCommand),

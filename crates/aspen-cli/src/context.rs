@@ -88,3 +88,9 @@ impl Ctx {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct AlreadyReported(pub String);
+
+/// The command reported its outcome itself and the process exits with this status (a job's
+/// exit code passed on, as `aspen vm run` does).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub struct ExitWith(pub u8);

@@ -18,7 +18,7 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 use crate::cmd::cluster::ClusterCommand;
-use crate::context::{AlreadyReported, Ctx};
+use crate::context::{AlreadyReported, Ctx, ExitWith};
 
 /// Parses the command line, runs the command and turns failure into `error: ...` on stderr
 /// and exit status 1 (clap's own usage errors exit with 2).
@@ -43,6 +43,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<AlreadyReported>() => ExitCode::FAILURE,
+        Err(e) if e.is::<ExitWith>() => e.downcast_ref::<ExitWith>().map_or(ExitCode::FAILURE, |c| ExitCode::from(c.0)),
         Err(e) => {
             eprintln!("error: {e:#}");
             // A command run under a hold (`aspen lock NAME -- CMD`) passes its status on.
@@ -94,6 +95,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blob(cmd) => ctx.with_client(async |client| cmd::blob::run(&ctx, client, cmd).await).await,
         Command::Cache(cmd) => cmd::cache::run(&ctx, cmd).await,
         Command::Fs(cmd) => cmd::fs::run(&ctx, cmd).await,
+        // Blocking: the runner spawns the hypervisor from the calling thread, which must live as
+        // long as the VM (the hypervisor's parent-death signal follows that thread).
+        Command::Vm(cmd) => tokio::task::block_in_place(|| cmd::vm::run(cmd)),
         Command::Forge(cmd) => ctx.with_client(async |client| cmd::forge::run(&ctx, client, cmd).await).await,
         Command::Identity(cmd) => cmd::collab::run_identity(&ctx, cmd),
         Command::Issue(cmd) => ctx.with_client(async |client| cmd::collab::run_issue(&ctx, client, cmd).await).await,

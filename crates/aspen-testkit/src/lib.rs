@@ -11,6 +11,7 @@
 
 pub mod harness;
 pub mod linearizability;
+pub mod vm;
 
 mod alloc;
 mod bpf;

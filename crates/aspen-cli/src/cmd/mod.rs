@@ -26,5 +26,6 @@ pub mod semaphore;
 pub mod sequence;
 pub mod service;
 pub mod token;
+pub mod vm;
 pub mod watch;
 pub mod worker;
