@@ -5,7 +5,8 @@
 # Installs what the tests need first: iproute2 (ip, tc) for the network namespaces
 # the cluster tests partition; nix-bin (nix-instantiate, nix) and systemd (systemd-analyze)
 # and python3 for the NixOS checks; git for the forge tests (the real git client); fuse3 (fusermount3) for the AspenFS mount
-# tests when not run as root. Partition tests need root, and the mount tests /dev/fuse; without
+# tests when not run as root; qemu-system-x86 for the microVM tests (which build their guest
+# image from Debian's cloud kernel and busybox-static packages with `apt-get download`). Partition tests need root, and the mount tests /dev/fuse; without
 # them they are skipped with a notice, and everything else runs on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +27,17 @@ command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v git >/dev/null || need_pkgs+=(git)
 command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+# The microVM tests build a guest image from Debian's cloud kernel package (apt-get download),
+# which needs the package lists.
+apt_lists_stale=0
+apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || apt_lists_stale=1
+if [ ${#need_pkgs[@]} -gt 0 ] || [ $apt_lists_stale = 1 ]; then
   echo "test.sh: installing ${need_pkgs[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+  if [ ${#need_pkgs[@]} -gt 0 ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
+  fi
 fi
 if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
   if command -v rustup >/dev/null; then

@@ -587,10 +587,11 @@ fn find_busybox(given: Option<&Path>, work: &Path) -> Result<PathBuf, ImageError
         };
     }
     let host = Path::new(HOST_BUSYBOX);
-    if host.is_file() {
+    // Debian's plain `busybox` package installs a dynamic one at the same path.
+    if fs::read(host).is_ok_and(|bytes| is_static_elf(&bytes)) {
         return Ok(host.to_path_buf());
     }
-    tracing::info!("no {HOST_BUSYBOX} on the host, downloading {BUSYBOX_PACKAGE}");
+    tracing::info!("no static {HOST_BUSYBOX} on the host, downloading {BUSYBOX_PACKAGE}");
     let download = work.join("busybox-deb");
     create_dir_all(&download)?;
     let deb = apt_download(BUSYBOX_PACKAGE, &download)?;

@@ -51,6 +51,24 @@ pub struct Share {
     pub guest_path: String,
     /// Mount read-only in the guest.
     pub read_only: bool,
+    /// Which VirtioFS backend serves it.
+    pub backend: ShareBackend,
+}
+
+/// The process that serves a share over vhost-user-fs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ShareBackend {
+    /// Aspen's own backend, on a thread of the runner.
+    #[default]
+    Aspen,
+    /// Another vhost-user-fs daemon (the `virtiofsd` reference, for comparison), started per
+    /// VM. In `args`, `{socket}` and `{dir}` stand for the socket path and the shared directory.
+    External {
+        /// The daemon's binary.
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+    },
 }
 
 /// One VM for one job.
@@ -270,6 +288,7 @@ pub fn sweep_orphaned_runtime_dirs() {
 struct Vm {
     child: Option<Child>,
     servers: Vec<ShareServer>,
+    external_backends: Vec<Child>,
     log_threads: Vec<JoinHandle<()>>,
     serial: Tail,
     stderr: Tail,
@@ -293,7 +312,11 @@ impl Vm {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // The hypervisor's output pipes are closed now; the readers end at EOF.
+        for mut backend in self.external_backends.drain(..) {
+            let _ = backend.kill();
+            let _ = backend.wait();
+        }
+        // Every process writing to a log pipe is gone now; the readers end at EOF.
         for t in self.log_threads.drain(..) {
             let _ = t.join();
         }
@@ -383,21 +406,34 @@ pub fn run_job(spec: &VmSpec, job: &JobSpec, on_event: &mut dyn FnMut(VmEvent<'_
     let deadline = started + spec.timeout;
     let runtime = RuntimeDir::create()?;
 
-    let mut servers = Vec::new();
+    let mut vm = Vm {
+        child: None,
+        servers: Vec::new(),
+        external_backends: Vec::new(),
+        log_threads: Vec::new(),
+        serial: Tail::default(),
+        stderr: Tail::default(),
+        runtime,
+    };
     let mut sockets = Vec::new();
     for (i, share) in spec.shares.iter().enumerate() {
-        let socket = runtime.path.join(format!("fs{i}.sock"));
-        servers.push(ShareServer::start(&socket, passthrough(&share.host_dir)?)?);
+        let socket = vm.runtime.path.join(format!("fs{i}.sock"));
+        match &share.backend {
+            ShareBackend::Aspen => vm.servers.push(ShareServer::start(&socket, passthrough(&share.host_dir)?)?),
+            ShareBackend::External { program, args } => {
+                start_external_backend(&mut vm, program, args, &socket, &share.host_dir, deadline)?
+            }
+        }
         sockets.push(socket);
     }
-    let agent_socket = runtime.path.join("agent.sock");
+    let agent_socket = vm.runtime.path.join("agent.sock");
     let listener = match spec.hypervisor {
         Hypervisor::Qemu { .. } => {
             Some(UnixListener::bind(&agent_socket).map_err(io_err(format!("binding {}", agent_socket.display())))?)
         }
         Hypervisor::CloudHypervisor { .. } => None,
     };
-    let name = runtime.name();
+    let name = vm.runtime.name();
     let plan = LaunchPlan {
         name: &name,
         image: &spec.image,
@@ -416,31 +452,15 @@ pub fn run_job(spec: &VmSpec, job: &JobSpec, on_event: &mut dyn FnMut(VmEvent<'_
     };
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            // The hypervisor dies with the runner, even on SIGKILL.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(io::Error::other("the runner exited while launching"));
-            }
-            Ok(())
-        });
-    }
+    dies_with_runner(&mut command);
     let mut child = command.spawn().map_err(|source| VmError::Spawn { program: argv[0].clone(), source })?;
-    let serial = Tail::default();
-    let stderr = Tail::default();
-    let mut log_threads = Vec::new();
     if let Some(out) = child.stdout.take() {
-        log_threads.push(spawn_log_reader(out, serial.clone(), serial_file));
+        vm.log_threads.push(spawn_log_reader(out, vm.serial.clone(), serial_file));
     }
     if let Some(err) = child.stderr.take() {
-        log_threads.push(spawn_log_reader(err, stderr.clone(), None));
+        vm.log_threads.push(spawn_log_reader(err, vm.stderr.clone(), None));
     }
-    let mut vm = Vm { child: Some(child), servers, log_threads, serial, stderr, runtime };
+    vm.child = Some(child);
 
     let connected = match &listener {
         Some(listener) => accept_agent(&mut vm, listener, deadline),
@@ -504,6 +524,56 @@ pub fn run_job(spec: &VmSpec, job: &JobSpec, on_event: &mut dyn FnMut(VmEvent<'_
     timings.job_end_to_teardown = Some(job_end.elapsed());
     timings.total = started.elapsed();
     Ok(Outcome { vm_name: name, status, outputs, timings })
+}
+
+/// Makes a child process die with the runner, even on SIGKILL (the signal follows the thread
+/// that spawns it, which is the thread running [`run_job`] for the whole run).
+fn dies_with_runner(command: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::other("the runner exited while launching"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts an external vhost-user-fs daemon and waits for its socket.
+fn start_external_backend(
+    vm: &mut Vm,
+    program: &Path,
+    args: &[String],
+    socket: &Path,
+    dir: &Path,
+    deadline: Instant,
+) -> Result<(), VmError> {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("{socket}", &socket.to_string_lossy()).replace("{dir}", &dir.to_string_lossy()))
+        .collect();
+    let mut command = Command::new(program);
+    command.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    dies_with_runner(&mut command);
+    let mut child =
+        command.spawn().map_err(|source| VmError::Spawn { program: program.display().to_string(), source })?;
+    if let Some(err) = child.stderr.take() {
+        vm.log_threads.push(spawn_log_reader(err, vm.stderr.clone(), None));
+    }
+    vm.external_backends.push(child);
+    while !socket.exists() {
+        let exited = vm.external_backends.last_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited || Instant::now() > deadline {
+            return Err(vm.crashed(format!("{} did not create {}", program.display(), socket.display())));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 fn timed_out(vm: &mut Vm, name: &str, started: Instant, boot: Option<Duration>) -> Outcome {

@@ -142,7 +142,7 @@ fn parse_share(spec: &str) -> anyhow::Result<Share> {
         _ => bail!("--share {spec:?}: expected TAG:HOST_DIR:GUEST_PATH or TAG:HOST_DIR:GUEST_PATH:ro"),
     };
     let host_dir = Path::new(host).canonicalize().with_context(|| format!("--share {spec:?}: host dir {host}"))?;
-    Ok(Share { tag: tag.to_string(), host_dir, guest_path: guest.to_string(), read_only })
+    Ok(Share { tag: tag.to_string(), host_dir, guest_path: guest.to_string(), read_only, backend: Default::default() })
 }
 
 fn run_vm(args: RunArgs) -> anyhow::Result<u8> {
