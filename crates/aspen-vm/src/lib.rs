@@ -9,5 +9,6 @@ pub mod doctor;
 pub mod hypervisor;
 pub mod image;
 pub mod kvm;
+pub mod readonly;
 pub mod runner;
 pub mod virtiofs;

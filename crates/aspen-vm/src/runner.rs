@@ -25,6 +25,7 @@ use aspen_vm_agent::{
 
 use crate::hypervisor::{Hypervisor, LaunchPlan, command_line};
 use crate::image::GuestImage;
+use crate::readonly::ReadOnly;
 use crate::virtiofs::{ShareError, ShareServer, passthrough};
 
 /// How much of the serial console and hypervisor stderr an error report quotes.
@@ -49,7 +50,8 @@ pub struct Share {
     pub host_dir: PathBuf,
     /// Where the guest mounts it.
     pub guest_path: String,
-    /// Mount read-only in the guest.
+    /// Read-only: mounted so in the guest and refused by Aspen's backend on the host (an
+    /// external backend is trusted to be started read-only by its arguments).
     pub read_only: bool,
     /// Which VirtioFS backend serves it.
     pub backend: ShareBackend,
@@ -419,6 +421,9 @@ pub fn run_job(spec: &VmSpec, job: &JobSpec, on_event: &mut dyn FnMut(VmEvent<'_
     for (i, share) in spec.shares.iter().enumerate() {
         let socket = vm.runtime.path.join(format!("fs{i}.sock"));
         match &share.backend {
+            ShareBackend::Aspen if share.read_only => {
+                vm.servers.push(ShareServer::start(&socket, ReadOnly(passthrough(&share.host_dir)?))?)
+            }
             ShareBackend::Aspen => vm.servers.push(ShareServer::start(&socket, passthrough(&share.host_dir)?)?),
             ShareBackend::External { program, args } => {
                 start_external_backend(&mut vm, program, args, &socket, &share.host_dir, deadline)?

@@ -187,6 +187,34 @@ fn two_vms_at_once_see_only_their_own_shares() {
 }
 
 #[test]
+fn a_read_only_share_refuses_writes_even_after_the_guest_remounts_it() {
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "original\n").unwrap();
+    let mut ro = share("ro", dir.path(), "/ro");
+    ro.read_only = true;
+    let spec = spec(image, vec![ro]);
+    let (outcome, log) = run(
+        &spec,
+        &sh("cat /ro/file; echo a > /ro/new || echo refused-new; mount -o remount,rw /ro && echo remounted; \
+             echo b > /ro/after-remount || echo refused-after-remount; \
+             echo c >> /ro/file || echo refused-append; rm /ro/file || echo refused-rm; true"),
+    );
+    let outcome = outcome.unwrap();
+    assert_eq!(outcome.status, JobStatus::Exited(ExitStatus::Code(0)));
+    let stdout = String::from_utf8_lossy(&log.stdout);
+    assert!(stdout.starts_with("original\nrefused-new\nremounted\n"), "{stdout}");
+    assert!(stdout.contains("refused-after-remount") && stdout.contains("refused-append"), "{stdout}");
+    assert!(stdout.contains("refused-rm"), "{stdout}");
+    assert!(stdout.contains("remounted"), "the guest did remount read-write: the host refused: {stdout}");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["file"], "nothing was created on the host");
+    assert_eq!(std::fs::read_to_string(dir.path().join("file")).unwrap(), "original\n");
+    assert_nothing_left(&outcome);
+}
+
+#[test]
 fn bad_requests_are_refused_before_anything_starts() {
     let image = GuestImage::in_dir(Path::new("/nonexistent-image-dir"));
     let Some(qemu) = find_in_path(QEMU_BINARY) else {
