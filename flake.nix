@@ -30,6 +30,10 @@
         default = built.${system}.aspen;
         image-qcow2 = (image system).config.system.build.images.qemu-efi;
         image-iso = (image system).config.system.build.images.iso;
+        vm-agent = built.${system}.vm-agent;
+      } // lib.optionalAttrs (system == "x86_64-linux") {
+        # The runner boots guests with qemu-system-x86_64 (or Cloud Hypervisor) on x86-64.
+        vm-image = import ./images/vm-guest.nix { inherit pkgs; aspen = built.${system}.aspen; agent = built.${system}.vm-agent; };
       });
 
       apps = forAllSystems (system: pkgs: rec {

@@ -38,6 +38,20 @@ in
     };
   });
 
+  # The microVM guest agent, linked statically (musl) so the guest image needs no libc. Its
+  # dependencies are few (libc, serde, postcard), so it builds apart from the workspace's.
+  vm-agent = (crane.mkLib pkgs.pkgsStatic).buildPackage (common // {
+    pname = "aspen-vm-agent";
+    cargoExtraArgs = "-p aspen-vm-agent --bin aspen-vm-agent";
+    doCheck = false;
+    meta = {
+      description = "The guest agent (PID 1) of Aspen microVMs";
+      mainProgram = "aspen-vm-agent";
+      license = with lib.licenses; [ mit asl20 ];
+      platforms = lib.platforms.linux;
+    };
+  });
+
   # The crate tests run real node processes on loopback inside the build sandbox; tests
   # that need network namespaces (root) skip themselves there.
   tests = craneLib.cargoTest (common // {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use aspen_vm::doctor::{QEMU_BINARY, find_in_path};
-use aspen_vm::image::{GuestImage, ImageSpec};
+use aspen_vm::image::{GuestImage, ImageSpec, KernelSource};
 
 /// The target triple the agent is built for; an explicit `--target` keeps its static build
 /// apart from the workspace's dynamic artifacts.
@@ -48,7 +48,7 @@ pub fn test_image() -> Result<Option<GuestImage>, String> {
             }
             let agent = build_static_agent()?;
             let out_dir = target_dir().join("aspen-vm-test-image");
-            let spec = ImageSpec { out_dir, agent, kernel_deb: None, busybox: None };
+            let spec = ImageSpec { out_dir, agent, kernel: KernelSource::Apt, busybox: None };
             aspen_vm::image::build(&spec).map(Some).map_err(|e| e.to_string())
         })
         .clone()

@@ -59,10 +59,27 @@ pub struct ImageSpec {
     pub out_dir: PathBuf,
     /// The statically linked guest agent, installed as `/init`.
     pub agent: PathBuf,
-    /// A kernel `.deb` to use instead of downloading the current cloud kernel with apt.
-    pub kernel_deb: Option<PathBuf>,
+    /// Where the kernel and its modules come from.
+    pub kernel: KernelSource,
     /// A static busybox to use instead of `/bin/busybox` (or a downloaded busybox-static).
     pub busybox: Option<PathBuf>,
+}
+
+/// Where the guest kernel and its modules come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// Debian's current cloud kernel, fetched with `apt-get download`.
+    Apt,
+    /// A Debian kernel package (`linux-image-*.deb`).
+    Deb(PathBuf),
+    /// A kernel image and its modules directory (`lib/modules/<version>`, whose name is the
+    /// version), as a Nix build provides them.
+    Files {
+        /// The bootable kernel image (bzImage / vmlinuz).
+        image: PathBuf,
+        /// The modules directory.
+        modules: PathBuf,
+    },
 }
 
 /// The two files a microVM boots from.
@@ -165,21 +182,35 @@ pub fn build(spec: &ImageSpec) -> Result<GuestImage, ImageError> {
     create_dir_all(&spec.out_dir)?;
     let work = WorkDir::create(&spec.out_dir)?;
 
-    let deb = match &spec.kernel_deb {
-        Some(deb) => {
-            if !deb.is_file() {
-                return Err(io_err(deb, io::Error::new(io::ErrorKind::NotFound, "kernel package not found")));
+    let (version, vmlinuz, modules_dir) = match &spec.kernel {
+        KernelSource::Files { image, modules } => {
+            if !image.is_file() {
+                return Err(io_err(image, io::Error::new(io::ErrorKind::NotFound, "kernel image not found")));
             }
-            deb.clone()
+            let version =
+                modules.file_name().and_then(OsStr::to_str).filter(|_| modules.is_dir()).ok_or_else(|| {
+                    io_err(modules, io::Error::new(io::ErrorKind::NotFound, "not a lib/modules/<version> directory"))
+                })?;
+            (version.to_string(), image.clone(), modules.clone())
         }
-        None => download_kernel(&work.0)?,
+        KernelSource::Deb(_) | KernelSource::Apt => {
+            let deb = match &spec.kernel {
+                KernelSource::Deb(deb) if !deb.is_file() => {
+                    return Err(io_err(deb, io::Error::new(io::ErrorKind::NotFound, "kernel package not found")));
+                }
+                KernelSource::Deb(deb) => deb.clone(),
+                _ => download_kernel(&work.0)?,
+            };
+            tracing::info!(deb = %deb.display(), "extracting kernel package");
+            let kernel_root = work.0.join("kernel");
+            dpkg_extract(&deb, &kernel_root)?;
+            let (version, vmlinuz) = find_vmlinuz(&kernel_root, &deb)?;
+            let modules_dir = modules_dir(&kernel_root, &version)?;
+            (version, vmlinuz, modules_dir)
+        }
     };
-    tracing::info!(deb = %deb.display(), "extracting kernel package");
-    let kernel_root = work.0.join("kernel");
-    dpkg_extract(&deb, &kernel_root)?;
-    let (version, vmlinuz) = find_vmlinuz(&kernel_root, &deb)?;
     tracing::info!(%version, "found kernel");
-    let modules = collect_modules(&kernel_root, &version)?;
+    let modules = collect_modules(&modules_dir)?;
     tracing::info!(
         count = modules.len(),
         order = %modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(","),
@@ -417,15 +448,31 @@ struct Module {
 
 /// Finds the root modules and their dependency closure in an extracted kernel package and
 /// returns them in load order.
-fn collect_modules(kernel_root: &Path, version: &str) -> Result<Vec<Module>, ImageError> {
-    let dir = ["lib/modules", "usr/lib/modules"]
+/// The modules the kernel has built in, by normalized name, from `modules.builtin` (paths such
+/// as `kernel/drivers/virtio/virtio_pci.ko`); empty when the file is absent.
+fn builtin_modules(dir: &Path) -> std::collections::HashSet<String> {
+    fs::read_to_string(dir.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.rsplit('/').next())
+        .map(|file| normalize_module(file.trim_end_matches(".ko")))
+        .collect()
+}
+
+/// The modules directory of `version` in an extracted kernel package.
+fn modules_dir(kernel_root: &Path, version: &str) -> Result<PathBuf, ImageError> {
+    ["lib/modules", "usr/lib/modules"]
         .iter()
         .map(|base| kernel_root.join(base).join(version))
         .find(|dir| dir.is_dir())
         .ok_or_else(|| {
             let dir = kernel_root.join("lib/modules").join(version);
             io_err(&dir, io::Error::new(io::ErrorKind::NotFound, "no modules directory for the kernel"))
-        })?;
+        })
+}
+
+fn collect_modules(dir: &Path) -> Result<Vec<Module>, ImageError> {
+    let dir = dir.to_path_buf();
     let mut index = HashMap::new();
     index_modules(&dir, &mut index)?;
 
@@ -433,11 +480,14 @@ fn collect_modules(kernel_root: &Path, version: &str) -> Result<Vec<Module>, Ima
     let mut deps = BTreeMap::new();
     let mut roots = Vec::new();
     let mut queue = Vec::new();
+    let builtin = builtin_modules(&dir);
     for &(root, required) in ROOT_MODULES {
         let name = normalize_module(root);
         if index.contains_key(&name) {
             roots.push(name.clone());
             queue.push(name);
+        } else if builtin.contains(&name) {
+            tracing::info!(module = root, "built into the kernel");
         } else if required {
             return Err(ImageError::ModuleMissing { module: root.to_string(), dir });
         } else {
@@ -868,6 +918,18 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), order.len(), "duplicates in {order:?}");
         assert_eq!(order.len(), 9);
+    }
+
+    #[test]
+    fn builtin_modules_are_read_from_modules_builtin() {
+        let dir = std::env::temp_dir().join(format!("aspen-builtin-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("modules.builtin"), "kernel/drivers/virtio/virtio_pci.ko\nkernel/fs/fuse/virtio-fs.ko\n")
+            .unwrap();
+        let builtin = builtin_modules(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(builtin.contains("virtio_pci") && builtin.contains("virtio_fs"), "{builtin:?}");
+        assert!(builtin_modules(Path::new("/nonexistent")).is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use aspen_vm::doctor::{HypervisorChoice, default_image_dir, doctor, pick_hypervisor};
-use aspen_vm::image::{GuestImage, ImageSpec};
+use aspen_vm::image::{GuestImage, ImageSpec, KernelSource};
 use aspen_vm::runner::{JobSpec, JobStatus, Share, VmEvent, VmSpec, run_job};
 
 #[derive(Debug, clap::Subcommand)]
@@ -37,8 +37,15 @@ pub enum ImageCommand {
         #[arg(long)]
         agent: Option<PathBuf>,
         /// A linux-image-*-cloud-amd64 .deb to use instead of `apt-get download`.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["kernel", "modules"])]
         kernel_deb: Option<PathBuf>,
+        /// A kernel image to use (with --modules) instead of a Debian package, as the Nix build
+        /// of the image does.
+        #[arg(long, requires = "modules")]
+        kernel: Option<PathBuf>,
+        /// The kernel's modules directory, lib/modules/VERSION (with --kernel).
+        #[arg(long, requires = "kernel")]
+        modules: Option<PathBuf>,
         /// A static busybox [default: /bin/busybox, else busybox-static from apt].
         #[arg(long)]
         busybox: Option<PathBuf>,
@@ -109,12 +116,17 @@ fn run_command(cmd: VmCommand) -> anyhow::Result<u8> {
             }
             Ok(if usable { 0 } else { 1 })
         }
-        VmCommand::Image(ImageCommand::Build { out, agent, kernel_deb, busybox }) => {
+        VmCommand::Image(ImageCommand::Build { out, agent, kernel_deb, kernel, modules, busybox }) => {
             let agent = match agent {
                 Some(agent) => agent,
                 None => sibling("aspen-vm-agent")?,
             };
-            let spec = ImageSpec { out_dir: out.unwrap_or_else(default_image_dir), agent, kernel_deb, busybox };
+            let kernel = match (kernel_deb, kernel, modules) {
+                (Some(deb), _, _) => KernelSource::Deb(deb),
+                (None, Some(image), Some(modules)) => KernelSource::Files { image, modules },
+                _ => KernelSource::Apt,
+            };
+            let spec = ImageSpec { out_dir: out.unwrap_or_else(default_image_dir), agent, kernel, busybox };
             let image = aspen_vm::image::build(&spec)?;
             println!("{}", image.kernel.display());
             println!("{}", image.initramfs.display());
