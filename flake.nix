@@ -60,6 +60,7 @@
         vm-cluster = import ./vm-tests/cluster.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         vm-forge = import ./vm-tests/forge.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         vm-cache = import ./vm-tests/cache.nix { inherit pkgs module; aspen = built.${system}.aspen; };
+        vm-fs = import ./vm-tests/fs.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         cargo-test = built.${system}.tests;
         clippy = built.${system}.clippy;
       });

@@ -5,6 +5,10 @@
 # A cluster forms without anyone at a keyboard: one node sets `initialize`, the others set
 # `joinTicketFile` (or `joinTicketImport`, for a ticket placed on the boot partition) and wait
 # for the ticket, however long it takes.
+#
+# Two clients of a cluster can run here too, with or without a node on the machine: AspenFS
+# mounts (`services.aspen.fs.mounts`, one `aspen-fs-NAME` service each) and the microVM runner
+# (`services.aspen.vm`).
 { config, lib, pkgs, ... }:
 
 let
@@ -48,6 +52,112 @@ let
     ++ optionals (cfg.cache.httpListen != null) [ "--cache-http-listen" cfg.cache.httpListen ]
     ++ [ "--cache-gc-interval-secs" (toString cfg.cache.gcIntervalSeconds) ]
     ++ cfg.extraFlags;
+
+  # A word of an Exec line, read by systemd as written: plain when it is plain, else in double
+  # quotes with C escapes (systemd's quoting, which is not the shell's), and with systemd's
+  # specifiers (`%`) and variables (`$`) escaped.
+  execWord = w:
+    let quoted = if builtins.match "[[:alnum:],._+:@/=-]+" w != null then w else builtins.toJSON w;
+    in lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] quoted;
+  execLine = words: concatStringsSep " " (map execWord words);
+
+  # AspenFS: the mounts this machine runs, and what each one is checked against.
+  fsMounts = lib.filterAttrs (_: m: m.enable) cfg.fs.mounts;
+  # What /proc/self/mountinfo shows as the source of a mount of `prefix` (its FUSE fsname).
+  fsSource = prefix: "aspenfs:${prefix}";
+  # The mount point without a trailing slash, to compare two of them.
+  normalPath = p: if p != "/" && lib.hasSuffix "/" p then normalPath (lib.removeSuffix "/" p) else p;
+  enabledPoints = lib.mapAttrsToList (_: m: normalPath m.mountPoint) fsMounts;
+  duplicatePoints = lib.unique (lib.filter (p: lib.count (q: q == p) enabledPoints > 1) enabledPoints);
+
+  fsArgs = m:
+    [ "fs" "mount" m.mountPoint "--prefix" m.prefix ]
+    ++ [ "--ttl-ms" (toString m.ttlMs) "--unwatched-ttl-ms" (toString m.unwatchedTtlMs) ]
+    ++ [ "--op-timeout" (toString m.opTimeoutSeconds) "--threads" (toString m.threads) ]
+    ++ optional m.allowOther "--allow-other";
+
+  # After the daemon died without unmounting (SIGKILL, a crash, the stop timeout), the kernel
+  # keeps its mount, on which every call fails with ENOTCONN, until someone unmounts it. Only
+  # a mount of this prefix is detached: not another file system mounted at the same place.
+  # findmnt reads the mount table, so it answers for a dead mount that stat cannot reach.
+  fsCleanup = m: execLine [
+    pkgs.runtimeShell
+    "-c"
+    (concatStringsSep " " [
+      "if current=$(${pkgs.util-linux}/bin/findmnt --noheadings --output SOURCE --mountpoint \"$1\")"
+      "&& [ \"$current\" = \"$2\" ]; then exec ${pkgs.util-linux}/bin/umount --lazy \"$1\"; fi"
+    ])
+    "aspen-fs-cleanup"
+    m.mountPoint
+    (fsSource m.prefix)
+  ];
+
+  fsService = name: m: {
+    description = "AspenFS: ${lib.replaceStrings [ "%" ] [ "%%" ] "${m.prefix} at ${m.mountPoint}"}";
+    wantedBy = [ "multi-user.target" ];
+    # The cluster may be elsewhere; when this machine runs a node, start after it (so the
+    # local ticket and token exist) and stop before it.
+    wants = [ "network-online.target" ] ++ optional cfg.enable "aspen.service";
+    after = [ "network-online.target" ] ++ optional cfg.enable "aspen.service";
+    serviceConfig = {
+      Type = "simple";
+      ExecStartPre = "${pkgs.coreutils}/bin/mkdir -p ${execWord m.mountPoint}";
+      # The ticket and the token are credentials: systemd reads them (wherever they are, the
+      # node's data directory included) and hands the daemon root-owned copies.
+      ExecStart =
+        "${cfg.package}/bin/aspen --ticket-file %d/ticket"
+        + lib.optionalString (m.tokenFile != null) " --token-file %d/token"
+        + " ${execLine (fsArgs m)}";
+      ExecStopPost = fsCleanup m;
+      LoadCredential = [ "ticket:${m.ticketFile}" ] ++ optional (m.tokenFile != null) "token:${m.tokenFile}";
+      # SIGTERM unmounts (detaching a busy mount) and exits 0; the unmount waits at most 10 s
+      # for the FUSE session to end. Past the timeout systemd kills it and ExecStopPost
+      # detaches what is left.
+      KillSignal = "SIGTERM";
+      TimeoutStopSec = "30s";
+      # A failed start (the cluster's ticket or token not there yet, a dead mount in the way,
+      # cleaned by ExecStopPost) is tried again.
+      Restart = "on-failure";
+      RestartSec = "5s";
+      UMask = "0077";
+      # Hardening, within what a FUSE daemon needs: root with CAP_SYS_ADMIN alone, for
+      # mount(2) and umount2(2) (the mount is root's: with `allowOther` false, no other user
+      # reaches it), /dev/fuse and no other device, the network for the cluster.
+      # Nothing here may give the service a mount namespace of its own: every file system
+      # namespacing setting (PrivateMounts, PrivateTmp, PrivateDevices, ProtectSystem,
+      # ProtectHome, ReadWritePaths and the other *Paths, ProtectKernelTunables,
+      # ProtectKernelModules, ProtectKernelLogs, ProtectControlGroups, ProtectProc, ProcSubset,
+      # ProtectHostname=yes, PrivateIPC) turns propagation towards the host off, and the mount
+      # would exist only inside the service. PrivateUsers would take CAP_SYS_ADMIN away from
+      # the host's mount namespace. That is why this unit scores worse than the node's.
+      CapabilityBoundingSet = [ "CAP_SYS_ADMIN" ];
+      AmbientCapabilities = "";
+      NoNewPrivileges = true;
+      DevicePolicy = "closed";
+      DeviceAllow = [ "/dev/fuse rw" ];
+      ProtectClock = true;
+      RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
+      RestrictNamespaces = true;
+      RestrictRealtime = true;
+      RestrictSUIDSGID = true;
+      LockPersonality = true;
+      MemoryDenyWriteExecute = true;
+      SystemCallArchitectures = "native";
+      SystemCallFilter = [ "@system-service" "@mount" "~@privileged" ];
+      SystemCallErrorNumber = "EPERM";
+      KeyringMode = "private";
+    };
+  };
+
+  # The microVM runner: the hypervisors it looks for on PATH, and a command with this
+  # machine's image and backend.
+  hypervisorPackages =
+    [ cfg.vm.qemuPackage ] ++ optional (cfg.vm.hypervisor == "cloud-hypervisor") pkgs.cloud-hypervisor;
+  vmRunArgs = [ "vm" "run" "--image" cfg.vm.imageDir "--hypervisor" cfg.vm.hypervisor ];
+  vmRun = pkgs.writeShellScriptBin "aspen-vm-run" ''
+    export PATH=${lib.makeBinPath hypervisorPackages}''${PATH:+:$PATH}
+    exec ${escapeShellArg "${cfg.package}/bin/aspen"} ${concatStringsSep " " (map escapeShellArg vmRunArgs)} "$@"
+  '';
 in
 {
   options.services.aspen = {
@@ -310,6 +420,178 @@ in
       example = [ "--blob-replicas" "3" ];
       description = "More `aspen-node` flags (`aspen-node --help` lists them).";
     };
+
+    fs.mounts = mkOption {
+      type = types.attrsOf (types.submodule ({ name, ... }: {
+        options = {
+          enable = mkOption {
+            type = types.bool;
+            default = true;
+            description = "Whether to run this mount (the `aspen-fs-${name}` service).";
+          };
+
+          mountPoint = mkOption {
+            type = types.str;
+            example = "/srv/aspen/${name}";
+            description = ''
+              Where the prefix is mounted: an absolute path, made (`mkdir -p`) if missing, and
+              not where another file system is mounted.
+            '';
+          };
+
+          prefix = mkOption {
+            type = types.str;
+            default = "fs/${name}/";
+            defaultText = lib.literalExpression ''"fs/''${name}/"'';
+            description = ''
+              The KV prefix shown as the file system's root; it ends in `/`. Files are keys
+              under it (`aspen kv get PREFIXa/b` reads file `a/b`), and large files' chunks are
+              blobs pinned as `aspenfs/PREFIX<hash>`.
+            '';
+          };
+
+          ttlMs = mkOption {
+            type = types.ints.unsigned;
+            default = 60000;
+            description = ''
+              How long the kernel keeps names and attributes while the mount's watch on the
+              prefix runs (a change made elsewhere drops them as it is seen): `--ttl-ms`.
+            '';
+          };
+
+          unwatchedTtlMs = mkOption {
+            type = types.ints.unsigned;
+            default = 1000;
+            description = "The same while the watch is down, until it is back: `--unwatched-ttl-ms`.";
+          };
+
+          opTimeoutSeconds = mkOption {
+            type = types.ints.positive;
+            default = 30;
+            description = ''
+              A system call on the mount fails with EIO when the cluster has not answered
+              within this: `--op-timeout`.
+            '';
+          };
+
+          threads = mkOption {
+            type = types.ints.positive;
+            default = 2;
+            description = "Threads answering the kernel: `--threads`.";
+          };
+
+          allowOther = mkOption {
+            type = types.bool;
+            default = false;
+            description = ''
+              Let every user of this machine use the mount (with the permissions of its files,
+              which all belong to root): `--allow-other`. Off, only root can.
+            '';
+          };
+
+          ticketFile = mkOption {
+            type = runtimePath;
+            example = "/var/lib/aspen/node.ticket";
+            description = ''
+              The cluster's ticket, passed to the service as a systemd credential (so it may be
+              a file only its owner reads). There is no default, the cluster being anywhere; on
+              a machine that runs a node, `''${dataDir}/node.ticket` is that node's own ticket,
+              written each time it starts.
+            '';
+          };
+
+          tokenFile = mkOption {
+            type = types.nullOr runtimePath;
+            default = null;
+            example = "/run/keys/aspen-fs.token";
+            description = ''
+              The capability token the mount presents, passed as a systemd credential; `null`:
+              the token inside the ticket (a node's `node.ticket` has none). The token's rights
+              are the mount's: read, write, delete and watch on the prefix, and for files larger
+              than one KV value `blob:read` and `blob:write` over `aspenfs/PREFIX`, as made (from
+              a token that holds them) by `aspen token create --read P --write P --delete P
+              --watch P --app blob:read:aspenfs/P --app blob:write:aspenfs/P --ttl ...`. It
+              expires with its `--ttl`; replace the file and restart the service to renew it.
+            '';
+          };
+        };
+      }));
+      default = { };
+      example = lib.literalExpression ''
+        {
+          media = {
+            mountPoint = "/srv/aspen/media";
+            ticketFile = "/var/lib/aspen/node.ticket";
+            tokenFile = "/run/keys/aspen-fs-media.token";
+          };
+        }
+      '';
+      description = ''
+        AspenFS mounts: KV prefixes of a cluster mounted as file systems with FUSE. Each runs
+        `aspen fs mount` as the service `aspen-fs-NAME`, as root with CAP_SYS_ADMIN only (and
+        no mount namespace of its own, so that the mount is the host's), after the node when
+        this machine runs one. Stopping the service unmounts. Independent of `enable`: a
+        machine without a node may mount a cluster's prefixes.
+      '';
+    };
+
+    vm = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Make this machine ready for the microVM runner (`aspen vm run`, `aspen vm doctor`):
+          QEMU installed (and Cloud Hypervisor when `hypervisor` names it), and the command
+          `aspen-vm-run`, which is `aspen vm run --image IMAGEDIR --hypervisor HYPERVISOR`
+          followed by its own arguments (`aspen-vm-run -- uname -a`). Independent of `enable`:
+          the node itself runs no VMs.
+        '';
+      };
+
+      image = mkOption {
+        type = types.nullOr types.package;
+        default = null;
+        example = lib.literalExpression "aspen.packages.x86_64-linux.vm-image";
+        description = ''
+          The guest image to install at `imageDir`, as a link kept by systemd-tmpfiles. In
+          production it is the image Nix builds, the flake's `packages.x86_64-linux.vm-image`
+          (images/vm-guest.nix): nixpkgs' kernel, the closure of its virtio, VirtioFS and
+          vsock modules, static busybox and the static guest agent as /init, assembled by
+          `aspen vm image build`; this module only links it. `null`: put an image (a directory
+          holding `vmlinuz` and `initramfs.cpio`, as `aspen vm image build --out` writes) at
+          `imageDir` yourself.
+        '';
+      };
+
+      imageDir = mkOption {
+        type = types.strMatching "/[^[:space:]]*" // { description = "absolute path without spaces"; };
+        default = "${stateDir}/vm-image";
+        description = ''
+          The guest image directory `aspen-vm-run` boots (its `--image`; also what `aspen vm
+          doctor --image` checks). The default lies in the node's state directory, which only
+          root and the `aspen` user may enter while a node runs here: run VMs as root, or
+          choose another directory.
+        '';
+      };
+
+      hypervisor = mkOption {
+        type = types.enum [ "auto" "qemu" "qemu-tcg" "cloud-hypervisor" ];
+        default = "auto";
+        description = ''
+          The backend `aspen-vm-run` asks for (`--hypervisor`). `auto` takes Cloud Hypervisor
+          where KVM runs guests and `cloud-hypervisor` is on PATH, else QEMU with KVM, else
+          QEMU with TCG (emulated, slow, but anywhere); `qemu-tcg` emulates even where KVM
+          works. QEMU is always installed; Cloud Hypervisor only when chosen here.
+        '';
+      };
+
+      qemuPackage = mkOption {
+        type = types.package;
+        default = pkgs.qemu_kvm;
+        defaultText = lib.literalExpression "pkgs.qemu_kvm";
+        description = "The QEMU providing `qemu-system-x86_64`, which the runner looks for on PATH.";
+      };
+    };
   };
 
   config = lib.mkMerge [
@@ -436,6 +718,50 @@ in
         substituters = map (s: s.url) cfg.substituters;
         trusted-public-keys = lib.unique (map (s: s.publicKey) cfg.substituters);
       } // lib.optionalAttrs (netrcFiles != [ ]) { netrc-file = lib.head netrcFiles; };
+    })
+
+    # AspenFS mounts, with or without a node on this machine.
+    (mkIf (cfg.fs.mounts != { }) {
+      assertions =
+        lib.concatLists (lib.mapAttrsToList
+          (name: m: [
+            {
+              assertion = builtins.match "[A-Za-z0-9_.-]+" name != null;
+              message = "services.aspen.fs.mounts.\"${name}\": a mount's name becomes the unit aspen-fs-${name}.service; use letters, digits, `_`, `.` and `-`.";
+            }
+            {
+              assertion = lib.hasSuffix "/" m.prefix;
+              message = "services.aspen.fs.mounts.${name}.prefix \"${m.prefix}\" must end in \"/\": a mount shows the keys below a directory of the KV, such as \"fs/${name}/\".";
+            }
+            {
+              assertion = lib.hasPrefix "/" m.mountPoint;
+              message = "services.aspen.fs.mounts.${name}.mountPoint \"${m.mountPoint}\" must be an absolute path.";
+            }
+          ])
+          cfg.fs.mounts)
+        ++ [
+          {
+            assertion = duplicatePoints == [ ];
+            message = "services.aspen.fs.mounts: two mounts at one place (${concatStringsSep ", " duplicatePoints}); each mount needs its own mountPoint.";
+          }
+        ];
+
+      systemd.services = lib.mapAttrs' (name: m: lib.nameValuePair "aspen-fs-${name}" (fsService name m)) fsMounts;
+    })
+
+    # The microVM runner. No kernel modules are added: kvm_intel or kvm_amd loads by itself
+    # on a CPU that has it, and the runner needs no vhost_vsock (QEMU reaches the guest agent
+    # through virtio-serial, Cloud Hypervisor through its own vsock socket, and VirtioFS is
+    # served in-process over vhost-user).
+    (mkIf cfg.vm.enable {
+      assertions = [
+        {
+          assertion = pkgs.stdenv.hostPlatform.isx86_64;
+          message = "services.aspen.vm: the runner boots x86-64 guests with qemu-system-x86_64 or Cloud Hypervisor, on x86-64 hosts only.";
+        }
+      ];
+      environment.systemPackages = [ cfg.package vmRun ] ++ hypervisorPackages;
+      systemd.tmpfiles.rules = optional (cfg.vm.image != null) "L+ ${cfg.vm.imageDir} - - - - ${cfg.vm.image}";
     })
   ];
 }

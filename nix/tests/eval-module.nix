@@ -6,8 +6,9 @@
 #     --arg lib 'import /path/to/nixpkgs/lib' --argstr case full
 #
 # Prints the evaluated service (its ExecStart, environment and serviceConfig), the users, the
-# firewall ports (UDP and TCP), the other units, nix.settings and the warnings, or fails with
-# the module's assertion messages.
+# firewall ports (UDP and TCP), the other units (AspenFS mounts among them), nix.settings, the
+# system packages (with the text of the scripts among them), the tmpfiles rules and the
+# warnings, or fails with the module's assertion messages.
 { lib, case }:
 
 let
@@ -25,6 +26,7 @@ let
       environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
       systemd.services = mkOption { type = types.attrsOf types.anything; default = { }; };
       systemd.paths = mkOption { type = types.attrsOf types.anything; default = { }; };
+      systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
       # nix.settings as NixOS declares it: free-form, with these two lists declared.
       nix.settings = mkOption {
         type = types.submodule {
@@ -50,9 +52,29 @@ let
     netrcFile = "/run/keys/aspen-cache.netrc";
   };
 
-  # A stand-in package: evaluation needs a derivation-shaped value, not a build.
+  # Stand-in packages: evaluation needs derivation-shaped values, not builds.
+  drv = name: { type = "derivation"; inherit name; outPath = "/${name}"; };
   package = { type = "derivation"; name = "aspen"; outPath = "/aspen-package"; };
-  pkgs = { coreutils = "/coreutils"; git = { type = "derivation"; name = "git"; outPath = "/git"; }; };
+  # Tools the units run are this machine's (/usr/bin, /bin/sh), so that the tests can run the
+  # commands the module wrote; a script keeps its text.
+  pkgsOn = x86: {
+    coreutils = "/usr";
+    util-linux = "/usr";
+    runtimeShell = "/bin/sh";
+    git = drv "git";
+    qemu_kvm = drv "qemu-host-cpu-only";
+    cloud-hypervisor = drv "cloud-hypervisor";
+    writeShellScriptBin = name: text: drv name // { inherit text; };
+    stdenv.hostPlatform.isx86_64 = x86;
+  };
+  pkgs = pkgsOn (case != "vm-on-aarch64");
+
+  # AspenFS mounts.
+  defaultMount = {
+    mountPoint = "/mnt/aspen";
+    ticketFile = "/var/lib/aspen/node.ticket";
+    tokenFile = "/var/lib/aspen/root.token";
+  };
 
   cases = {
     minimal = { services.aspen = { enable = true; package = package; }; };
@@ -146,6 +168,69 @@ let
     nameless-key = {
       services.aspen.substituters = [ (mainCache // { publicKey = "2c4mTn1AaMZ6gi3p8XYRTJSSPXSbFnIK0fxxkXPFCWU="; }) ];
     };
+    # A node and two mounts (and a third, turned off): one with the defaults, the node's ticket
+    # and its root token; one with every setting, a mount point and a prefix that need quoting
+    # (a space, systemd's `%`), and the token inside its ticket.
+    fs-mounts = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        initialize = true;
+        fs.mounts = {
+          default = defaultMount;
+          media = {
+            mountPoint = "/srv/aspen media/100%";
+            prefix = "team/media files/";
+            ttlMs = 5000;
+            unwatchedTtlMs = 250;
+            opTimeoutSeconds = 7;
+            threads = 4;
+            allowOther = true;
+            ticketFile = "/run/keys/aspen.ticket";
+            tokenFile = null;
+          };
+          old = { enable = false; mountPoint = "/mnt/old"; ticketFile = "/run/keys/aspen.ticket"; tokenFile = null; };
+        };
+      };
+    };
+    # A mount on a machine without a node.
+    fs-client = {
+      services.aspen = {
+        inherit package;
+        fs.mounts.shared = {
+          mountPoint = "/srv/shared";
+          ticketFile = "/run/keys/aspen.ticket";
+          tokenFile = "/run/keys/aspen-fs.token";
+        };
+      };
+    };
+    # Must fail: a prefix that is not a directory of the KV.
+    fs-bad-prefix = { services.aspen = { inherit package; fs.mounts.default = defaultMount // { prefix = "fs/default"; }; }; };
+    # Must fail: a relative mount point.
+    fs-relative-mount-point = { services.aspen = { inherit package; fs.mounts.default = defaultMount // { mountPoint = "mnt/aspen"; }; }; };
+    # Must fail: two mounts at one place.
+    fs-same-mount-point = {
+      services.aspen = {
+        inherit package;
+        fs.mounts = { a = defaultMount; b = defaultMount // { mountPoint = "/mnt/aspen/"; }; };
+      };
+    };
+    # Must fail: a name that cannot be part of a unit's name.
+    fs-bad-name = { services.aspen = { inherit package; fs.mounts."my files" = defaultMount; }; };
+    # Must fail: no ticket named (there is no default: the cluster may be anywhere).
+    fs-no-ticket = {
+      services.aspen = { inherit package; fs.mounts.default = { mountPoint = "/mnt/aspen"; tokenFile = "/run/keys/aspen-fs.token"; }; };
+    };
+    # The microVM runner: an image installed at the default place, and QEMU with TCG.
+    vm = {
+      services.aspen = { inherit package; vm = { enable = true; image = drv "aspen-vm-image"; hypervisor = "qemu-tcg"; }; };
+    };
+    # Cloud Hypervisor, and an image put in place by hand.
+    vm-cloud-hypervisor = {
+      services.aspen = { inherit package; vm = { enable = true; imageDir = "/srv/vm-image"; hypervisor = "cloud-hypervisor"; }; };
+    };
+    # Must fail: the runner on a host that is not x86-64.
+    vm-on-aarch64 = { services.aspen = { inherit package; vm.enable = true; }; };
     # Must fail: joining from two tickets.
     two-tickets = {
       services.aspen = {
@@ -179,5 +264,7 @@ else
     firewall = config.networking.firewall.allowedUDPPorts;
     firewallTCP = config.networking.firewall.allowedTCPPorts;
     nix = config.nix.settings;
+    packages = map (p: { inherit (p) name; text = p.text or null; }) config.environment.systemPackages;
+    tmpfiles = config.systemd.tmpfiles.rules;
     inherit (config) warnings;
   }

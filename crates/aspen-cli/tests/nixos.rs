@@ -9,6 +9,13 @@
 //!   (`aspen-node ... --check-config`), so the module cannot set a flag the binary lacks;
 //! - the unit rendered from the module scores at most 2.0 in
 //!   `systemd-analyze security --offline=true`;
+//! - AspenFS mounts (`services.aspen.fs.mounts`) become `aspen-fs-NAME` units whose `ExecStart`
+//!   the real `aspen` accepts, which score at most 4.5 (a FUSE daemon cannot have the node's
+//!   sandbox, see below), and whose commands, run here as systemd would run them, mount a
+//!   prefix of a real node with FUSE, serve it, unmount on SIGTERM and clean up after SIGKILL;
+//!   wrong mounts fail with the module's messages;
+//! - the microVM runner's options (`services.aspen.vm`) install QEMU (and Cloud Hypervisor when
+//!   chosen), a wrapper whose command line the real `aspen vm run` accepts, and the image link;
 //! - `nix run .#cluster`'s script forms a working cluster.
 //!
 //! Needs `nix-instantiate` and `nix` (Debian's nix-bin) and `systemd-analyze`, which
@@ -56,8 +63,14 @@ fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_nix_file_parses() {
     let mut files = Vec::new();
     nix_files(&repo(), &mut files);
-    let expected =
-        ["flake.nix", "modules/aspen-node.nix", "vm-tests/cluster.nix", "vm-tests/cache.nix", "images/node.nix"];
+    let expected = [
+        "flake.nix",
+        "modules/aspen-node.nix",
+        "vm-tests/cluster.nix",
+        "vm-tests/cache.nix",
+        "vm-tests/fs.nix",
+        "images/node.nix",
+    ];
     for expected in expected {
         assert!(files.contains(&repo().join(expected)), "{expected} is missing");
     }
@@ -133,34 +146,90 @@ fn evaluate(lib: &Path, case: &str) -> Result<serde_json::Value, String> {
     }
 }
 
-/// Splits an `ExecStart` line as systemd does for these (words, single quotes).
+/// Splits an `Exec*` line as systemd does for these: words, single quotes, double quotes, and
+/// backslash escapes outside single quotes (`\"`, `\\`; what the module writes).
 fn split_exec(line: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
-    let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (c, quote) {
+            ('\'' | '"', None) => {
+                quote = Some(c);
                 in_word = true;
             }
-            ' ' if !quoted => {
+            (c, Some(q)) if c == q => quote = None,
+            ('\\', q) if q != Some('\'') => {
+                let escaped = chars.next().expect("a backslash escapes something");
+                assert!(matches!(escaped, '"' | '\\' | '\''), "an escape this splitter does not know: \\{escaped}");
+                word.push(escaped);
+                in_word = true;
+            }
+            (' ', None) => {
                 if in_word {
                     words.push(std::mem::take(&mut word));
                     in_word = false;
                 }
             }
-            c => {
+            (c, _) => {
                 word.push(c);
                 in_word = true;
             }
         }
     }
+    assert!(quote.is_none(), "an unclosed quote in {line}");
     if in_word {
         words.push(word);
     }
     words
+}
+
+/// One split word as the process gets it: systemd's specifiers (`%%`, and `%d`, the
+/// credentials directory) and then its variables (`$$`; the module writes no other).
+fn expand_word(word: &str, credentials: &Path) -> String {
+    let mut out = String::new();
+    let mut chars = word.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => match chars.next() {
+                Some('%') => out.push('%'),
+                Some('d') => out.push_str(credentials.to_str().unwrap()),
+                other => panic!("a specifier this test does not expect: %{other:?} in {word}"),
+            },
+            c => out.push(c),
+        }
+    }
+    let mut argv_word = String::new();
+    let mut chars = out.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' {
+            assert_eq!(chars.next(), Some('$'), "a variable systemd would expand in {word}");
+        }
+        argv_word.push(c);
+    }
+    argv_word
+}
+
+/// The argv systemd runs for an `Exec*` line.
+fn exec_argv(line: &str, credentials: &Path) -> Vec<String> {
+    split_exec(line).iter().map(|w| expand_word(w, credentials)).collect()
+}
+
+/// `systemd-analyze security --offline=true` of a unit rendered from an evaluated service.
+fn exposure(name: &str, service: &serde_json::Value) -> (f64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join(format!("{name}.service"));
+    std::fs::write(&unit, render_unit(service)).unwrap();
+    let out =
+        Command::new("systemd-analyze").args(["security", "--offline=true", "--no-pager"]).arg(&unit).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| {
+        panic!("{name}: no score from systemd-analyze:\n{text}\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    let score = line.split(':').nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
+    (score, text)
 }
 
 /// A unit file from the evaluated service, as NixOS renders one: lists become repeated keys.
@@ -223,19 +292,7 @@ fn the_module_evaluates_stays_in_step_with_the_binary_and_is_hardened() {
         );
 
         // Hardening, scored by systemd itself.
-        let dir = tempfile::tempdir().unwrap();
-        let unit = dir.path().join("aspen.service");
-        std::fs::write(&unit, render_unit(service)).unwrap();
-        let out = Command::new("systemd-analyze")
-            .args(["security", "--offline=true", "--no-pager"])
-            .arg(&unit)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| {
-            panic!("{case}: no score from systemd-analyze:\n{text}\n{}", String::from_utf8_lossy(&out.stderr))
-        });
-        let score: f64 = line.split(':').nth(1).and_then(|s| s.split_whitespace().next()).unwrap().parse().unwrap();
+        let (score, text) = exposure("aspen", service);
         assert!(score <= 2.0, "{case}: exposure {score} is over 2.0:\n{text}");
     }
 
@@ -323,6 +380,414 @@ fn the_module_evaluates_stays_in_step_with_the_binary_and_is_hardened() {
     }
 }
 
+fn aspen_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_aspen")
+}
+
+/// What no AspenFS unit may set: each gives the service a mount namespace of its own (or, for
+/// PrivateUsers, a user namespace without CAP_SYS_ADMIN over the host's mounts), from which
+/// the FUSE mount would never reach the host.
+const NAMESPACING: &[&str] = &[
+    "PrivateMounts",
+    "PrivateTmp",
+    "PrivateDevices",
+    "PrivateUsers",
+    "PrivateIPC",
+    "PrivateNetwork",
+    "ProtectSystem",
+    "ProtectHome",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectHostname",
+    "ProtectProc",
+    "ProcSubset",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "TemporaryFileSystem",
+    "BindPaths",
+    "BindReadOnlyPaths",
+    "MountFlags",
+    "DynamicUser",
+    "StateDirectory",
+];
+
+/// The source of the mount at `point` (`/proc/self/mountinfo`), if something is mounted there.
+fn mounted_source(point: &Path) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let point = point.to_str().unwrap();
+    table.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let target = left.split(' ').nth(4)?.replace("\\040", " ");
+        (target == point).then(|| right.split(' ').nth(1).unwrap_or_default().replace("\\040", " "))
+    })
+}
+
+#[test]
+fn aspenfs_mounts_and_the_vm_runner_evaluate_to_what_the_binary_accepts() {
+    let Some(lib) = nixpkgs_lib() else {
+        eprintln!("SKIPPED: no nixpkgs lib (set ASPEN_NIXPKGS_LIB, or keep ../shared/nixpkgs-lib beside the checkout)");
+        return;
+    };
+    let nowhere = tempfile::tempdir().unwrap();
+    let credentials = nowhere.path().join("credentials");
+
+    // Two mounts and one turned off: a unit for each mount that is on, after the node's.
+    let evaluated = evaluate(&lib, "fs-mounts").unwrap_or_else(|e| panic!("fs-mounts fails to evaluate:\n{e}"));
+    let services = evaluated["services"].as_object().unwrap();
+    let names: Vec<&str> = services.keys().map(String::as_str).collect();
+    assert_eq!(names, ["aspen", "aspen-fs-default", "aspen-fs-media"]);
+    let expected_args: [(&str, &[&str], &str, &[&str]); 2] = [
+        (
+            "aspen-fs-default",
+            &[
+                "--ticket-file",
+                "%/ticket",
+                "--token-file",
+                "%/token",
+                "fs",
+                "mount",
+                "/mnt/aspen",
+                "--prefix",
+                "fs/default/",
+                "--ttl-ms",
+                "60000",
+                "--unwatched-ttl-ms",
+                "1000",
+                "--op-timeout",
+                "30",
+                "--threads",
+                "2",
+            ],
+            "/mnt/aspen",
+            &["ticket:/var/lib/aspen/node.ticket", "token:/var/lib/aspen/root.token"],
+        ),
+        (
+            "aspen-fs-media",
+            &[
+                "--ticket-file",
+                "%/ticket",
+                "fs",
+                "mount",
+                "/srv/aspen media/100%",
+                "--prefix",
+                "team/media files/",
+                "--ttl-ms",
+                "5000",
+                "--unwatched-ttl-ms",
+                "250",
+                "--op-timeout",
+                "7",
+                "--threads",
+                "4",
+                "--allow-other",
+            ],
+            "/srv/aspen media/100%",
+            &["ticket:/run/keys/aspen.ticket"],
+        ),
+    ];
+    for (name, args, mount_point, loaded) in expected_args {
+        let service = &services[name];
+        let config = &service["serviceConfig"];
+        assert_eq!(config["Type"], "simple", "{name}");
+        assert_eq!(config["KillSignal"], "SIGTERM", "{name}");
+        assert_eq!(config["TimeoutStopSec"], "30s", "{name}");
+        assert_eq!(config["Restart"], "on-failure", "{name}");
+        assert_eq!(config["DevicePolicy"], "closed", "{name}");
+        assert_eq!(config["DeviceAllow"], serde_json::json!(["/dev/fuse rw"]), "{name}");
+        assert_eq!(config["CapabilityBoundingSet"], serde_json::json!(["CAP_SYS_ADMIN"]), "{name}");
+        assert_eq!(config["LoadCredential"], serde_json::json!(loaded), "{name}");
+        assert!(config.get("User").is_none(), "{name}: mount(2) needs root");
+        for key in NAMESPACING {
+            assert!(config.get(*key).is_none(), "{name} sets {key}, which would keep its mount from the host");
+        }
+        for key in ["wants", "after"] {
+            assert_eq!(service[key], serde_json::json!(["network-online.target", "aspen.service"]), "{name} {key}");
+        }
+        assert_eq!(service["wantedBy"], serde_json::json!(["multi-user.target"]), "{name}");
+
+        // What the daemon gets, word for word, and what the real binary makes of it: with the
+        // credentials missing, it gets past the parser and stops at the ticket (clap's own
+        // errors exit with 2).
+        let exec = config["ExecStart"].as_str().unwrap();
+        let argv = exec_argv(exec, &credentials);
+        assert_eq!(argv[0], "/aspen-package/bin/aspen", "{name}: {exec}");
+        let expected: Vec<String> =
+            args.iter().map(|a| a.replace("%/", &format!("{}/", credentials.display()))).collect();
+        assert_eq!(argv[1..], expected[..], "{name}: {exec}");
+        let out = Command::new(aspen_bin()).args(&argv[1..]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: aspen refuses what the module passes ({exec}):\n{stderr}");
+        assert!(stderr.contains("cannot read the ticket file"), "{name}: {stderr}");
+
+        let pre = exec_argv(config["ExecStartPre"].as_str().unwrap(), &credentials);
+        assert_eq!(pre, ["/usr/bin/mkdir", "-p", mount_point], "{name}");
+        let post = exec_argv(config["ExecStopPost"].as_str().unwrap(), &credentials);
+        let prefix = &args[args.iter().position(|a| *a == "--prefix").unwrap() + 1];
+        assert_eq!(post[..2], ["/bin/sh", "-c"], "{name}");
+        assert!(post[2].contains("umount --lazy"), "{name}: {post:?}");
+        assert_eq!(post[3..], ["aspen-fs-cleanup".to_string(), mount_point.into(), format!("aspenfs:{prefix}")]);
+
+        // Scored by systemd. A FUSE daemon cannot have the node's sandbox (about 1.2): it runs
+        // as root with CAP_SYS_ADMIN to call mount(2), and in the host's mount namespace, or
+        // its mount would stay inside the service; so no ProtectSystem, ProtectHome,
+        // PrivateTmp, PrivateDevices (DevicePolicy=closed and /dev/fuse instead), Protect-
+        // Kernel*, ProtectControlGroups, ProtectProc or PrivateUsers. What is left (no other
+        // capability, a system call allow list, no new privileges, no namespaces, no W^X
+        // mappings, network families only) scores about 4.0.
+        let (score, text) = exposure(name, service);
+        eprintln!("{name}: systemd-analyze security exposure {score}");
+        assert!(score <= 4.5, "{name}: exposure {score} is over 4.5:\n{text}");
+    }
+
+    // A mount on a machine without a node: no node to wait for.
+    let client = evaluate(&lib, "fs-client").unwrap();
+    let names: Vec<&str> = client["services"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(names, ["aspen-fs-shared"]);
+    assert_eq!(client["services"]["aspen-fs-shared"]["after"], serde_json::json!(["network-online.target"]));
+    let exec = client["services"]["aspen-fs-shared"]["serviceConfig"]["ExecStart"].as_str().unwrap();
+    assert!(exec.contains(" --prefix fs/shared/ "), "the prefix defaults to fs/NAME/: {exec}");
+
+    // The microVM runner: QEMU, the image linked into place, and a wrapper whose command the
+    // real `aspen vm run` parses (and stops at the missing image, exit 1; clap's errors are 2).
+    for (case, hypervisor, image_dir, tools, links) in [
+        (
+            "vm",
+            "qemu-tcg",
+            "/var/lib/aspen/vm-image",
+            &["qemu-host-cpu-only"][..],
+            &["L+ /var/lib/aspen/vm-image - - - - /aspen-vm-image"][..],
+        ),
+        (
+            "vm-cloud-hypervisor",
+            "cloud-hypervisor",
+            "/srv/vm-image",
+            &["qemu-host-cpu-only", "cloud-hypervisor"][..],
+            &[][..],
+        ),
+    ] {
+        let vm = evaluate(&lib, case).unwrap_or_else(|e| panic!("{case} fails to evaluate:\n{e}"));
+        assert_eq!(vm["services"], serde_json::json!({}), "{case}: the runner is a command, not a service");
+        assert_eq!(vm["tmpfiles"], serde_json::json!(links), "{case}");
+        let packages = vm["packages"].as_array().unwrap();
+        let names: Vec<&str> = packages.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        for tool in ["aspen", "aspen-vm-run"].iter().chain(tools) {
+            assert!(names.contains(tool), "{case}: {tool} is not installed: {names:?}");
+        }
+        let script = packages.iter().find(|p| p["name"] == "aspen-vm-run").unwrap()["text"].as_str().unwrap();
+        let path = script.lines().find_map(|l| l.strip_prefix("export PATH=")).unwrap();
+        for tool in tools {
+            assert!(
+                path.starts_with(&format!("/{}/bin", tools[0])) && path.contains(&format!("/{tool}/bin")),
+                "{path}"
+            );
+        }
+        let exec = script.lines().find_map(|l| l.strip_prefix("exec ")).unwrap();
+        let mut words = split_exec(exec);
+        assert_eq!(words.pop().as_deref(), Some("$@"), "{case}: the wrapper passes its arguments on: {exec}");
+        assert_eq!(words, ["/aspen-package/bin/aspen", "vm", "run", "--image", image_dir, "--hypervisor", hypervisor]);
+        let missing = nowhere.path().join("no-image");
+        words[4] = missing.to_str().unwrap().to_string();
+        let out = Command::new(aspen_bin()).args(&words[1..]).args(["--", "true"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: aspen refuses the wrapper's command ({exec}):\n{stderr}");
+        // The runner's own refusal (no image here, or no Cloud Hypervisor), not the parser's.
+        assert!(stderr.contains("no guest image") || stderr.contains("is not on PATH"), "{case}: {stderr}");
+    }
+
+    for (case, expected) in [
+        ("fs-bad-prefix", "services.aspen.fs.mounts.default.prefix \"fs/default\" must end in \"/\""),
+        (
+            "fs-relative-mount-point",
+            "services.aspen.fs.mounts.default.mountPoint \"mnt/aspen\" must be an absolute path",
+        ),
+        ("fs-same-mount-point", "two mounts at one place (/mnt/aspen)"),
+        ("fs-bad-name", "a mount's name becomes the unit aspen-fs-my files.service"),
+        ("fs-no-ticket", "`services.aspen.fs.mounts.default.ticketFile' was accessed but has no value defined"),
+        ("vm-on-aarch64", "on x86-64 hosts only"),
+    ] {
+        match evaluate(&lib, case) {
+            Ok(v) => panic!("case {case} evaluated: {v}"),
+            Err(message) => assert!(message.contains(expected), "case {case}: {message}"),
+        }
+    }
+}
+
+/// The mount unit's own commands, run as systemd runs them (argv from the evaluated unit, the
+/// credentials in a directory of their own) against a real node: ExecStartPre makes the mount
+/// point, ExecStart mounts the prefix with FUSE, a file written there is a key and a key put
+/// is a file, SIGTERM unmounts, and after a SIGKILL ExecStopPost detaches the dead mount; it
+/// leaves alone another file system mounted at the same place.
+#[test]
+fn the_aspenfs_unit_commands_mount_serve_and_clean_up() {
+    let Some(lib) = nixpkgs_lib() else {
+        eprintln!("SKIPPED: no nixpkgs lib (set ASPEN_NIXPKGS_LIB, or keep ../shared/nixpkgs-lib beside the checkout)");
+        return;
+    };
+    // SAFETY: geteuid cannot fail.
+    if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: the AspenFS unit test needs /dev/fuse and root, as the unit does");
+        return;
+    }
+    let evaluated = evaluate(&lib, "fs-mounts").unwrap();
+    let config = &evaluated["services"]["aspen-fs-default"]["serviceConfig"];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let mut node = Command::new(node_bin())
+        .args(["--data-dir", data.to_str().unwrap(), "--bind", "127.0.0.1:0", "--init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(data.join("node.ticket").exists() && data.join("root.token").exists()) {
+        assert!(Instant::now() < deadline, "the node wrote no ticket in time");
+        assert!(node.try_wait().unwrap().is_none(), "the node exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let node = KillOnDrop(node);
+
+    // What systemd would do: copy the credentials, and run each command with its argv.
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::copy(data.join("node.ticket"), credentials.join("ticket")).unwrap();
+    std::fs::copy(data.join("root.token"), credentials.join("token")).unwrap();
+    let point = dir.path().join("mnt/aspen");
+    // Whatever happens, nothing stays mounted in the temporary directory (a daemon still
+    // serving it sees its session end and exits).
+    struct DetachOnDrop(PathBuf);
+    impl Drop for DetachOnDrop {
+        fn drop(&mut self) {
+            while mounted_source(&self.0).is_some() {
+                let path = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+                // SAFETY: a valid NUL-terminated path.
+                if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    break;
+                }
+            }
+        }
+    }
+    let _detach = DetachOnDrop(point.clone());
+    let argv = |key: &str| -> Vec<String> {
+        exec_argv(config[key].as_str().unwrap(), &credentials)
+            .into_iter()
+            .map(|w| if w == "/mnt/aspen" { point.to_str().unwrap().to_string() } else { w })
+            .collect()
+    };
+    let aspen = |args: &[&str]| {
+        Command::new(aspen_bin())
+            .arg("--ticket-file")
+            .arg(data.join("node.ticket"))
+            .arg("--token-file")
+            .arg(data.join("root.token"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let run = |key: &str| {
+        let argv = argv(key);
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(out.status.success(), "{key} {argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let start = || {
+        let argv = argv("ExecStart");
+        assert_eq!(argv[0], "/aspen-package/bin/aspen");
+        let child = Command::new(aspen_bin())
+            .args(&argv[1..])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while mounted_source(&point).is_none() {
+            assert!(Instant::now() < deadline, "the prefix was not mounted in time");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    };
+    let within = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    run("ExecStartPre");
+    assert!(point.is_dir(), "ExecStartPre makes the mount point");
+    let mut daemon = start();
+    assert_eq!(mounted_source(&point).as_deref(), Some("aspenfs:fs/default/"));
+    std::fs::write(point.join("hello.txt"), "written through the mount\n").unwrap();
+    let get = aspen(&["kv", "get", "fs/default/hello.txt"]);
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    assert!(
+        get.stdout.windows(26).any(|w| w == b"written through the mount\n"),
+        "the file is a key: {:?}",
+        String::from_utf8_lossy(&get.stdout)
+    );
+    let put = aspen(&["kv", "put", "fs/default/from-kv.txt", "put as a key"]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    within("the key put shows in the mount", &|| {
+        std::fs::read_to_string(point.join("from-kv.txt")).is_ok_and(|t| t == "put as a key")
+    });
+
+    // Stopped the way systemd stops it: SIGTERM unmounts and exits 0, well within
+    // TimeoutStopSec; ExecStopPost then has nothing to do.
+    assert_eq!(config["TimeoutStopSec"], "30s");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(30), "no exit within TimeoutStopSec");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "SIGTERM: {status}: {stderr}");
+    assert_eq!(mounted_source(&point), None, "unmounted on SIGTERM");
+    run("ExecStopPost");
+    assert!(point.is_dir());
+
+    // Killed: the kernel keeps the dead mount until ExecStopPost detaches it.
+    let mut daemon = start();
+    assert_eq!(std::fs::read_to_string(point.join("hello.txt")).unwrap(), "written through the mount\n");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert_eq!(mounted_source(&point).as_deref(), Some("aspenfs:fs/default/"), "a dead mount stays");
+    let err = std::fs::read_dir(&point).map(drop).expect_err("a dead mount answers nothing");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    run("ExecStopPost");
+    assert_eq!(mounted_source(&point), None, "ExecStopPost detaches the dead mount");
+    assert!(point.is_dir());
+
+    // Another file system at the mount point is not the unit's to unmount.
+    let tmpfs = Command::new("mount").args(["-t", "tmpfs", "aspen-test-other"]).arg(&point).output().unwrap();
+    if tmpfs.status.success() {
+        run("ExecStopPost");
+        assert_eq!(mounted_source(&point).as_deref(), Some("aspen-test-other"), "ExecStopPost left it alone");
+        let out = Command::new("umount").arg(&point).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        eprintln!("(no tmpfs mount here: {})", String::from_utf8_lossy(&tmpfs.stderr).trim());
+    }
+    drop(node);
+}
+
 #[test]
 fn the_binary_refuses_contradicting_settings() {
     let dir = tempfile::tempdir().unwrap();
@@ -406,6 +871,7 @@ fn the_vm_test_script_compiles_and_names_its_machines() {
         ("cluster", &["node1", "node2", "node3", "node4"][..]),
         ("forge", &["alice", "bob"][..]),
         ("cache", &["client", "node"][..]),
+        ("fs", &["machine"][..]),
     ] {
         let expr = format!(
             "let t = import {}/vm-tests/{file}.nix {{ pkgs = {{ testers.runNixOSTest = a: a; jq = \"jq\"; git = \"git\"; }}; \

@@ -66,6 +66,13 @@ pub enum BenchCommand {
     /// sequential write and read MB/s, create, stat and unlink per second, a git clone.
     /// Needs root (for the mounts and drop_caches), git, and bindfs for its column.
     Fs(crate::cmd::bench_fs::BenchFsArgs),
+    /// MicroVMs on this host's hypervisor backend: boot to job start and job end to teardown
+    /// over RUNS VMs running `true` (p50, min, max, against the 2.5 s QEMU TCG boot target),
+    /// and VirtioFS measured inside the guest (sequential read MB/s of a READ_MIB file, a
+    /// `find` walk and `cat` of small files) over Aspen's backend beside `virtiofsd` serving
+    /// the same directory, a fresh VM per measurement, median of 3, with the ratio of each.
+    /// Needs a guest image (`aspen vm image build`); the virtiofsd column needs virtiofsd.
+    Vm(crate::cmd::bench_vm::BenchVmArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -158,6 +165,9 @@ pub async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<()> {
             }
             with_bench_cluster(|ticket, _| crate::cmd::bench_fs::run(ctx, &args, ticket)).await
         }
+        // Blocking, on this thread for the whole run: the hypervisor's parent-death signal
+        // follows the thread that spawns it.
+        BenchCommand::Vm(args) => tokio::task::block_in_place(|| crate::cmd::bench_vm::run(&args)),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bench_blob;
 pub mod bench_cache;
 pub mod bench_forge;
 pub mod bench_fs;
+pub mod bench_vm;
 pub mod blob;
 pub mod cache;
 pub mod cluster;
