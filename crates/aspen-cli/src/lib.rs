@@ -97,7 +97,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fs(cmd) => cmd::fs::run(&ctx, cmd).await,
         // Blocking: the runner spawns the hypervisor from the calling thread, which must live as
         // long as the VM (the hypervisor's parent-death signal follows that thread).
-        Command::Vm(cmd) => tokio::task::block_in_place(|| cmd::vm::run(cmd)),
+        Command::Vm(cmd) => tokio::task::block_in_place(|| cmd::vm::run(&ctx, cmd)),
         Command::Forge(cmd) => ctx.with_client(async |client| cmd::forge::run(&ctx, client, cmd).await).await,
         Command::Identity(cmd) => cmd::collab::run_identity(&ctx, cmd),
         Command::Issue(cmd) => ctx.with_client(async |client| cmd::collab::run_issue(&ctx, client, cmd).await).await,

@@ -251,6 +251,11 @@ impl AspenFs {
         Invalidator { state: self.state.clone(), watching: self.watching.clone() }
     }
 
+    /// The owner every file is shown with.
+    pub(crate) fn owner(&self) -> (u32, u32) {
+        (self.config.uid, self.config.gid)
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("fs state lock")
     }
@@ -323,38 +328,13 @@ impl AspenFs {
         st.keep_stat(ino, stat, epoch);
     }
 
-    fn child_path(&self, parent: INodeNo, name: &OsStr) -> Result<Vec<u8>, FsError> {
-        check_name(name.as_bytes())?;
-        let dir = self.state().path(parent.into())?;
-        Ok(join(&dir, name.as_bytes()))
+    fn child_path(&self, parent: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        check_name(name)?;
+        let dir = self.state().path(parent)?;
+        Ok(join(&dir, name))
     }
 
-    fn entry(&self, path: &[u8], reply: ReplyEntry) {
-        let epoch = self.state().epoch;
-        match self.block(self.store.lookup(path)) {
-            Ok(Some(found)) => {
-                let ino = {
-                    let mut st = self.state();
-                    let ino = st.remember(path, found.stat.kind);
-                    st.keep_stat(ino, &found.stat, epoch);
-                    ino
-                };
-                let stat = match self.state().open.get(&ino) {
-                    Some(open) => Self::open_stat(&open.lock().expect("open file lock")),
-                    None => found.stat,
-                };
-                reply.entry(&self.ttl(), &self.attr(ino, &stat), Generation(0));
-            }
-            Ok(None) => {
-                // A negative entry (inode 0): the kernel remembers the name is absent.
-                let none = Stat { kind: Kind::File, mode: 0, size: 0, mtime_ns: 0, explicit: false };
-                reply.entry(&self.ttl(), &self.attr(0, &none), Generation(0));
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-
-    fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         if self.watching.load(std::sync::atomic::Ordering::Relaxed) { self.config.watched_ttl } else { self.config.ttl }
     }
 
@@ -425,17 +405,6 @@ impl AspenFs {
         Ok(self.new_handle(Handle::File(ino)))
     }
 
-    /// Removes a file (`dir` false) or an empty directory, and forgets its path.
-    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<(), FsError> {
-        let path = self.child_path(parent, name)?;
-        match dir {
-            true => self.block(self.store.rmdir(&path))?,
-            false => self.block(self.store.unlink(&path))?,
-        }
-        self.state().mark_unlinked(&path);
-        Ok(())
-    }
-
     /// Drops a file handle, writing the file back first; the last handle frees the buffer.
     fn close_handle(&self, fh: FileHandle) -> Result<(), FsError> {
         let (ino, open) = self.file_of(fh).map_err(|_| FsError::BadHandle)?;
@@ -474,53 +443,55 @@ impl AspenFs {
     }
 }
 
-fn open_truncates(flags: OpenFlags) -> bool {
-    flags.0 & libc::O_TRUNC != 0
-}
+/// A looked-up name: its inode and attributes, or `None` for a name that does not exist
+/// (answered as a negative entry).
+pub(crate) type Looked = Option<(u64, Stat)>;
 
-impl Filesystem for AspenFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
-        Ok(())
+/// Takes one directory entry (inode, offset after it, kind, name); true when the reply is full.
+pub(crate) type AddDirEntry<'a> = dyn FnMut(u64, u64, Kind, &[u8]) -> bool + 'a;
+
+/// The operations, free of either FUSE transport: the kernel's (`fuser`, below) and a guest's
+/// over VirtioFS ([`crate::virtio`]). Inodes and handles are plain numbers; root is 1.
+impl AspenFs {
+    /// Resolves `path` to an inode the caller now holds one lookup of.
+    fn looked_up(&self, path: &[u8]) -> Result<Looked, FsError> {
+        let epoch = self.state().epoch;
+        let Some(found) = self.block(self.store.lookup(path))? else { return Ok(None) };
+        let ino = {
+            let mut st = self.state();
+            let ino = st.remember(path, found.stat.kind);
+            st.keep_stat(ino, &found.stat, epoch);
+            ino
+        };
+        let stat = match self.state().open.get(&ino) {
+            Some(open) => Self::open_stat(&open.lock().expect("open file lock")),
+            None => found.stat,
+        };
+        Ok(Some((ino, stat)))
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.child_path(parent, name) {
-            Ok(path) => self.entry(&path, reply),
-            Err(e) => reply.error(errno(&e)),
-        }
+    pub(crate) fn op_lookup(&self, parent: u64, name: &[u8]) -> Result<Looked, FsError> {
+        let path = self.child_path(parent, name)?;
+        self.looked_up(&path)
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.state().forget(ino.into(), nlookup);
+    pub(crate) fn op_forget(&self, ino: u64, n: u64) {
+        self.state().forget(ino, n);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.stat_of(ino.into()) {
-            Ok(stat) => reply.attr(&self.ttl(), &self.attr(ino.into(), &stat)),
-            Err(e) => reply.error(errno(&e)),
-        }
+    pub(crate) fn op_getattr(&self, ino: u64) -> Result<Stat, FsError> {
+        self.stat_of(ino)
     }
 
-    fn setattr(
+    /// Changes mode, size (files) and mtime; `None` leaves each as it is.
+    pub(crate) fn op_setattr(
         &self,
-        _req: &Request,
-        ino: INodeNo,
+        ino_n: u64,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        let ino_n: u64 = ino.into();
-        let result = (|| -> Result<Stat, FsError> {
+        mtime: Option<u64>,
+    ) -> Result<Stat, FsError> {
+        let stat = (|| -> Result<Stat, FsError> {
             let path = self.state().path(ino_n)?;
             let found = match self.state().open.contains_key(&ino_n) {
                 true => None,
@@ -544,7 +515,7 @@ impl Filesystem for AspenFs {
                             file.mode = mode & 0o7777;
                         }
                         if let Some(t) = mtime {
-                            file.mtime_ns = ns_of(t);
+                            file.mtime_ns = t;
                         }
                         file.dirty = true;
                     }
@@ -565,63 +536,246 @@ impl Filesystem for AspenFs {
                         return Ok(stat);
                     }
                     stat.mode = mode.map(|m| m & 0o7777).unwrap_or(stat.mode);
-                    stat.mtime_ns = mtime.map(ns_of).unwrap_or(stat.mtime_ns);
+                    stat.mtime_ns = mtime.unwrap_or(stat.mtime_ns);
                     self.block(self.store.write_dir(&path, stat.mode, stat.mtime_ns))?;
                     stat.explicit = true;
                     Ok(stat)
                 }
             }
-        })();
-        match result {
-            Ok(stat) => {
-                self.wrote_stat(ino_n, &stat);
-                reply.attr(&self.ttl(), &self.attr(ino_n, &stat))
+        })()?;
+        self.wrote_stat(ino_n, &stat);
+        Ok(stat)
+    }
+
+    pub(crate) fn op_readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let path = self.state().path(ino)?;
+        match self.block(self.store.lookup(&path))? {
+            Some(Found { record: Some(Record::Symlink { target, .. }), .. }) => Ok(target),
+            Some(_) => Err(FsError::Invalid("not a symlink".into())),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    pub(crate) fn op_mkdir(&self, parent: u64, name: &[u8], mode: u32) -> Result<Looked, FsError> {
+        let path = self.child_path(parent, name)?;
+        self.block(self.store.mkdir(&path, mode & 0o7777))?;
+        self.looked_up(&path)
+    }
+
+    pub(crate) fn op_symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<Looked, FsError> {
+        let path = self.child_path(parent, name)?;
+        let record = Record::Symlink { target: target.to_vec(), mtime_ns: now_ns() };
+        self.block(self.store.create(&path, &record))?;
+        self.looked_up(&path)
+    }
+
+    /// Removes a file (`dir` false) or an empty directory, and forgets its path.
+    pub(crate) fn op_remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<(), FsError> {
+        let path = self.child_path(parent, name)?;
+        match dir {
+            true => self.block(self.store.rmdir(&path))?,
+            false => self.block(self.store.unlink(&path))?,
+        }
+        self.state().mark_unlinked(&path);
+        Ok(())
+    }
+
+    pub(crate) fn op_rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        noreplace: bool,
+    ) -> Result<(), FsError> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(newparent, newname)?;
+        // Whatever this mount buffered for the source is written first, so it moves.
+        let ino = self.state().paths.get(&from).copied();
+        if let Some(ino) = ino {
+            self.write_back(ino)?;
+        }
+        self.block(self.store.rename(&from, &to, noreplace))?;
+        self.state().renamed(&from, &to);
+        Ok(())
+    }
+
+    pub(crate) fn op_open(&self, ino: u64, truncate: bool) -> Result<u64, FsError> {
+        self.open_file(ino, truncate).map(|fh| fh.0)
+    }
+
+    pub(crate) fn op_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let (_, open) = self.file_of(FileHandle(fh))?;
+        let mut file = open.lock().expect("open file lock");
+        self.block(file.content.read(self.chunks(), offset, size as usize))
+    }
+
+    pub(crate) fn op_write(&self, fh: u64, offset: u64, data: &[u8], append: bool) -> Result<u32, FsError> {
+        let (_, open) = self.file_of(FileHandle(fh))?;
+        let mut file = open.lock().expect("open file lock");
+        let offset = if append { file.content.size() } else { offset };
+        self.block(file.content.write(self.chunks(), offset, data))?;
+        file.dirty = true;
+        file.mtime_ns = now_ns();
+        Ok(data.len() as u32)
+    }
+
+    /// Writes an open file back (close's flush, and fsync).
+    pub(crate) fn op_flush(&self, fh: u64) -> Result<(), FsError> {
+        self.file_of(FileHandle(fh)).and_then(|(ino, _)| self.write_back(ino))
+    }
+
+    pub(crate) fn op_release(&self, fh: u64) -> Result<(), FsError> {
+        self.close_handle(FileHandle(fh))
+    }
+
+    pub(crate) fn op_opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let path = self.state().path(ino)?;
+        let entries = self.block(self.store.list(&path))?;
+        Ok(self.new_handle(Handle::Dir(entries)).0)
+    }
+
+    /// Lists a directory from `offset` (1 is ".", 2 "..", 3 + i the i-th entry): `add` gets each
+    /// entry's inode, the offset after it, its kind and name, and returns true when full.
+    pub(crate) fn op_readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        add: &mut AddDirEntry<'_>,
+    ) -> Result<(), FsError> {
+        let st = self.state();
+        let Some(Handle::Dir(entries)) = st.handles.get(&fh) else { return Err(FsError::BadHandle) };
+        let dir = st.inodes.get(&ino).map(|i| i.path.clone()).unwrap_or_default();
+        let mut at = offset;
+        while at < 2 {
+            let name: &[u8] = if at == 0 { b"." } else { b".." };
+            if add(ino, at + 1, Kind::Dir, name) {
+                return Ok(());
             }
+            at += 1;
+        }
+        for (i, entry) in entries.iter().enumerate().skip((at - 2) as usize) {
+            let path = join(&dir, &entry.name);
+            let (child_ino, kind) = match st.paths.get(&path) {
+                Some(ino) => (*ino, st.inodes.get(ino).map(|i| i.kind).unwrap_or(entry.kind)),
+                // Not looked up yet: a number outside the ones handed out, for `d_ino` only.
+                None => (u64::MAX - i as u64, entry.kind),
+            };
+            if add(child_ino, 3 + i as u64, kind, &entry.name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn op_releasedir(&self, fh: u64) {
+        self.state().handles.remove(&fh);
+    }
+
+    /// Creates (or, without `O_EXCL`, opens) a file and returns its inode, attributes and handle.
+    pub(crate) fn op_create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(u64, Stat, u64), FsError> {
+        let path = self.child_path(parent, name)?;
+        let record = Record::File { mode: mode & 0o7777, mtime_ns: now_ns(), data: FileData::Inline(Vec::new()) };
+        match self.block(self.store.create(&path, &record)) {
+            Ok(_) => {}
+            // Without O_EXCL an existing file is opened (the kernel's lookup raced a creator).
+            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {}
+            Err(e) => return Err(e),
+        }
+        let ino = self.state().remember(&path, Kind::File);
+        let fh = self.open_file(ino, flags & libc::O_TRUNC != 0)?;
+        let stat = self.stat_of(ino)?;
+        Ok((ino, stat, fh.0))
+    }
+}
+
+fn open_truncates(flags: OpenFlags) -> bool {
+    flags.0 & libc::O_TRUNC != 0
+}
+
+impl AspenFs {
+    fn reply_entry(&self, looked: Result<Looked, FsError>, reply: ReplyEntry) {
+        match looked {
+            Ok(Some((ino, stat))) => reply.entry(&self.ttl(), &self.attr(ino, &stat), Generation(0)),
+            // A negative entry (inode 0): the kernel remembers the name is absent.
+            Ok(None) => reply.entry(&self.ttl(), &self.attr(0, &Stat::absent()), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+impl Filesystem for AspenFs {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.reply_entry(self.op_lookup(parent.into(), name.as_bytes()), reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.op_forget(ino.into(), nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.op_getattr(ino.into()) {
+            Ok(stat) => reply.attr(&self.ttl(), &self.attr(ino.into(), &stat)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.op_setattr(ino.into(), mode, size, mtime.map(ns_of)) {
+            Ok(stat) => reply.attr(&self.ttl(), &self.attr(ino.into(), &stat)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let result = self.state().path(ino.into()).and_then(|path| self.block(self.store.lookup(&path)));
-        match result {
-            Ok(Some(found)) => match found.record {
-                Some(Record::Symlink { target, .. }) => reply.data(&target),
-                _ => reply.error(Errno::EINVAL),
-            },
-            Ok(None) => reply.error(Errno::ENOENT),
+        match self.op_readlink(ino.into()) {
+            Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let result = self.child_path(parent, name).and_then(|path| {
-            self.block(self.store.mkdir(&path, mode & !umask & 0o7777))?;
-            Ok(path)
-        });
-        match result {
-            Ok(path) => self.entry(&path, reply),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.reply_entry(self.op_mkdir(parent.into(), name.as_bytes(), mode & !umask), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        answer(self.remove(parent, name, false), reply);
+        answer(self.op_remove(parent.into(), name.as_bytes(), false), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        answer(self.remove(parent, name, true), reply);
+        answer(self.op_remove(parent.into(), name.as_bytes(), true), reply);
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let result = self.child_path(parent, link_name).and_then(|path| {
-            let record = Record::Symlink { target: target.as_os_str().as_bytes().to_vec(), mtime_ns: now_ns() };
-            self.block(self.store.create(&path, &record))?;
-            Ok(path)
-        });
-        match result {
-            Ok(path) => self.entry(&path, reply),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.reply_entry(self.op_symlink(parent.into(), link_name.as_bytes(), target.as_os_str().as_bytes()), reply);
     }
 
     fn rename(
@@ -638,24 +792,13 @@ impl Filesystem for AspenFs {
             reply.error(Errno::EINVAL);
             return;
         }
-        let result = (|| -> Result<(), FsError> {
-            let from = self.child_path(parent, name)?;
-            let to = self.child_path(newparent, newname)?;
-            // Whatever this mount buffered for the source is written first, so it moves.
-            let ino = self.state().paths.get(&from).copied();
-            if let Some(ino) = ino {
-                self.write_back(ino)?;
-            }
-            self.block(self.store.rename(&from, &to, flags.contains(RenameFlags::RENAME_NOREPLACE)))?;
-            self.state().renamed(&from, &to);
-            Ok(())
-        })();
-        answer(result, reply);
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        answer(self.op_rename(parent.into(), name.as_bytes(), newparent.into(), newname.as_bytes(), noreplace), reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_file(ino.into(), open_truncates(flags)) {
-            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+        match self.op_open(ino.into(), open_truncates(flags)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -671,14 +814,8 @@ impl Filesystem for AspenFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.file_of(fh) {
-            Ok((_, open)) => {
-                let mut file = open.lock().expect("open file lock");
-                match self.block(file.content.read(self.chunks(), offset, size as usize)) {
-                    Ok(bytes) => reply.data(&bytes),
-                    Err(e) => reply.error(errno(&e)),
-                }
-            }
+        match self.op_read(fh.0, offset, size) {
+            Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -695,26 +832,18 @@ impl Filesystem for AspenFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let result = self.file_of(fh).and_then(|(_, open)| {
-            let mut file = open.lock().expect("open file lock");
-            let offset = if flags.0 & libc::O_APPEND != 0 { file.content.size() } else { offset };
-            self.block(file.content.write(self.chunks(), offset, data))?;
-            file.dirty = true;
-            file.mtime_ns = now_ns();
-            Ok(data.len() as u32)
-        });
-        match result {
+        match self.op_write(fh.0, offset, data, flags.0 & libc::O_APPEND != 0) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        answer(self.file_of(fh).and_then(|(ino, _)| self.write_back(ino)), reply);
+        answer(self.op_flush(fh.0), reply);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        answer(self.file_of(fh).and_then(|(ino, _)| self.write_back(ino)), reply);
+        answer(self.op_flush(fh.0), reply);
     }
 
     fn release(
@@ -727,50 +856,28 @@ impl Filesystem for AspenFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        answer(self.close_handle(fh), reply);
+        answer(self.op_release(fh.0), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let result = self.state().path(ino.into()).and_then(|path| self.block(self.store.list(&path)));
-        match result {
-            Ok(entries) => reply.opened(self.new_handle(Handle::Dir(entries)), FopenFlags::empty()),
+        match self.op_opendir(ino.into()) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let st = self.state();
-        let Some(Handle::Dir(entries)) = st.handles.get(&fh.0) else {
-            reply.error(Errno::EBADF);
-            return;
-        };
-        let dir = st.inodes.get(&u64::from(ino)).map(|i| i.path.clone()).unwrap_or_default();
-        // Offsets: 1 is ".", 2 is "..", 3 + i is entries[i].
-        let mut at = offset;
-        while at < 2 {
-            let name = if at == 0 { "." } else { ".." };
-            if reply.add(ino, at + 1, FileType::Directory, name) {
-                reply.ok();
-                return;
-            }
-            at += 1;
+        let result = self.op_readdir(ino.into(), fh.0, offset, &mut |ino, next, kind, name| {
+            reply.add(INodeNo(ino), next, file_type(kind), OsStr::from_bytes(name))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        for (i, entry) in entries.iter().enumerate().skip((at - 2) as usize) {
-            let path = join(&dir, &entry.name);
-            let (child_ino, kind) = match st.paths.get(&path) {
-                Some(ino) => (*ino, st.inodes.get(ino).map(|i| i.kind).unwrap_or(entry.kind)),
-                // Not looked up yet: a number outside the ones handed out, for `d_ino` only.
-                None => (u64::MAX - i as u64, entry.kind),
-            };
-            if reply.add(INodeNo(child_ino), 3 + i as u64, file_type(kind), OsStr::from_bytes(&entry.name)) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.state().handles.remove(&fh.0);
+        self.op_releasedir(fh.0);
         reply.ok();
     }
 
@@ -822,25 +929,9 @@ impl Filesystem for AspenFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = (|| -> Result<(u64, Stat, FileHandle), FsError> {
-            let path = self.child_path(parent, name)?;
-            let mode = mode & !umask & 0o7777;
-            let mtime_ns = now_ns();
-            let record = Record::File { mode, mtime_ns, data: FileData::Inline(Vec::new()) };
-            match self.block(self.store.create(&path, &record)) {
-                Ok(_) => {}
-                // Without O_EXCL an existing file is opened (the kernel's lookup raced a creator).
-                Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {}
-                Err(e) => return Err(e),
-            }
-            let ino = self.state().remember(&path, Kind::File);
-            let fh = self.open_file(ino, flags & libc::O_TRUNC != 0)?;
-            let stat = self.stat_of(ino)?;
-            Ok((ino, stat, fh))
-        })();
-        match result {
+        match self.op_create(parent.into(), name.as_bytes(), mode & !umask, flags) {
             Ok((ino, stat, fh)) => {
-                reply.created(&self.ttl(), &self.attr(ino, &stat), Generation(0), fh, FopenFlags::empty())
+                reply.created(&self.ttl(), &self.attr(ino, &stat), Generation(0), FileHandle(fh), FopenFlags::empty())
             }
             Err(e) => reply.error(errno(&e)),
         }

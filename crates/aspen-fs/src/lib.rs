@@ -15,8 +15,10 @@ pub mod fuse;
 pub mod mount;
 pub mod record;
 pub mod store;
+pub mod virtio;
 
 pub use content::{BlobChunks, ChunkStore};
 pub use fuse::{AspenFs, FsConfig};
 pub use mount::{Mount, MountOptions, mount};
 pub use store::{FsError, FsStore};
+pub use virtio::VirtioFs;

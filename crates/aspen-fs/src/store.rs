@@ -112,6 +112,13 @@ pub struct Stat {
     pub explicit: bool,
 }
 
+impl Stat {
+    /// The attributes answered with a negative entry (a name that does not exist).
+    pub(crate) fn absent() -> Stat {
+        Stat { kind: Kind::File, mode: 0, size: 0, mtime_ns: 0, explicit: false }
+    }
+}
+
 /// A path's attributes and, for files and symlinks, its record (holding the bytes).
 #[derive(Debug, Clone)]
 pub struct Found {

@@ -25,6 +25,9 @@ use aspen_vm_agent::{
 
 use crate::hypervisor::{Hypervisor, LaunchPlan, command_line};
 use crate::image::GuestImage;
+use aspen_fs::{AspenFs, ChunkStore, FsConfig, FsStore, VirtioFs};
+use aspen_kv::SharedKv;
+
 use crate::readonly::ReadOnly;
 use crate::virtiofs::{ShareError, ShareServer, passthrough};
 
@@ -46,8 +49,8 @@ const USER_NET: (&str, &str, &str) = ("10.0.2.15/24", "10.0.2.2", "10.0.2.3");
 pub struct Share {
     /// The virtiofs tag (unique per VM).
     pub tag: String,
-    /// The host directory.
-    pub host_dir: PathBuf,
+    /// What the guest sees there.
+    pub source: ShareSource,
     /// Where the guest mounts it.
     pub guest_path: String,
     /// Read-only: mounted so in the guest and refused by Aspen's backend on the host (an
@@ -55,6 +58,48 @@ pub struct Share {
     pub read_only: bool,
     /// Which VirtioFS backend serves it.
     pub backend: ShareBackend,
+}
+
+/// What a share shows the guest.
+#[derive(Debug, Clone)]
+pub enum ShareSource {
+    /// A host directory (a job's workspace).
+    Dir(PathBuf),
+    /// A KV prefix as AspenFS shows it, served straight from the cluster (no host mount).
+    Kv(KvShare),
+}
+
+/// A KV prefix served as a filesystem to a guest, through the caller's cluster client.
+#[derive(Clone)]
+pub struct KvShare {
+    /// The cluster's KV, with the caller's token.
+    pub kv: SharedKv,
+    /// Where files past one KV value keep their chunks (without it they cannot be written).
+    pub chunks: Option<Arc<dyn ChunkStore>>,
+    /// The prefix, ending in '/'.
+    pub prefix: String,
+    /// The runtime the cluster client runs on.
+    pub runtime: tokio::runtime::Handle,
+    /// How long one filesystem request may wait for the cluster (EIO after).
+    pub op_timeout: Duration,
+    /// How long the guest keeps entries and attributes: it is not told of changes made
+    /// elsewhere, so this is how stale its view may be.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for KvShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvShare").field("prefix", &self.prefix).field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl KvShare {
+    fn filesystem(&self) -> Result<VirtioFs, VmError> {
+        let store = FsStore::new(self.kv.clone(), self.prefix.clone().into_bytes(), self.op_timeout)
+            .map_err(|e| VmError::Invalid(format!("share of KV prefix {:?}: {e}", self.prefix)))?;
+        let config = FsConfig { ttl: self.ttl, watched_ttl: self.ttl, uid: 0, gid: 0 };
+        Ok(VirtioFs(AspenFs::new(store, self.chunks.clone(), self.runtime.clone(), config)))
+    }
 }
 
 /// The process that serves a share over vhost-user-fs.
@@ -420,13 +465,27 @@ pub fn run_job(spec: &VmSpec, job: &JobSpec, on_event: &mut dyn FnMut(VmEvent<'_
     let mut sockets = Vec::new();
     for (i, share) in spec.shares.iter().enumerate() {
         let socket = vm.runtime.path.join(format!("fs{i}.sock"));
-        match &share.backend {
-            ShareBackend::Aspen if share.read_only => {
-                vm.servers.push(ShareServer::start(&socket, ReadOnly(passthrough(&share.host_dir)?))?)
+        match (&share.source, &share.backend) {
+            (ShareSource::Dir(dir), ShareBackend::Aspen) if share.read_only => {
+                vm.servers.push(ShareServer::start(&socket, ReadOnly(passthrough(dir)?))?)
             }
-            ShareBackend::Aspen => vm.servers.push(ShareServer::start(&socket, passthrough(&share.host_dir)?)?),
-            ShareBackend::External { program, args } => {
-                start_external_backend(&mut vm, program, args, &socket, &share.host_dir, deadline)?
+            (ShareSource::Dir(dir), ShareBackend::Aspen) => {
+                vm.servers.push(ShareServer::start(&socket, passthrough(dir)?)?)
+            }
+            (ShareSource::Kv(kv), ShareBackend::Aspen) if share.read_only => {
+                vm.servers.push(ShareServer::start(&socket, ReadOnly(kv.filesystem()?))?)
+            }
+            (ShareSource::Kv(kv), ShareBackend::Aspen) => {
+                vm.servers.push(ShareServer::start(&socket, kv.filesystem()?)?)
+            }
+            (ShareSource::Dir(dir), ShareBackend::External { program, args }) => {
+                start_external_backend(&mut vm, program, args, &socket, dir, deadline)?
+            }
+            (ShareSource::Kv(_), ShareBackend::External { .. }) => {
+                return Err(VmError::Invalid(format!(
+                    "share {:?}: an external backend serves directories only",
+                    share.tag
+                )));
             }
         }
         sockets.push(socket);

@@ -11,7 +11,7 @@ use aspen_testkit::harness::{TestCluster, aspen_bin};
 use aspen_vm::doctor::{QEMU_BINARY, find_in_path};
 use aspen_vm::hypervisor::{Accel, Hypervisor};
 use aspen_vm::image::GuestImage;
-use aspen_vm::runner::{JobSpec, JobStatus, Share, ShareBackend, VmEvent, VmSpec, run_job};
+use aspen_vm::runner::{JobSpec, JobStatus, Share, ShareBackend, ShareSource, VmEvent, VmSpec, run_job};
 use aspen_vm_agent::ExitStatus;
 
 fn image() -> Option<GuestImage> {
@@ -159,7 +159,7 @@ fn a_guest_reads_and_writes_the_aspenfs_view_of_a_prefix_over_virtiofs() {
         memory_mib: 256,
         shares: vec![Share {
             tag: "kv".into(),
-            host_dir: point.clone(),
+            source: ShareSource::Dir(point.clone()),
             guest_path: "/kv".into(),
             read_only: false,
             backend: ShareBackend::Aspen,
@@ -204,4 +204,53 @@ fn a_guest_reads_and_writes_the_aspenfs_view_of_a_prefix_over_virtiofs() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!is_mounted(&point), "unmounted on SIGTERM");
+}
+
+#[test]
+fn aspen_vm_run_serves_a_kv_prefix_to_the_guest_without_a_host_mount() {
+    let Some(image) = image() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cluster = rt.block_on(TestCluster::start(1));
+    let client = rt.block_on(cluster.client());
+    rt.block_on(client.put("fs/direct/config", b"version 1\n".to_vec())).unwrap();
+    rt.block_on(client.put("fs/direct/docs/readme", b"read me\n".to_vec())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ticket_file = dir.path().join("ticket");
+    std::fs::write(&ticket_file, cluster.nodes.node_ticket(0).unwrap()).unwrap();
+
+    // The guest prints the value, then waits for a change made through the KV while it runs
+    // (it has no watch: it sees it once its 1 s cache lapses), writes a file, and finds the
+    // read-only share refusing a write.
+    let script = "cat /kv/config /kv/docs/readme; \
+                  i=0; until grep -q 'version 2' /kv/config || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done; \
+                  cat /kv/config; mkdir /kv/out && echo from the guest > /kv/out/result; \
+                  echo nope > /ro/x 2>/dev/null || echo refused; ls /kv";
+    let mut runner = Command::new(aspen_bin())
+        .args(["vm", "run", "--hypervisor", "qemu-tcg", "--memory-mib", "256"])
+        .arg("--image")
+        .arg(image.kernel.parent().unwrap())
+        .args(["--share-kv", "kv:fs/direct/:/kv", "--share-kv", "ro:fs/direct/:/ro:ro", "--", "sh", "-c", script])
+        .env("ASPEN_TICKET_FILE", &ticket_file)
+        .env("ASPEN_TOKEN", cluster.token.encode())
+        .env_remove("ASPEN_TICKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aspen vm run");
+    let mut stdout = BufReader::new(runner.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "version 1\n");
+    rt.block_on(client.put("fs/direct/config", b"version 2\n".to_vec())).unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = runner.wait().unwrap();
+    let mut stderr = String::new();
+    runner.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(rest, "read me\nversion 2\nrefused\nconfig\ndocs\nout\n");
+    let stored = rt.block_on(client.get("fs/direct/out/result", aspen_core::api::ReadConsistency::Linearizable));
+    let stored = stored.unwrap().expect("the guest's file is a key in the cluster");
+    assert!(stored.value.ends_with(b"from the guest\n"), "{:?}", stored.value);
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use aspen_vm::doctor::{QEMU_BINARY, find_in_path};
 use aspen_vm::hypervisor::{Accel, Hypervisor};
 use aspen_vm::image::GuestImage;
-use aspen_vm::runner::{JobSpec, JobStatus, Outcome, Share, ShareBackend, VmError, VmEvent, VmSpec, run_job};
+use aspen_vm::runner::{
+    JobSpec, JobStatus, Outcome, Share, ShareBackend, ShareSource, VmError, VmEvent, VmSpec, run_job,
+};
 use aspen_vm_agent::ExitStatus;
 
 /// Generous: TCG boots in about 2.5 s on an idle machine, CI machines are slower and busy.
@@ -34,7 +36,7 @@ fn spec(image: GuestImage, shares: Vec<Share>) -> VmSpec {
 fn share(tag: &str, dir: &Path, guest: &str) -> Share {
     Share {
         tag: tag.into(),
-        host_dir: dir.to_path_buf(),
+        source: ShareSource::Dir(dir.to_path_buf()),
         guest_path: guest.into(),
         read_only: false,
         backend: ShareBackend::Aspen,

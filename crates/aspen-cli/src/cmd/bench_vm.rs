@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use aspen_vm::doctor::{HypervisorChoice, default_image_dir, find_in_path, pick_hypervisor};
 use aspen_vm::hypervisor::{Accel, Hypervisor};
 use aspen_vm::image::GuestImage;
-use aspen_vm::runner::{JobSpec, JobStatus, Outcome, Share, ShareBackend, VmEvent, VmSpec, run_job};
+use aspen_vm::runner::{JobSpec, JobStatus, Outcome, Share, ShareBackend, ShareSource, VmEvent, VmSpec, run_job};
 use rand::RngCore as _;
 
 use crate::cmd::cluster::spinner;
@@ -137,7 +137,7 @@ pub fn run(args: &BenchVmArgs) -> anyhow::Result<()> {
         memory_mib: args.memory_mib,
         shares: vec![Share {
             tag: SHARE_TAG.into(),
-            host_dir: host_dir.clone(),
+            source: ShareSource::Dir(host_dir.clone()),
             guest_path: GUEST_DIR.into(),
             read_only: false,
             backend,

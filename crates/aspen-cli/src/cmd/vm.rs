@@ -7,7 +7,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use aspen_vm::doctor::{HypervisorChoice, default_image_dir, doctor, pick_hypervisor};
 use aspen_vm::image::{GuestImage, ImageSpec, KernelSource};
-use aspen_vm::runner::{JobSpec, JobStatus, Share, VmEvent, VmSpec, run_job};
+use std::sync::Arc;
+
+use aspen_blob::BlobClient;
+use aspen_fs::{BlobChunks, ChunkStore};
+use aspen_kv::SharedKv;
+use aspen_vm::runner::{JobSpec, JobStatus, KvShare, Share, ShareSource, VmEvent, VmSpec, run_job};
+
+use crate::context::Ctx;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VmCommand {
@@ -70,6 +77,11 @@ pub struct RunArgs {
     /// A host directory shared over VirtioFS: TAG:HOST_DIR:GUEST_PATH[:ro]. Repeatable.
     #[arg(long = "share", value_name = "TAG:HOST_DIR:GUEST_PATH[:ro]")]
     shares: Vec<String>,
+    /// A KV prefix shown to the guest as a filesystem (AspenFS) over VirtioFS, served straight
+    /// from the cluster with this command's ticket and token: TAG:PREFIX:GUEST_PATH[:ro].
+    /// Repeatable. The guest is not told of changes made elsewhere; it sees them within 1 s.
+    #[arg(long = "share-kv", value_name = "TAG:PREFIX:GUEST_PATH[:ro]")]
+    kv_shares: Vec<String>,
     /// Give the guest a network (QEMU user-mode networking). Off by default.
     #[arg(long)]
     network: bool,
@@ -99,12 +111,12 @@ pub struct RunArgs {
     argv: Vec<String>,
 }
 
-pub fn run(cmd: VmCommand) -> anyhow::Result<()> {
-    let code = run_command(cmd)?;
+pub fn run(ctx: &Ctx, cmd: VmCommand) -> anyhow::Result<()> {
+    let code = run_command(ctx, cmd)?;
     if code == 0 { Ok(()) } else { Err(crate::context::ExitWith(code).into()) }
 }
 
-fn run_command(cmd: VmCommand) -> anyhow::Result<u8> {
+fn run_command(ctx: &Ctx, cmd: VmCommand) -> anyhow::Result<u8> {
     match cmd {
         VmCommand::Doctor { image } => {
             let image = image.unwrap_or_else(default_image_dir);
@@ -132,7 +144,7 @@ fn run_command(cmd: VmCommand) -> anyhow::Result<u8> {
             println!("{}", image.initramfs.display());
             Ok(0)
         }
-        VmCommand::Run(args) => run_vm(args),
+        VmCommand::Run(args) => run_vm(ctx, args),
     }
 }
 
@@ -146,21 +158,52 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn parse_share(spec: &str) -> anyhow::Result<Share> {
+/// Splits TAG:SOURCE:GUEST_PATH[:ro].
+fn split_share<'a>(flag: &str, what: &str, spec: &'a str) -> anyhow::Result<(&'a str, &'a str, &'a str, bool)> {
     let parts: Vec<&str> = spec.split(':').collect();
-    let (tag, host, guest, read_only) = match parts.as_slice() {
-        [tag, host, guest] => (tag, host, guest, false),
-        [tag, host, guest, "ro"] => (tag, host, guest, true),
-        _ => bail!("--share {spec:?}: expected TAG:HOST_DIR:GUEST_PATH or TAG:HOST_DIR:GUEST_PATH:ro"),
-    };
-    let host_dir = Path::new(host).canonicalize().with_context(|| format!("--share {spec:?}: host dir {host}"))?;
-    Ok(Share { tag: tag.to_string(), host_dir, guest_path: guest.to_string(), read_only, backend: Default::default() })
+    match parts.as_slice() {
+        [tag, source, guest] => Ok((tag, source, guest, false)),
+        [tag, source, guest, "ro"] => Ok((tag, source, guest, true)),
+        _ => bail!("{flag} {spec:?}: expected TAG:{what}:GUEST_PATH or TAG:{what}:GUEST_PATH:ro"),
+    }
 }
 
-fn run_vm(args: RunArgs) -> anyhow::Result<u8> {
+fn parse_share(spec: &str) -> anyhow::Result<Share> {
+    let (tag, host, guest, read_only) = split_share("--share", "HOST_DIR", spec)?;
+    let host_dir = Path::new(host).canonicalize().with_context(|| format!("--share {spec:?}: host dir {host}"))?;
+    let source = ShareSource::Dir(host_dir);
+    Ok(Share { tag: tag.to_string(), source, guest_path: guest.to_string(), read_only, backend: Default::default() })
+}
+
+/// A `--share-kv`: the cluster client is made once, on first use.
+fn parse_kv_share(ctx: &Ctx, client: &mut Option<aspen_client::Client>, spec: &str) -> anyhow::Result<Share> {
+    let (tag, prefix, guest, read_only) = split_share("--share-kv", "PREFIX", spec)?;
+    let runtime = tokio::runtime::Handle::current();
+    let client = match client {
+        Some(client) => client,
+        None => client.insert(runtime.block_on(ctx.client())?),
+    };
+    let chunks: Arc<dyn ChunkStore> = Arc::new(BlobChunks::new(BlobClient::new(client), BlobChunks::scope_for(prefix)));
+    let kv: SharedKv = Arc::new(client.clone());
+    let source = ShareSource::Kv(KvShare {
+        kv,
+        chunks: Some(chunks),
+        prefix: prefix.to_string(),
+        runtime,
+        op_timeout: Duration::from_secs(30),
+        ttl: Duration::from_secs(1),
+    });
+    Ok(Share { tag: tag.to_string(), source, guest_path: guest.to_string(), read_only, backend: Default::default() })
+}
+
+fn run_vm(ctx: &Ctx, args: RunArgs) -> anyhow::Result<u8> {
     let image = GuestImage::in_dir(&args.image.unwrap_or_else(default_image_dir));
     let hypervisor = pick_hypervisor(args.hypervisor).map_err(anyhow::Error::msg)?;
-    let shares = args.shares.iter().map(|s| parse_share(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut shares = args.shares.iter().map(|s| parse_share(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut client = None;
+    for spec in &args.kv_shares {
+        shares.push(parse_kv_share(ctx, &mut client, spec)?);
+    }
     let env = args
         .env
         .iter()
