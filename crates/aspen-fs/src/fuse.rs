@@ -637,13 +637,7 @@ impl AspenFs {
 
     /// Lists a directory from `offset` (1 is ".", 2 "..", 3 + i the i-th entry): `add` gets each
     /// entry's inode, the offset after it, its kind and name, and returns true when full.
-    pub(crate) fn op_readdir(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        add: &mut AddDirEntry<'_>,
-    ) -> Result<(), FsError> {
+    pub(crate) fn op_readdir(&self, ino: u64, fh: u64, offset: u64, add: &mut AddDirEntry<'_>) -> Result<(), FsError> {
         let st = self.state();
         let Some(Handle::Dir(entries)) = st.handles.get(&fh) else { return Err(FsError::BadHandle) };
         let dir = st.inodes.get(&ino).map(|i| i.path.clone()).unwrap_or_default();
