@@ -405,6 +405,22 @@ impl AspenFs {
         Ok(self.new_handle(Handle::File(ino)))
     }
 
+    /// Opens the buffer of a file this mount has just created empty.
+    fn open_created(&self, ino: u64, mode: u32, mtime_ns: u64) -> FileHandle {
+        let file = OpenFile { content: Content::empty(), mode, mtime_ns, dirty: false, handles: 1, unlinked: false };
+        {
+            let mut st = self.state();
+            match st.open.get(&ino).cloned() {
+                // Opened already through an earlier name at this inode: share that buffer.
+                Some(open) => open.lock().expect("open file lock").handles += 1,
+                None => {
+                    st.open.insert(ino, Arc::new(Mutex::new(file)));
+                }
+            }
+        }
+        self.new_handle(Handle::File(ino))
+    }
+
     /// Drops a file handle, writing the file back first; the last handle frees the buffer.
     fn close_handle(&self, fh: FileHandle) -> Result<(), FsError> {
         let (ino, open) = self.file_of(fh).map_err(|_| FsError::BadHandle)?;
@@ -676,15 +692,20 @@ impl AspenFs {
         flags: i32,
     ) -> Result<(u64, Stat, u64), FsError> {
         let path = self.child_path(parent, name)?;
-        let record = Record::File { mode: mode & 0o7777, mtime_ns: now_ns(), data: FileData::Inline(Vec::new()) };
-        match self.block(self.store.create(&path, &record)) {
-            Ok(_) => {}
+        let (mode, mtime_ns) = (mode & 0o7777, now_ns());
+        let record = Record::File { mode, mtime_ns, data: FileData::Inline(Vec::new()) };
+        let created = match self.block(self.store.create(&path, &record)) {
+            Ok(_) => true,
             // Without O_EXCL an existing file is opened (the kernel's lookup raced a creator).
-            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {}
+            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => false,
             Err(e) => return Err(e),
-        }
+        };
         let ino = self.state().remember(&path, Kind::File);
-        let fh = self.open_file(ino, flags & libc::O_TRUNC != 0)?;
+        let fh = match created {
+            // The buffer is the empty file just committed: no read of it back.
+            true => self.open_created(ino, mode, mtime_ns),
+            false => self.open_file(ino, flags & libc::O_TRUNC != 0)?,
+        };
         let stat = self.stat_of(ino)?;
         Ok((ino, stat, fh.0))
     }
