@@ -151,6 +151,8 @@ pub enum Completed {
     /// The claim was lost before completing (the worker's lease ended, or it gave the task
     /// back): the task was not completed by this worker, and may be completed by another.
     Lost,
+    /// The claim stands, but the caller's own compares failed: nothing was written.
+    Refused,
 }
 
 fn key(prefix: &[u8], name: &str) -> Vec<u8> {
@@ -213,6 +215,29 @@ impl WorkPool {
             Some(TxnOpResult::Get { kv: Some(_) }) => Submitted::AlreadyCompleted,
             _ => Submitted::AlreadyPending,
         })
+    }
+
+    /// The compares and operations that submit task `task_id` inside a caller's own
+    /// transaction (beside records that must appear with it): the task is added only if no
+    /// task with that id is pending or completed.
+    pub fn submit_ops(&self, task_id: &str, payload: Vec<u8>) -> Result<(Vec<Compare>, Vec<TxnOp>), CoordError> {
+        validate_name("task id", task_id)?;
+        if payload.len() > MAX_TASK_PAYLOAD_BYTES {
+            return Err(invalid(format!(
+                "task {task_id:?} has a {}-byte payload, over the limit MAX_TASK_PAYLOAD_BYTES = {MAX_TASK_PAYLOAD_BYTES}",
+                payload.len()
+            )));
+        }
+        let task = key(&self.tasks, task_id);
+        let done = key(&self.done, task_id);
+        Ok((vec![absent(&task), absent(&done)], vec![TxnOp::Put { key: task, value: payload, lease: None }]))
+    }
+
+    /// The operations that withdraw task `task_id` if nobody has claimed it, for a caller's
+    /// own transaction: the compare that it is unclaimed, and the delete.
+    pub fn withdraw_ops(&self, task_id: &str) -> Result<(Compare, TxnOp), CoordError> {
+        validate_name("task id", task_id)?;
+        Ok((absent(&key(&self.assign, task_id)), TxnOp::Delete { key: key(&self.tasks, task_id) }))
     }
 
     /// Every registered worker, with its capacity and current load, in id order.
@@ -389,6 +414,16 @@ impl Worker {
     /// Cancelling this future mid-claim may leave a claim the caller never sees; it ends
     /// with the session (or [`Worker::leave`]).
     pub async fn next_task(&self) -> Result<Task, CoordError> {
+        self.next_task_where(&|_, _| true).await
+    }
+
+    /// Like [`Worker::next_task`], but claims only a task for which `accept(id, payload)` is
+    /// true: a worker that cannot run a task leaves it for one that can (the claim is still
+    /// the one transaction, so the task goes to exactly one of the accepting workers).
+    pub async fn next_task_where(
+        &self,
+        accept: &(dyn Fn(&str, &[u8]) -> bool + Send + Sync),
+    ) -> Result<Task, CoordError> {
         let _one_claim_at_a_time = self.claiming.lock().await;
         let pool = &self.pool;
         let lease = self.session.lease();
@@ -399,7 +434,7 @@ impl Worker {
             let (assignments, revision) = pool.assignments_at().await?;
             let load = assignments.values().filter(|a| a.lease == Some(lease)).count();
             if load < self.capacity
-                && let Some(task) = self.claim_first_free(&assignments).await?
+                && let Some(task) = self.claim_first_free(&assignments, accept).await?
             {
                 return Ok(task);
             }
@@ -414,7 +449,11 @@ impl Worker {
     }
 
     /// Pages through the tasks in id order and claims the first unassigned one it can.
-    async fn claim_first_free(&self, assignments: &BTreeMap<String, KeyValue>) -> Result<Option<Task>, CoordError> {
+    async fn claim_first_free(
+        &self,
+        assignments: &BTreeMap<String, KeyValue>,
+        accept: &(dyn Fn(&str, &[u8]) -> bool + Send + Sync),
+    ) -> Result<Option<Task>, CoordError> {
         let pool = &self.pool;
         let end = prefix_end(&pool.tasks);
         let mut start = pool.tasks.clone();
@@ -423,7 +462,7 @@ impl Worker {
             let page = pool.client.scan(&start, &end, TASK_PAGE, ReadConsistency::Linearizable).await?;
             for kv in &page.kvs {
                 let Some(id) = child_name(&pool.tasks, &kv.key) else { continue };
-                if assignments.contains_key(id) || !tried.insert(kv.key.clone()) {
+                if assignments.contains_key(id) || !accept(id, &kv.value) || !tried.insert(kv.key.clone()) {
                     continue;
                 }
                 if let Some(task) = self.claim(id, kv).await? {
@@ -487,6 +526,22 @@ impl Worker {
     /// Completes `task` (deletes it and its claim, writes its completion record) if this
     /// worker's claim on it still stands; [`Completed::Lost`] if it does not.
     pub async fn complete(&self, task: &Task) -> Result<Completed, CoordError> {
+        self.complete_with(task, Vec::new(), Vec::new()).await
+    }
+
+    /// [`Worker::complete`], with `ops` (the task's result records) written in the same
+    /// transaction: they land exactly when the completion does, so a task's result is
+    /// written once, by the claim that completed it, and never by a worker whose claim was
+    /// lost. `compare` adds the caller's own conditions (the records it read are unchanged);
+    /// when they fail while the claim stands, nothing is written and the answer is
+    /// [`Completed::Refused`]: read again and decide again.
+    pub async fn complete_with(
+        &self,
+        task: &Task,
+        compare: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<Completed, CoordError> {
+        let own_compares = !compare.is_empty();
         let pool = &self.pool;
         let task_key = key(&pool.tasks, &task.id);
         let assign = key(&pool.assign, &task.id);
@@ -501,12 +556,19 @@ impl Worker {
                     op: CompareOp::Equal,
                     target: CompareTarget::CreateRevision(task.submitted_revision),
                 },
-            ],
-            success: vec![
-                TxnOp::Delete { key: task_key },
-                TxnOp::Delete { key: assign },
-                TxnOp::Put { key: done.clone(), value, lease: None },
-            ],
+            ]
+            .into_iter()
+            .chain(compare)
+            .collect(),
+            success: [
+                vec![
+                    TxnOp::Delete { key: task_key },
+                    TxnOp::Delete { key: assign },
+                    TxnOp::Put { key: done.clone(), value, lease: None },
+                ],
+                ops,
+            ]
+            .concat(),
             failure: vec![TxnOp::Get { key: done }],
         };
         let resp = retry("task complete", || pool.client.txn(txn.clone())).await?;
@@ -520,6 +582,7 @@ impl Worker {
             {
                 Ok(Completed::Done)
             }
+            _ if own_compares && self.holds(task).await? => Ok(Completed::Refused),
             _ => Ok(Completed::Lost),
         }
     }
@@ -557,6 +620,26 @@ impl Worker {
             failure: vec![],
         };
         retry("worker leave", || self.pool.client.txn(txn.clone())).await.map(drop)
+    }
+
+    /// Runs `txn` only while this worker's claim on `task` stands (its compares plus the
+    /// claim's): a worker whose lease ended, or that gave the task back, writes nothing.
+    /// `Ok(false)` when the claim is gone or `txn`'s own compares failed.
+    pub async fn fenced_txn(&self, task: &Task, mut txn: Txn) -> Result<bool, CoordError> {
+        txn.compare.push(self.claim_stands(task));
+        Ok(retry("fenced write", || self.pool.client.txn(txn.clone())).await?.succeeded)
+    }
+
+    /// Whether this worker's claim on `task` still stands (a linearizable read).
+    pub async fn holds(&self, task: &Task) -> Result<bool, CoordError> {
+        let assign = key(&self.pool.assign, &task.id);
+        let kv = self.pool.client.get(&assign, ReadConsistency::Linearizable).await?;
+        Ok(kv.is_some_and(|kv| kv.create_revision == task.claim_revision))
+    }
+
+    /// The session this worker is registered on.
+    pub fn session(&self) -> &Session {
+        &self.session
     }
 
     /// The compare that holds while this worker's claim on `task` stands.

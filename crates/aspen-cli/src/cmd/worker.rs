@@ -242,7 +242,7 @@ async fn finish(worker: &Worker, task: &Task, status: std::io::Result<ExitStatus
                 eprintln!("completed task {}", task.id);
                 Ok(true)
             }
-            Completed::Lost => {
+            Completed::Lost | Completed::Refused => {
                 eprintln!("warning: task {} ran, but this worker's claim had ended; another worker has it", task.id);
                 Ok(false)
             }

@@ -355,7 +355,7 @@ fn spawn_worker(
                         Completed::Done => {
                             log.completed.push((task.id.clone(), worker.id().to_string(), task.claim_revision()))
                         }
-                        Completed::Lost => log.lost.push(task.id.clone()),
+                        Completed::Lost | Completed::Refused => log.lost.push(task.id.clone()),
                     }
                 }
             })
