@@ -13,7 +13,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -177,6 +177,8 @@ pub enum JobStatus {
     TimedOut,
     /// The agent could not start the job (a share would not mount, no such program, ...).
     NotStarted(String),
+    /// The caller cancelled the run; the VM was killed.
+    Cancelled,
 }
 
 /// A file the job named as output.
@@ -447,6 +449,53 @@ fn validate(spec: &VmSpec, job: &JobSpec) -> Result<(), VmError> {
 
 /// Boots a VM for `job`, streams its events to `on_event`, and tears everything down.
 pub fn run_job(spec: &VmSpec, job: &JobSpec, on_event: &mut dyn FnMut(VmEvent<'_>)) -> Result<Outcome, VmError> {
+    run_job_until(spec, job, on_event, &AtomicBool::new(false))
+}
+
+/// [`run_job`], ended early with [`JobStatus::Cancelled`] once `cancel` is set (checked every
+/// [`CANCEL_POLL`]; a VM still booting is killed once its agent connects).
+pub fn run_job_until(
+    spec: &VmSpec,
+    job: &JobSpec,
+    on_event: &mut dyn FnMut(VmEvent<'_>),
+    cancel: &AtomicBool,
+) -> Result<Outcome, VmError> {
+    let done = &AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<UnixStream>();
+        // Cancelling shuts the agent channel down under the reading loop, which then kills
+        // the VM; the thread ends with the run.
+        scope.spawn(move || {
+            let mut channel = None;
+            while !done.load(Ordering::SeqCst) {
+                if let Ok(stream) = rx.try_recv() {
+                    channel = Some(stream);
+                }
+                if cancel.load(Ordering::SeqCst)
+                    && let Some(stream) = &channel
+                {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                std::thread::sleep(CANCEL_POLL);
+            }
+        });
+        let result = run_job_inner(spec, job, on_event, cancel, &tx);
+        done.store(true, Ordering::SeqCst);
+        result
+    })
+}
+
+/// How often a run looks at its cancel flag.
+pub const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+fn run_job_inner(
+    spec: &VmSpec,
+    job: &JobSpec,
+    on_event: &mut dyn FnMut(VmEvent<'_>),
+    cancel: &AtomicBool,
+    channel: &std::sync::mpsc::Sender<UnixStream>,
+) -> Result<Outcome, VmError> {
     validate(spec, job)?;
     sweep_orphaned_runtime_dirs();
     let started = Instant::now();
@@ -535,6 +584,9 @@ pub fn run_job(spec: &VmSpec, job: &JobSpec, on_event: &mut dyn FnMut(VmEvent<'_
         Ok(None) => return Ok(timed_out(&mut vm, &name, started, None)),
         Err(e) => return Err(e),
     };
+    if let Ok(clone) = stream.try_clone() {
+        let _ = channel.send(clone);
+    }
     drop(listener);
 
     let mut outputs = Vec::new();
@@ -550,6 +602,11 @@ pub fn run_job(spec: &VmSpec, job: &JobSpec, on_event: &mut dyn FnMut(VmEvent<'_
             Ok(msg) => msg,
             Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 return Ok(timed_out(&mut vm, &name, started, timings.boot_to_job_start));
+            }
+            Err(_) if cancel.load(Ordering::SeqCst) => {
+                let mut outcome = timed_out(&mut vm, &name, started, timings.boot_to_job_start);
+                outcome.status = JobStatus::Cancelled;
+                return Ok(outcome);
             }
             Err(e) => {
                 let phase = if hello { "while the job ran" } else { "before the agent said hello" };

@@ -357,6 +357,7 @@ fn run_guest(spec: &VmSpec, argv: Vec<String>) -> anyhow::Result<(Outcome, Strin
         JobStatus::Exited(status) => bail!("the job ended with {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
         JobStatus::TimedOut => bail!("the job did not finish within {} s", VM_TIME_LIMIT.as_secs()),
         JobStatus::NotStarted(message) => bail!("the job did not start: {message}"),
+        JobStatus::Cancelled => bail!("the job was cancelled"),
     }
 }
 

@@ -269,6 +269,8 @@ fn run_vm(ctx: &Ctx, args: RunArgs) -> anyhow::Result<u8> {
             eprintln!("aspen vm run: the command did not start: {message}");
             125
         }
+        // Nothing here sets the cancel flag; kept for completeness.
+        JobStatus::Cancelled => 130,
     };
     Ok(code)
 }
