@@ -105,6 +105,9 @@ pub enum Command {
     /// Git repositories hosted on the cluster.
     #[command(subcommand)]
     Forge(crate::cmd::forge::ForgeCommand),
+    /// CI: runs of repositories' Nickel pipelines, their jobs and logs; the worker.
+    #[command(subcommand)]
+    Ci(crate::cmd::ci::CiCommand),
     /// Nix binary caches: create, push, pull, pin, collect, serve over HTTP.
     #[command(subcommand)]
     Cache(crate::cmd::cache::CacheCommand),

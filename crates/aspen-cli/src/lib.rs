@@ -94,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kv(cmd) => ctx.with_client(async |client| cmd::kv::run(&ctx, client, cmd).await).await,
         Command::Blob(cmd) => ctx.with_client(async |client| cmd::blob::run(&ctx, client, cmd).await).await,
         Command::Cache(cmd) => cmd::cache::run(&ctx, cmd).await,
+        Command::Ci(cmd) => cmd::ci::run(&ctx, cmd).await,
         Command::Fs(cmd) => cmd::fs::run(&ctx, cmd).await,
         // Blocking: the runner spawns the hypervisor from the calling thread, which must live as
         // long as the VM (the hypervisor's parent-death signal follows that thread).

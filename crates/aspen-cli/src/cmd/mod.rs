@@ -9,6 +9,7 @@ pub mod bench_fs;
 pub mod bench_vm;
 pub mod blob;
 pub mod cache;
+pub mod ci;
 pub mod cluster;
 pub mod collab;
 pub mod coord;

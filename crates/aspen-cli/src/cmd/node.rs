@@ -15,6 +15,8 @@ pub struct AppArgs {
     pub forge: aspen_forge::ForgeArgs,
     #[command(flatten)]
     pub cache: aspen_cache::CacheArgs,
+    #[command(flatten)]
+    pub ci: aspen_ci::CiArgs,
 }
 
 /// The apps a node serves.
@@ -23,6 +25,7 @@ pub fn apps(args: &AppArgs) -> Vec<Arc<dyn App>> {
         Arc::new(aspen_blob::BlobApp::new(args.blob.settings())),
         Arc::new(aspen_forge::ForgeApp::new(args.forge.settings())),
         Arc::new(aspen_cache::CacheApp::new(args.cache.settings())),
+        Arc::new(aspen_ci::CiApp::new(args.ci.settings())),
     ]
 }
 

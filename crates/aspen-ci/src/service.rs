@@ -1,0 +1,601 @@
+//! CI's node side over the KV: runs created from forge pushes (exactly one per push), jobs
+//! queued as the plan ([`crate::plan`]) says, cancellation and retry, and the reads the
+//! protocol answers. Every node runs the same loops; each decision is a transaction that
+//! compares what it read, so two nodes deciding at once carry it out once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aspen_coord::WorkPool;
+use aspen_core::AspenError;
+use aspen_forge::records::{EVENT_PREFIX, PushEvent};
+use aspen_kv::{Compare, CompareOp, CompareTarget, KeyValue, ReadConsistency, SharedKv, Txn, TxnOp, TxnOpResult};
+use aspen_kv::{Kv as _, KvExt as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{self, Action};
+use crate::records::{self, JobRecord, POOL, RepoConfig, RunRecord, State, TaskSpec, Trigger};
+
+/// Attempts of a transaction whose compares keep failing because others moved the keys.
+const CONTENDED_ROUNDS: usize = 20;
+/// Between sweeps of the unfinished runs (what a missed event would leave waiting).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Most runs one listing returns.
+pub const MAX_LIST: u32 = 1_000;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn absent(key: &[u8]) -> Compare {
+    Compare { key: key.to_vec(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }
+}
+
+fn unchanged(kv: &KeyValue) -> Compare {
+    Compare { key: kv.key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(kv.mod_revision) }
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>) -> TxnOp {
+    TxnOp::Put { key, value, lease: None }
+}
+
+fn kv_error(e: aspen_kv::KvError) -> AspenError {
+    match e {
+        aspen_kv::KvError::Aspen(e) => e,
+        other => AspenError::Unavailable { reason: other.to_string() },
+    }
+}
+
+fn coord_error(e: aspen_coord::CoordError) -> AspenError {
+    AspenError::internal(e.to_string())
+}
+
+/// A new run, as a trigger asks for it.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub repo: String,
+    pub ref_name: String,
+    pub commit: [u8; 20],
+    pub trigger: Trigger,
+    pub forced: bool,
+    pub trusted: bool,
+    /// Jobs known already (a retry copies them): the run starts running without evaluation.
+    pub jobs: Option<BTreeMap<String, JobRecord>>,
+}
+
+/// A run and its jobs, as read at one revision.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    pub number: u64,
+    pub run: RunRecord,
+    pub jobs: BTreeMap<String, JobRecord>,
+}
+
+/// CI on one node.
+pub struct CiService {
+    kv: SharedKv,
+    pool: WorkPool,
+}
+
+impl CiService {
+    pub fn new(kv: SharedKv) -> Result<CiService, AspenError> {
+        let pool = WorkPool::new(kv.clone(), POOL).map_err(coord_error)?;
+        Ok(CiService { kv, pool })
+    }
+
+    /// A transaction, tried again while the cluster is between leaders. Safe because every
+    /// transaction here compares what it read: a repeat of one that went through fails its
+    /// compares, and the caller reads again.
+    async fn txn(&self, txn: Txn) -> Result<aspen_kv::TxnResponse, AspenError> {
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..10 {
+            match self.kv.txn(txn.clone()).await {
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other.map_err(kv_error),
+            }
+        }
+        self.kv.txn(txn).await.map_err(kv_error)
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, AspenError> {
+        self.kv.get(key, ReadConsistency::Linearizable).await.map_err(kv_error)
+    }
+
+    pub async fn repo_config(&self, repo: &str) -> Result<Option<RepoConfig>, AspenError> {
+        let key = records::repo_key(repo);
+        self.get(&key).await?.map(|kv| records::decode("a repository's CI settings", &key, &kv.value)).transpose()
+    }
+
+    pub async fn enable(&self, repo: &str, by: &str) -> Result<RepoConfig, AspenError> {
+        aspen_forge::names::validate_repo_name(repo)?;
+        let config = RepoConfig { enabled_ms: now_ms(), enabled_by: by.to_string() };
+        self.kv.put(records::repo_key(repo), records::encode(&config)?).await.map_err(kv_error)?;
+        Ok(config)
+    }
+
+    pub async fn disable(&self, repo: &str) -> Result<bool, AspenError> {
+        Ok(self.kv.delete(records::repo_key(repo)).await.map_err(kv_error)?.deleted > 0)
+    }
+
+    /// Creates the run `source` asks for, unless `source` started one already; returns its
+    /// number and whether it is new.
+    pub async fn create_run(&self, source: &str, new: NewRun) -> Result<(u64, bool), AspenError> {
+        let trigger_key = records::trigger_key(source);
+        let counter_key = records::next_run_key();
+        for _ in 0..CONTENDED_ROUNDS {
+            let counter = self.get(&counter_key).await?;
+            let number = match &counter {
+                Some(kv) => u64::from_be_bytes(
+                    kv.value.as_slice().try_into().map_err(|_| AspenError::internal("next-run is not 8 bytes"))?,
+                ),
+                None => 1,
+            };
+            let running = new.jobs.is_some();
+            let run = RunRecord {
+                repo: new.repo.clone(),
+                ref_name: new.ref_name.clone(),
+                commit: new.commit,
+                trigger: new.trigger.clone(),
+                state: if running { State::Running } else { State::Pending },
+                message: None,
+                created_ms: now_ms(),
+                finished_ms: None,
+                jobs: new.jobs.as_ref().map(|j| j.keys().cloned().collect()).unwrap_or_default(),
+                cancel_requested: false,
+                forced: new.forced,
+                trusted: new.trusted,
+            };
+            let mut compare =
+                vec![counter.as_ref().map(unchanged).unwrap_or_else(|| absent(&counter_key)), absent(&trigger_key)];
+            let mut success = vec![
+                put(counter_key.clone(), (number + 1).to_be_bytes().to_vec()),
+                put(trigger_key.clone(), number.to_be_bytes().to_vec()),
+                put(records::run_key(number), records::encode(&run)?),
+                put(records::by_repo_key(&new.repo, number), Vec::new()),
+                put(records::active_key(number), Vec::new()),
+            ];
+            match &new.jobs {
+                Some(jobs) => {
+                    for (name, job) in jobs {
+                        success.push(put(records::job_key(number, name), records::encode(job)?));
+                    }
+                }
+                None => {
+                    let spec = TaskSpec { run: number, job: None, attempt: 1, executor: None, cpus: 1, memory_mib: 0 };
+                    let (c, ops) = self
+                        .pool
+                        .submit_ops(&records::task_id(number, None, 1), records::encode(&spec)?)
+                        .map_err(coord_error)?;
+                    compare.extend(c);
+                    success.extend(ops);
+                }
+            }
+            let resp =
+                self.txn(Txn { compare, success, failure: vec![TxnOp::Get { key: trigger_key.clone() }] }).await?;
+            if resp.succeeded {
+                tracing::info!(run = number, repo = %new.repo, commit = %records::hex(&new.commit), source, "run created");
+                return Ok((number, true));
+            }
+            if let Some(TxnOpResult::Get { kv: Some(kv) }) = resp.results.first() {
+                let number = u64::from_be_bytes(kv.value.as_slice().try_into().unwrap_or([0; 8]));
+                return Ok((number, false));
+            }
+            // Another run took the number meanwhile: read it again.
+        }
+        Err(AspenError::Unavailable { reason: "run numbers kept moving under concurrent triggers".into() })
+    }
+
+    pub async fn run(&self, number: u64) -> Result<Option<(KeyValue, RunRecord)>, AspenError> {
+        let key = records::run_key(number);
+        match self.get(&key).await? {
+            Some(kv) => {
+                let run = records::decode("a run", &key, &kv.value)?;
+                Ok(Some((kv, run)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn jobs_kv(&self, number: u64) -> Result<BTreeMap<String, (KeyValue, JobRecord)>, AspenError> {
+        let prefix = records::jobs_prefix(number);
+        let (kvs, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let mut jobs = BTreeMap::new();
+        for kv in kvs {
+            let name = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+            let job: JobRecord = records::decode("a job", &kv.key, &kv.value)?;
+            jobs.insert(name, (kv, job));
+        }
+        Ok(jobs)
+    }
+
+    pub async fn show(&self, number: u64) -> Result<Option<RunView>, AspenError> {
+        let Some((_, run)) = self.run(number).await? else { return Ok(None) };
+        let jobs = self.jobs_kv(number).await?.into_iter().map(|(n, (_, j))| (n, j)).collect();
+        Ok(Some(RunView { number, run, jobs }))
+    }
+
+    /// Runs of `repo` (or of every repository), newest first, numbered below `before`.
+    pub async fn list(&self, repo: Option<&str>, before: Option<u64>, limit: u32) -> Result<Vec<RunView>, AspenError> {
+        let limit = limit.clamp(1, MAX_LIST);
+        let numbers: Vec<u64> = match repo {
+            Some(repo) => {
+                let prefix = records::by_repo_prefix(repo);
+                let (kvs, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+                kvs.iter().filter_map(|kv| std::str::from_utf8(&kv.key[prefix.len()..]).ok()?.parse().ok()).collect()
+            }
+            None => {
+                let (kvs, _) =
+                    self.kv.scan_all(records::run_prefix(), ReadConsistency::Linearizable).await.map_err(kv_error)?;
+                kvs.iter().filter_map(|kv| records::run_of_key(&kv.key)).collect()
+            }
+        };
+        let mut out = Vec::new();
+        for number in numbers.into_iter().rev().filter(|n| before.is_none_or(|b| *n < b)).take(limit as usize) {
+            if let Some(view) = self.show(number).await? {
+                out.push(view);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes every step the plan allows for run `number`, until it allows none.
+    pub async fn advance(&self, number: u64) -> Result<(), AspenError> {
+        for _ in 0..CONTENDED_ROUNDS {
+            let Some((run_kv, run)) = self.run(number).await? else { return Ok(()) };
+            let jobs_kv = self.jobs_kv(number).await?;
+            let jobs: BTreeMap<String, JobRecord> = jobs_kv.iter().map(|(n, (_, j))| (n.clone(), j.clone())).collect();
+            let actions = plan::advance(&run, &jobs);
+            if actions.is_empty() {
+                return Ok(());
+            }
+            for action in actions {
+                self.carry_out(number, &run_kv, &run, &jobs_kv, action).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn carry_out(
+        &self,
+        number: u64,
+        run_kv: &KeyValue,
+        run: &RunRecord,
+        jobs: &BTreeMap<String, (KeyValue, JobRecord)>,
+        action: Action,
+    ) -> Result<(), AspenError> {
+        let txn = match action {
+            Action::Queue { job } => {
+                let (kv, record) = &jobs[&job];
+                let def = record.def()?;
+                let mut next = record.clone();
+                next.state = State::Queued;
+                next.queued_ms = Some(now_ms());
+                let spec = TaskSpec {
+                    run: number,
+                    job: Some(job.clone()),
+                    attempt: record.attempt,
+                    executor: Some(record.executor),
+                    cpus: def.resources.cpus,
+                    memory_mib: def.resources.memory_mib,
+                };
+                let (c, ops) = self
+                    .pool
+                    .submit_ops(&records::task_id(number, Some(&job), record.attempt), records::encode(&spec)?)
+                    .map_err(coord_error)?;
+                let mut success = vec![put(kv.key.clone(), records::encode(&next)?)];
+                success.extend(ops);
+                Txn { compare: [vec![unchanged(kv)], c].concat(), success, failure: vec![] }
+            }
+            Action::Skip { job, because } => {
+                let (kv, record) = &jobs[&job];
+                let mut next = record.clone();
+                next.state = State::Skipped;
+                next.message = Some(because);
+                next.finished_ms = Some(now_ms());
+                Txn {
+                    compare: vec![unchanged(kv)],
+                    success: vec![put(kv.key.clone(), records::encode(&next)?)],
+                    failure: vec![],
+                }
+            }
+            Action::Cancel { job } => {
+                let (kv, record) = &jobs[&job];
+                let mut next = record.clone();
+                next.state = State::Cancelled;
+                next.message = Some("cancelled before it started".into());
+                next.finished_ms = Some(now_ms());
+                let mut compare = vec![unchanged(kv)];
+                let mut success = vec![put(kv.key.clone(), records::encode(&next)?)];
+                if record.state == State::Queued {
+                    // Only while no worker holds it: a claimed job is the worker's to end.
+                    let (c, op) = self
+                        .pool
+                        .withdraw_ops(&records::task_id(number, Some(&job), record.attempt))
+                        .map_err(coord_error)?;
+                    compare.push(c);
+                    success.push(op);
+                }
+                Txn { compare, success, failure: vec![] }
+            }
+            Action::Finish { state, message } => {
+                let mut next = run.clone();
+                next.state = state;
+                next.message = message;
+                next.finished_ms = Some(now_ms());
+                tracing::info!(run = number, state = state.name(), "run finished");
+                Txn {
+                    compare: vec![unchanged(run_kv)],
+                    success: vec![
+                        put(run_kv.key.clone(), records::encode(&next)?),
+                        TxnOp::Delete { key: records::active_key(number) },
+                    ],
+                    failure: vec![],
+                }
+            }
+        };
+        // A failed compare means another node (or a worker) moved the record first; the
+        // next round of `advance` reads it again.
+        self.txn(txn).await.map(drop)
+    }
+
+    /// Asks run `number` to stop: what has not started is cancelled here, what runs is
+    /// killed by its worker, which sees the request.
+    pub async fn cancel(&self, number: u64, by: &str) -> Result<RunRecord, AspenError> {
+        for _ in 0..CONTENDED_ROUNDS {
+            let Some((kv, run)) = self.run(number).await? else {
+                return Err(AspenError::invalid(format!("there is no run {number}")));
+            };
+            if run.state.is_final() || run.cancel_requested {
+                return Ok(run);
+            }
+            let mut next = run.clone();
+            next.cancel_requested = true;
+            next.message = Some(format!("cancelled by {by}"));
+            if next.state == State::Pending {
+                // Still evaluating: the evaluation's worker sees it and ends the run.
+            }
+            let txn = Txn {
+                compare: vec![unchanged(&kv)],
+                success: vec![put(kv.key.clone(), records::encode(&next)?)],
+                failure: vec![],
+            };
+            if self.txn(txn).await?.succeeded {
+                self.advance(number).await?;
+                return Ok(next);
+            }
+        }
+        Err(AspenError::Unavailable { reason: format!("run {number} kept changing while cancelling it") })
+    }
+
+    /// A new run of `number`'s commit that runs again its jobs that did not succeed (or
+    /// `only` and what failed after it); the others keep their success.
+    pub async fn retry(&self, number: u64, only: Option<&str>, by: &str) -> Result<u64, AspenError> {
+        let Some(view) = self.show(number).await? else {
+            return Err(AspenError::invalid(format!("there is no run {number}")));
+        };
+        if !view.run.state.is_final() {
+            return Err(AspenError::invalid(format!(
+                "run {number} is still {}; cancel it or wait before retrying",
+                view.run.state.name()
+            )));
+        }
+        if view.jobs.is_empty() {
+            return Err(AspenError::invalid(format!(
+                "run {number} has no jobs (its pipeline did not evaluate): push a fix, or `aspen ci run` again"
+            )));
+        }
+        if let Some(job) = only
+            && !view.jobs.contains_key(job)
+        {
+            return Err(AspenError::invalid(format!("run {number} has no job {job:?}")));
+        }
+        let again = plan::retry_set(&view.jobs, only);
+        let jobs = view
+            .jobs
+            .iter()
+            .map(|(name, job)| {
+                let mut next = job.clone();
+                if again.contains(name) {
+                    next.state = State::Pending;
+                    next.attempt = 1;
+                    next.worker = None;
+                    next.queued_ms = None;
+                    next.started_ms = None;
+                    next.finished_ms = None;
+                    next.exit_code = None;
+                    next.message = None;
+                    next.log_blob = None;
+                    next.log_bytes = 0;
+                    next.artifacts = Vec::new();
+                    next.reused_from = None;
+                } else {
+                    next.reused_from = Some(job.reused_from.unwrap_or(number));
+                }
+                (name.clone(), next)
+            })
+            .collect();
+        let source = format!("retry/{number}/{}", rand::random::<u64>());
+        let new = NewRun {
+            repo: view.run.repo,
+            ref_name: view.run.ref_name,
+            commit: view.run.commit,
+            trigger: Trigger::Retry { of: number, by: by.to_string() },
+            forced: true,
+            trusted: view.run.trusted,
+            jobs: Some(jobs),
+        };
+        let (retried, _) = self.create_run(&source, new).await?;
+        self.advance(retried).await?;
+        Ok(retried)
+    }
+
+    /// Follows the forge's push events from where this node's last look ended and starts a
+    /// run for each push to an enabled repository. Every node does this; the trigger key
+    /// makes each push start one run.
+    pub async fn follow_pushes(self: Arc<Self>, stop: CancellationToken) {
+        let cursor_key = format!("{}cursor/push", records::CI_PREFIX).into_bytes();
+        loop {
+            // Without a cursor, from the start of the watch history (or of the events, when
+            // that is gone): an event counts only if its repository was enabled before it.
+            let from = match self.get(&cursor_key).await {
+                Ok(Some(kv)) => u64::from_be_bytes(kv.value.as_slice().try_into().unwrap_or([0; 8])),
+                Ok(None) => 0,
+                Err(e) => {
+                    tracing::debug!("ci: waiting for the cluster: {e}");
+                    if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let mut watch = self.kv.watch(EVENT_PREFIX.as_bytes(), from + 1);
+            loop {
+                let event = tokio::select! {
+                    () = stop.cancelled() => return,
+                    e = watch.next() => e,
+                };
+                match event {
+                    Some(Ok(event)) if event.kind == aspen_kv::EventKind::Put => {
+                        if let Err(e) = self.on_push(&event.kv).await {
+                            tracing::warn!("ci: a push event was not handled (will retry): {e}");
+                            if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                                return;
+                            }
+                            break;
+                        }
+                        let _ = self.kv.put(&cursor_key, event.revision().to_be_bytes().to_vec()).await;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        if matches!(e.aspen(), Some(AspenError::Compacted { .. })) {
+                            if let Err(e) = self.catch_up_pushes(&cursor_key, from).await {
+                                tracing::warn!("ci: catching up on push events: {e}");
+                            }
+                        } else {
+                            tracing::debug!("ci: the push watch broke: {e}");
+                        }
+                        if sleep_or_stop(&stop, Duration::from_millis(500)).await {
+                            return;
+                        }
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// After the watch history lost events: every event newer than the cursor, read from
+    /// the events themselves (the forge keeps them).
+    async fn catch_up_pushes(&self, cursor_key: &[u8], from: u64) -> Result<(), AspenError> {
+        let (kvs, revision) =
+            self.kv.scan_all(EVENT_PREFIX.as_bytes(), ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        for kv in kvs.iter().filter(|kv| kv.mod_revision > from) {
+            self.on_push(kv).await?;
+        }
+        self.kv.put(cursor_key, revision.to_be_bytes().to_vec()).await.map_err(kv_error)?;
+        Ok(())
+    }
+
+    async fn on_push(&self, kv: &KeyValue) -> Result<(), AspenError> {
+        let event: PushEvent = match postcard::from_bytes(&kv.value) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "ci: a push event does not read: {e}");
+                return Ok(());
+            }
+        };
+        let Some(commit) = event.new else { return Ok(()) };
+        if !(event.ref_name.starts_with("refs/heads/") || event.ref_name.starts_with("refs/tags/")) {
+            return Ok(());
+        }
+        // Only pushes made after the repository was enabled.
+        match self.get(&records::repo_key(&event.repo)).await? {
+            Some(config) if config.create_revision < kv.mod_revision => {}
+            _ => return Ok(()),
+        }
+        let id = String::from_utf8_lossy(&kv.key[EVENT_PREFIX.len()..]).into_owned();
+        let new = NewRun {
+            repo: event.repo.clone(),
+            ref_name: event.ref_name.clone(),
+            commit,
+            trigger: Trigger::Push { event: id.clone(), pusher: event.pusher.clone() },
+            forced: false,
+            trusted: true,
+            jobs: None,
+        };
+        self.create_run(&format!("push/{id}"), new).await.map(drop)
+    }
+
+    /// Advances every run whose jobs or record change, and, every [`SWEEP_EVERY`], every
+    /// unfinished run.
+    pub async fn follow_jobs(self: Arc<Self>, stop: CancellationToken) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            let from = match self.kv.get_with_revision(&records::next_run_key(), ReadConsistency::Linearizable).await {
+                Ok(r) => r.revision,
+                Err(_) => {
+                    if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            self.sweep().await;
+            let mut watch = self.kv.watch(records::CI_PREFIX.as_bytes(), from + 1);
+            loop {
+                let event = tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = sweep.tick() => { self.sweep().await; continue; }
+                    e = watch.next() => e,
+                };
+                match event {
+                    Some(Ok(event)) => {
+                        let number =
+                            records::run_of_job_key(&event.kv.key).or_else(|| records::run_of_key(&event.kv.key));
+                        if let Some(number) = number
+                            && let Err(e) = self.advance(number).await
+                        {
+                            tracing::debug!(run = number, "ci: advancing: {e}");
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!("ci: the job watch broke: {e}");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if sleep_or_stop(&stop, Duration::from_millis(200)).await {
+                return;
+            }
+        }
+    }
+
+    async fn sweep(&self) {
+        let Ok((kvs, _)) = self.kv.scan_all(records::active_prefix(), ReadConsistency::Linearizable).await else {
+            return;
+        };
+        let prefix = records::active_prefix();
+        for kv in kvs {
+            let Some(number) = std::str::from_utf8(&kv.key[prefix.len()..]).ok().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if let Err(e) = self.advance(number).await {
+                tracing::debug!(run = number, "ci: sweeping: {e}");
+            }
+        }
+    }
+}
+
+/// Sleeps `d`; true when `stop` fired first.
+async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}

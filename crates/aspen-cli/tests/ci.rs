@@ -1,0 +1,337 @@
+//! CI against real node processes, each run started by a real `git push` through
+//! `git-remote-aspen`, its jobs run by real `aspen ci worker` processes: a two-job DAG, an
+//! unchanged job skipped on the next push and run again when forced, a failing job, a time
+//! limit, a pipeline that breaks the contract, cancelling a running job, and a worker killed
+//! mid-job.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use aspen_ci::CiClient;
+use aspen_ci::protocol::RunInfo;
+use aspen_ci::records::State;
+use aspen_forge::ForgeClient;
+use aspen_net::ClusterTicket;
+use aspen_testkit::harness::TestCluster;
+
+/// Generous bound for a run to end: jobs here take seconds.
+const RUN_BOUND: Duration = Duration::from_secs(150);
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_git-remote-aspen")).parent().expect("bin dir").to_path_buf()
+}
+
+struct Env {
+    home: tempfile::TempDir,
+    ticket: String,
+    token: String,
+}
+
+impl Env {
+    fn new(c: &TestCluster) -> Self {
+        let nodes = (0..c.nodes.len()).map(|i| c.node_addr(i)).collect();
+        let ticket = ClusterTicket { cluster_id: String::new(), nodes, token: None }.encode();
+        Env { home: tempfile::tempdir().expect("home"), ticket, token: c.token.encode() }
+    }
+
+    fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("PATH", path)
+            .env("HOME", self.home.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", self.home.path().join(".gitconfig"))
+            .env("GIT_AUTHOR_NAME", "Ada")
+            .env("GIT_AUTHOR_EMAIL", "ada@example.org")
+            .env("GIT_COMMITTER_NAME", "Ada")
+            .env("GIT_COMMITTER_EMAIL", "ada@example.org")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("ASPEN_TICKET", &self.ticket)
+            .env("ASPEN_TOKEN", &self.token)
+            .env_remove("ASPEN_TICKET_FILE")
+            .env_remove("ASPEN_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run git")
+    }
+
+    fn ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.git(dir, args);
+        assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// A repository in the forge named `name` whose `main` holds `pipeline` as
+    /// `.aspen/ci.ncl`, pushed; returns the local clone.
+    fn push_repo(&self, name: &str, pipeline: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("repo dir");
+        let d = dir.path();
+        self.ok(d, &["init", "-q", "-b", "main"]);
+        std::fs::create_dir_all(d.join(".aspen")).unwrap();
+        std::fs::write(d.join(".aspen/ci.ncl"), pipeline).unwrap();
+        std::fs::write(d.join("README"), format!("{name}\n")).unwrap();
+        self.ok(d, &["add", "-A"]);
+        self.ok(d, &["commit", "-qm", "the pipeline"]);
+        self.ok(d, &["remote", "add", "origin", &format!("aspen://default/{name}")]);
+        self.ok(d, &["push", "-q", "origin", "main"]);
+        dir
+    }
+
+    /// An `aspen ci worker` process, killed (and waited for) when dropped.
+    fn worker(&self, id: &str, extra: &[&str]) -> WorkerProcess {
+        let work = tempfile::tempdir().expect("work dir");
+        let log = std::fs::File::create(work.path().join("worker.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
+            .args(["--ticket", &self.ticket, "--token", &self.token, "ci", "worker", "--id", id])
+            .args(["--work-dir", &work.path().join("w").display().to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the worker");
+        WorkerProcess { child, work }
+    }
+}
+
+struct WorkerProcess {
+    child: Child,
+    work: tempfile::TempDir,
+}
+
+impl WorkerProcess {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("worker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `repo` has a run numbered above `after` that ended; returns it.
+async fn ended_run(ci: &CiClient, repo: &str, after: u64, worker: &WorkerProcess) -> RunInfo {
+    let deadline = tokio::time::Instant::now() + RUN_BOUND;
+    loop {
+        let runs = ci.runs(Some(repo), None, 10).await.expect("runs");
+        if let Some(run) = runs.into_iter().find(|r| r.number > after && r.run.state.is_final()) {
+            return run;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let all = ci.runs(None, None, 10).await;
+            panic!(
+                "no run of {repo} after {after} ended within {RUN_BOUND:?}; runs: {all:?}\nworker log:\n{}",
+                worker.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn job<'a>(run: &'a RunInfo, name: &str) -> &'a aspen_ci::records::JobRecord {
+    &run.jobs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("run {} has no job {name}", run.number)).1
+}
+
+async fn enable(c: &TestCluster, repo: &str) {
+    let client = c.client().await;
+    ForgeClient::new(&client).create_repo(repo, "", "main").await.expect("create repo");
+    CiClient::new(&client).enable(repo).await.expect("enable");
+}
+
+const DAG: &str = r#"{
+  jobs = {
+    build = {
+      executor = 'shell,
+      run = "echo building $ASPEN_CI_COMMIT; echo built > out.txt",
+      artifacts = ["out.txt"],
+    },
+    test = {
+      executor = 'shell,
+      run = "echo testing $ASPEN_CI_JOB; test \"$CI\" = true; test -z \"${HOME_SECRET:-}\"",
+      needs = ["build"],
+    },
+  },
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_runs_a_dag_and_an_unchanged_job_is_skipped_until_forced() {
+    let c = TestCluster::start(3).await;
+    enable(&c, "team/app").await;
+    let env = Env::new(&c);
+    let worker = env.worker("w1", &[]);
+    let repo = env.push_repo("team/app", DAG);
+    let ci = CiClient::new(&c.client().await);
+
+    let first = ended_run(&ci, "team/app", 0, &worker).await;
+    assert_eq!(first.run.state, State::Success, "{first:?}\nworker log:\n{}", worker.log());
+    let (build, test) = (job(&first, "build"), job(&first, "test"));
+    assert_eq!((build.state, test.state), (State::Success, State::Success));
+    assert!(test.started_ms >= build.finished_ms, "test started before build ended: {first:?}");
+    assert_eq!(build.artifacts.len(), 1, "out.txt is kept");
+    assert_eq!(build.artifacts[0].size, 6);
+    let log = String::from_utf8(ci.read_log(first.number, "build").await.unwrap()).unwrap();
+    let commit = env.ok(repo.path(), &["rev-parse", "HEAD"]);
+    assert!(log.contains(&format!("building {}", commit.trim())), "build log: {log}");
+    let log = String::from_utf8(ci.read_log(first.number, "test").await.unwrap()).unwrap();
+    assert!(log.contains("testing test"), "test log: {log}");
+
+    // The same tree again: both jobs link the first run's success.
+    env.ok(repo.path(), &["commit", "-q", "--allow-empty", "-m", "nothing changed"]);
+    env.ok(repo.path(), &["push", "-q", "origin", "main"]);
+    let second = ended_run(&ci, "team/app", first.number, &worker).await;
+    assert_eq!(second.run.state, State::Success, "{second:?}");
+    for name in ["build", "test"] {
+        assert_eq!(job(&second, name).reused_from, Some(first.number), "{name} is skipped: {second:?}");
+    }
+    let log = String::from_utf8(ci.read_log(second.number, "build").await.unwrap()).unwrap();
+    assert!(log.contains("building"), "a skipped job shows the log it reused: {log}");
+
+    // Forced, they run again.
+    let forced = ci.trigger("team/app", "main", true).await.unwrap();
+    let third = ended_run(&ci, "team/app", second.number, &worker).await;
+    assert_eq!(third.number, forced);
+    assert_eq!(third.run.state, State::Success, "{third:?}");
+    for name in ["build", "test"] {
+        assert_eq!(job(&third, name).reused_from, None, "{name} runs when forced: {third:?}");
+    }
+    // A push to a branch the pipeline's triggers do not take ends as skipped.
+    env.ok(repo.path(), &["push", "-q", "origin", "main:side"]);
+    let side = ended_run(&ci, "team/app", third.number, &worker).await;
+    assert_eq!(side.run.state, State::Skipped, "{side:?}");
+    assert!(side.jobs.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_time_limits_bad_pipelines_and_cancelling_end_runs_as_they_should() {
+    let c = TestCluster::start(3).await;
+    for repo in ["t/fail", "t/slow", "t/bad", "t/cancel"] {
+        enable(&c, repo).await;
+    }
+    let env = Env::new(&c);
+    let worker = env.worker("w1", &["--capacity", "4"]);
+    let ci = CiClient::new(&c.client().await);
+
+    let _fail = env.push_repo(
+        "t/fail",
+        r#"{ jobs = {
+             a = { executor = 'shell, run = "echo about to fail; exit 3" },
+             b = { executor = 'shell, run = "echo never", needs = ["a"] },
+        } }"#,
+    );
+    let _slow =
+        env.push_repo("t/slow", r#"{ jobs = { hang = { executor = 'shell, run = "sleep 600", timeout_secs = 2 } } }"#);
+    let _bad =
+        env.push_repo("t/bad", "{\n  jobs = {\n    x = { executor = 'shell, run = \"true\", timeout = 5 },\n  },\n}\n");
+    let _cancel = env.push_repo(
+        "t/cancel",
+        r#"{ jobs = { long = { executor = 'shell, run = "echo started; sleep 600.25; echo not reached" } } }"#,
+    );
+
+    let fail = ended_run(&ci, "t/fail", 0, &worker).await;
+    assert_eq!(fail.run.state, State::Failure, "{fail:?}");
+    assert_eq!((job(&fail, "a").state, job(&fail, "a").exit_code), (State::Failure, Some(3)));
+    assert_eq!(job(&fail, "b").state, State::Skipped);
+    assert!(job(&fail, "b").message.as_deref().unwrap_or("").contains("needs a"), "{fail:?}");
+
+    let slow = ended_run(&ci, "t/slow", 0, &worker).await;
+    assert_eq!(slow.run.state, State::Failure, "{slow:?}");
+    assert_eq!(job(&slow, "hang").state, State::TimedOut, "{slow:?}");
+
+    let bad = ended_run(&ci, "t/bad", 0, &worker).await;
+    assert_eq!(bad.run.state, State::Error, "{bad:?}");
+    let message = bad.run.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(".aspen/ci.ncl") && message.contains("timeout"),
+        "Nickel's error names the file and field: {message}"
+    );
+    assert!(bad.jobs.is_empty(), "no job starts");
+
+    // Cancelling a running job kills it within seconds.
+    let run = tokio::time::timeout(RUN_BOUND, async {
+        loop {
+            if let Some(r) = ci.runs(Some("t/cancel"), None, 1).await.unwrap().into_iter().next()
+                && let Ok(log) = ci.read_log(r.number, "long").await
+                && String::from_utf8_lossy(&log).contains("started")
+            {
+                return r.number;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the long job started");
+    assert!(sleeping("600.25"), "the job's process runs");
+    let asked = std::time::Instant::now();
+    ci.cancel(run).await.unwrap();
+    let cancelled = ended_run(&ci, "t/cancel", run - 1, &worker).await;
+    assert_eq!(cancelled.run.state, State::Cancelled, "{cancelled:?}");
+    assert_eq!(job(&cancelled, "long").state, State::Cancelled);
+    assert!(asked.elapsed() < Duration::from_secs(30), "cancelled in {:?}", asked.elapsed());
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        while sleeping("600.25") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the cancelled job's process is gone");
+    let log = String::from_utf8(ci.read_log(run, "long").await.unwrap()).unwrap();
+    assert!(!log.contains("not reached"), "{log}");
+}
+
+/// Whether a `sleep ARG` process runs on this machine.
+fn sleeping(arg: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| c.split(|b| *b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>())
+            .is_ok_and(|argv| argv.len() >= 2 && argv[0].ends_with("sleep") && argv[1] == arg)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_worker_dies_is_run_again_by_another_and_recorded_once() {
+    let mut c = TestCluster::start(3).await;
+    enable(&c, "t/die").await;
+    let env = Env::new(&c);
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("marks");
+    let pipeline = format!(
+        r#"{{ jobs = {{ work = {{ executor = 'shell, env = {{ MARKS = "{}" }},
+             run = "echo start >> $MARKS; echo working; sleep 4; echo done >> $MARKS" }} }} }}"#,
+        marker.display()
+    );
+    let mut first = env.worker("w1", &["--session-ttl-secs", "3"]);
+    let _repo = env.push_repo("t/die", &pipeline);
+    let ci = CiClient::new(&c.client().await);
+    tokio::time::timeout(RUN_BOUND, async {
+        while !std::fs::read_to_string(&marker).unwrap_or_default().contains("start") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the job started on w1");
+    // The worker and a node die mid-job.
+    first.kill();
+    c.nodes.kill(2).unwrap();
+    let second = env.worker("w2", &["--session-ttl-secs", "3"]);
+    let run = ended_run(&ci, "t/die", 0, &second).await;
+    assert_eq!(run.run.state, State::Success, "{run:?}\nw2 log:\n{}", second.log());
+    let work = job(&run, "work");
+    assert_eq!(work.worker.as_deref(), Some("w2"), "{run:?}");
+    assert_eq!(work.attempt, 1, "a lost worker is not a failed attempt");
+    let marks = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(marks.matches("done").count(), 1, "the job finished once: {marks}");
+    assert_eq!(marks.matches("start").count(), 2, "started on w1, then again on w2: {marks}");
+}
