@@ -257,6 +257,9 @@ async fn run_vm(vm: &VmSettings, job: &ExecJob<'_>, log: mpsc::Sender<Vec<u8>>, 
     use aspen_vm::image::GuestImage;
     use aspen_vm::runner::{JobSpec, JobStatus, Share, ShareBackend, ShareSource, VmEvent, VmSpec};
     let Some(script) = job.def.run.clone() else { return ExecEnd::Error("a vm job without `run`".into()) };
+    if let Err(e) = std::fs::create_dir_all(job.scratch) {
+        return ExecEnd::Error(format!("cannot make {}: {e}", job.scratch.display()));
+    }
     let spec = VmSpec {
         hypervisor: vm.hypervisor.clone(),
         image: GuestImage::in_dir(&vm.image_dir),

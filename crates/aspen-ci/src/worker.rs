@@ -46,6 +46,8 @@ const LOG_FLUSH: Duration = Duration::from_millis(250);
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Longest a pipeline may take to evaluate.
 const EVAL_TIME_LIMIT: Duration = Duration::from_secs(30);
+/// Job records written per transaction when a pipeline is evaluated (within MAX_TXN_OPS).
+const JOB_PUTS_PER_TXN: usize = 100;
 /// Largest pipeline file read.
 const MAX_PIPELINE_BYTES: u64 = 1024 * 1024;
 
@@ -369,8 +371,21 @@ impl Shared {
             Ok((pipeline, jobs)) => {
                 next.state = State::Running;
                 next.jobs = jobs.keys().cloned().collect();
-                for (name, job) in &jobs {
-                    ops.push(put(records::job_key(spec.run, name), records::encode(job)?));
+                // The job records go first, in batches within a transaction's op limit, each
+                // fenced by the claim and by the run being unchanged; the run turns `Running`
+                // (which is what lets the scheduler act on them) with the completion.
+                let puts: Vec<TxnOp> = jobs
+                    .iter()
+                    .map(|(name, job)| Ok(put(records::job_key(spec.run, name), records::encode(job)?)))
+                    .collect::<Result<_, AspenError>>()?;
+                for batch in puts.chunks(JOB_PUTS_PER_TXN) {
+                    let txn = Txn { compare: vec![unchanged(&run_kv)], success: batch.to_vec(), failure: vec![] };
+                    if !self.worker.fenced_txn(task, txn).await.map_err(coord_error)? {
+                        if self.worker.holds(task).await.map_err(coord_error)? {
+                            return Box::pin(self.evaluate(task, spec)).await;
+                        }
+                        return Ok(());
+                    }
                 }
                 tracing::info!(run = spec.run, jobs = jobs.len(), triggers = ?pipeline.triggers, "pipeline evaluated");
             }

@@ -335,3 +335,31 @@ async fn a_job_whose_worker_dies_is_run_again_by_another_and_recorded_once() {
     assert_eq!(marks.matches("done").count(), 1, "the job finished once: {marks}");
     assert_eq!(marks.matches("start").count(), 2, "started on w1, then again on w2: {marks}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_job_runs_in_a_microvm_with_its_workspace_shared() {
+    let Some(image) = tokio::task::spawn_blocking(|| aspen_testkit::vm::test_image().expect("building the test image"))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let image_dir = image.kernel.parent().expect("image dir").display().to_string();
+    let c = TestCluster::start(3).await;
+    enable(&c, "t/vm").await;
+    let env = Env::new(&c);
+    let worker = env.worker("vm1", &["--executors", "vm", "--vm-image", &image_dir, "--hypervisor", "qemu-tcg"]);
+    let pipeline = r#"{ jobs = { guest = {
+        executor = 'vm,
+        run = "cat /workspace/README; echo from-guest > /workspace/result.txt; cat /workspace/result.txt; test \"$ASPEN_CI_JOB\" = guest",
+        resources = { cpus = 1, memory_mib = 256 },
+        timeout_secs = 300,
+    } } }"#;
+    let _repo = env.push_repo("t/vm", pipeline);
+    let ci = CiClient::new(&c.client().await);
+    let run = ended_run(&ci, "t/vm", 0, &worker).await;
+    let log = String::from_utf8(ci.read_log(run.number, "guest").await.unwrap()).unwrap();
+    assert_eq!(run.run.state, State::Success, "{run:?}\nlog:\n{log}\nworker log:\n{}", worker.log());
+    assert!(log.contains("guest up (kernel"), "the job ran in a guest: {log}");
+    assert!(log.contains("t/vm") && log.contains("from-guest"), "it read and wrote its workspace: {log}");
+}

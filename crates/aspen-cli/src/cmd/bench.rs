@@ -73,6 +73,9 @@ pub enum BenchCommand {
     /// the same directory, a fresh VM per measurement, median of 3, with the ratio of each.
     /// Needs a guest image (`aspen vm image build`); the virtiofsd column needs virtiofsd.
     Vm(crate::cmd::bench_vm::BenchVmArgs),
+    /// CI with a worker in this process: push to job start (p50), the throughput of JOBS
+    /// trivial shell jobs from one push, and the scheduler's overhead per job.
+    Ci(crate::cmd::bench_ci::BenchCiArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -168,6 +171,12 @@ pub async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<()> {
         // Blocking, on this thread for the whole run: the hypervisor's parent-death signal
         // follows the thread that spawns it.
         BenchCommand::Vm(args) => tokio::task::block_in_place(|| crate::cmd::bench_vm::run(&args)),
+        BenchCommand::Ci(args) => {
+            if !args.start_cluster {
+                return crate::cmd::bench_ci::run(ctx, &args, ctx.ticket()?).await;
+            }
+            with_bench_cluster(|ticket, _| crate::cmd::bench_ci::run(ctx, &args, ticket)).await
+        }
     }
 }
 

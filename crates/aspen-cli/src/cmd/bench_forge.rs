@@ -54,7 +54,7 @@ struct Row {
     daemon: f64,
 }
 
-async fn git(dir: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+pub(crate) async fn git(dir: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
     let mut cmd = Command::new("git");
     cmd.args(args)
         .current_dir(dir)

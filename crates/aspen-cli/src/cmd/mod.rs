@@ -4,6 +4,7 @@ pub mod barrier;
 pub mod bench;
 pub mod bench_blob;
 pub mod bench_cache;
+pub mod bench_ci;
 pub mod bench_forge;
 pub mod bench_fs;
 pub mod bench_vm;
