@@ -355,9 +355,7 @@ impl CiService {
             let mut next = run.clone();
             next.cancel_requested = true;
             next.message = Some(format!("cancelled by {by}"));
-            if next.state == State::Pending {
-                // Still evaluating: the evaluation's worker sees it and ends the run.
-            }
+            // A run still evaluating is ended by its evaluation's worker, which sees the mark.
             let txn = Txn {
                 compare: vec![unchanged(&kv)],
                 success: vec![put(kv.key.clone(), records::encode(&next)?)],

@@ -363,7 +363,7 @@ impl Shared {
         let verdict = if run.cancel_requested {
             Err((State::Cancelled, run.message.clone().unwrap_or_else(|| "cancelled".into())))
         } else {
-            self.plan_run(spec.run, &run, &space.0).await
+            self.plan_run(&run, &space.0).await
         };
         let mut next = run.clone();
         let mut ops = Vec::new();
@@ -409,7 +409,6 @@ impl Shared {
     /// the run ends here (the error's state and message).
     async fn plan_run(
         &self,
-        number: u64,
         run: &RunRecord,
         space: &Path,
     ) -> Result<(Pipeline, BTreeMap<String, JobRecord>), (State, String)> {
@@ -473,7 +472,6 @@ impl Shared {
             let def_json = serde_json::to_string(def).map_err(|e| (State::Error, e.to_string()))?;
             jobs.insert(name.clone(), new_job(def_json, def.executor, def.needs.clone()));
         }
-        let _ = number;
         Ok((pipeline, jobs))
     }
 
