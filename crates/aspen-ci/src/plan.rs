@@ -123,10 +123,24 @@ mod tests {
     }
 
     fn job(state: State, needs: &[&str]) -> JobRecord {
-        let mut job =
-            crate::worker::new_job("{}".into(), ExecutorKind::Shell, needs.iter().map(|s| s.to_string()).collect());
-        job.state = state;
-        job
+        JobRecord {
+            def_json: "{}".into(),
+            executor: ExecutorKind::Shell,
+            needs: needs.iter().map(|s| s.to_string()).collect(),
+            state,
+            attempt: 1,
+            worker: None,
+            queued_ms: None,
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            message: None,
+            log_blob: None,
+            log_bytes: 0,
+            artifacts: vec![],
+            input_hash: None,
+            reused_from: None,
+        }
     }
 
     fn jobs(list: &[(&str, JobRecord)]) -> BTreeMap<String, JobRecord> {
