@@ -18,6 +18,7 @@
 //! values.
 
 mod checks;
+mod flake_checks;
 mod graph;
 mod nesting;
 mod nickel;

@@ -119,4 +119,49 @@ impl CiClient {
             }
         }
     }
+
+    /// Trusts (or stops trusting) the patches `key` signs; answers the keys trusted after.
+    pub async fn trust(&self, repo: &str, key: &str, trusted: bool) -> Result<Vec<String>, ClientError> {
+        match self.call(CiRequest::Trust { repo: repo.into(), key: key.into(), trusted }).await? {
+            CiResponse::Trusted(keys) => Ok(keys),
+            other => Err(unexpected("ci_trust", &other)),
+        }
+    }
+
+    pub async fn trusted(&self, repo: &str) -> Result<Vec<String>, ClientError> {
+        match self.call(CiRequest::ListTrusted { repo: repo.into() }).await? {
+            CiResponse::Trusted(keys) => Ok(keys),
+            other => Err(unexpected("ci_trusted", &other)),
+        }
+    }
+
+    /// Stores a secret; answers the repository's secret names after.
+    pub async fn set_secret(&self, repo: &str, name: &str, value: &[u8]) -> Result<Vec<String>, ClientError> {
+        match self.call(CiRequest::SetSecret { repo: repo.into(), name: name.into(), value: value.to_vec() }).await? {
+            CiResponse::Secrets(names) => Ok(names),
+            other => Err(unexpected("ci_secret_set", &other)),
+        }
+    }
+
+    pub async fn delete_secret(&self, repo: &str, name: &str) -> Result<Vec<String>, ClientError> {
+        match self.call(CiRequest::DeleteSecret { repo: repo.into(), name: name.into() }).await? {
+            CiResponse::Secrets(names) => Ok(names),
+            other => Err(unexpected("ci_secret_delete", &other)),
+        }
+    }
+
+    pub async fn secrets(&self, repo: &str) -> Result<Vec<String>, ClientError> {
+        match self.call(CiRequest::ListSecrets { repo: repo.into() }).await? {
+            CiResponse::Secrets(names) => Ok(names),
+            other => Err(unexpected("ci_secrets", &other)),
+        }
+    }
+
+    /// The secrets of a job this worker runs, by name.
+    pub async fn job_secrets(&self, run: u64, job: &str) -> Result<Vec<(String, Vec<u8>)>, ClientError> {
+        match self.call(CiRequest::JobSecrets { run, job: job.into() }).await? {
+            CiResponse::SecretValues(values) => Ok(values.into_iter().map(|(n, v)| (n, v.into_vec())).collect()),
+            other => Err(unexpected("ci_job_secrets", &other)),
+        }
+    }
 }

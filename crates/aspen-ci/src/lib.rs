@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod executor;
+pub mod mask;
 pub mod plan;
 pub mod protocol;
 pub mod records;
@@ -79,11 +80,12 @@ impl App for CiApp {
         AppInfo {
             name: rights::APP.into(),
             alpn: CI_ALPN.to_vec(),
-            rights: vec![rights::READ.into(), rights::RUN.into(), rights::ADMIN.into()],
+            rights: vec![rights::READ.into(), rights::RUN.into(), rights::ADMIN.into(), rights::SECRETS.into()],
         }
     }
 
-    /// The forge's repositories, refs and push events (read, watch), and the work pool's
+    /// The forge's repositories, refs, push and patch revision events (read, watch), its
+    /// commit statuses (write: CI reports each run on its commit), and the work pool's
     /// tasks (what the scheduler submits and withdraws).
     fn kv_rights(&self) -> Vec<Capability> {
         let forge = aspen_forge::records::FORGE_PREFIX.as_bytes().to_vec();
@@ -91,6 +93,7 @@ impl App for CiApp {
         vec![
             Capability::Read(forge.clone()),
             Capability::Watch(forge),
+            Capability::Write(aspen_forge::status::STATUS_PREFIX.as_bytes().to_vec()),
             Capability::Read(pool.clone()),
             Capability::Write(pool.clone()),
             Capability::Delete(pool.clone()),
@@ -105,10 +108,12 @@ impl App for CiApp {
             let stop = tokio_util::sync::CancellationToken::new();
             if settings.scheduler {
                 tokio::spawn(service.clone().follow_pushes(stop.clone()));
+                tokio::spawn(service.clone().follow_patches(stop.clone()));
                 tokio::spawn(service.clone().follow_jobs(stop.clone()));
             }
             let blobs = node.services.get::<aspen_blob::LocalBlobs>(aspen_blob::LocalBlobs::SERVICE);
-            let handler = server::CiHandler { service, kv: node.kv.clone(), blobs, stop };
+            let handler =
+                server::CiHandler { service, kv: node.kv.clone(), blobs, secrets: node.secrets.clone(), stop };
             Ok(Arc::new(handler) as Arc<dyn AppHandler>)
         })
     }

@@ -55,6 +55,43 @@ pub enum CiRequest {
         run: u64,
         job: String,
     },
+    /// Trusts (or stops trusting) patch revisions signed by `key` (hex ed25519 public key):
+    /// their runs get secrets and run every executor. Needs `admin`. Answered with
+    /// `Trusted`.
+    Trust {
+        repo: String,
+        key: String,
+        trusted: bool,
+    },
+    /// The keys whose patches `repo` trusts. Needs `read`. Answered with `Trusted`.
+    ListTrusted {
+        repo: String,
+    },
+    /// Stores a job secret of `repo` (sealed with the cluster's secrets key), replacing one
+    /// of the same name. Needs `secrets`. Answered with `Secrets`.
+    SetSecret {
+        repo: String,
+        name: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Deletes a job secret. Needs `secrets`. Answered with `Secrets`.
+    DeleteSecret {
+        repo: String,
+        name: String,
+    },
+    /// The names of `repo`'s secrets (never their values). Needs `secrets`. Answered with
+    /// `Secrets`.
+    ListSecrets {
+        repo: String,
+    },
+    /// The values of the secrets job `job` of run `run` names, for the worker running it:
+    /// only while the job runs, only for a trusted run. Needs `secrets` over the run's
+    /// repository. Answered with `SecretValues`.
+    JobSecrets {
+        run: u64,
+        job: String,
+    },
 }
 
 /// Most bytes one `ReadLog` answer carries.
@@ -72,6 +109,12 @@ impl CiRequest {
             CiRequest::Retry { .. } => "ci_retry",
             CiRequest::FollowLog { .. } => "ci_logs",
             CiRequest::ReadLog { .. } => "ci_log",
+            CiRequest::Trust { .. } => "ci_trust",
+            CiRequest::ListTrusted { .. } => "ci_trusted",
+            CiRequest::SetSecret { .. } => "ci_secret_set",
+            CiRequest::DeleteSecret { .. } => "ci_secret_delete",
+            CiRequest::ListSecrets { .. } => "ci_secrets",
+            CiRequest::JobSecrets { .. } => "ci_job_secrets",
         }
     }
 
@@ -108,6 +151,12 @@ pub enum CiResponse {
         state: State,
         message: Option<String>,
     },
+    /// The keys (hex) whose patches a repository trusts.
+    Trusted(Vec<String>),
+    /// The names of a repository's secrets.
+    Secrets(Vec<String>),
+    /// Secret values, by name, for a running job.
+    SecretValues(Vec<(String, serde_bytes::ByteBuf)>),
 }
 
 impl aspen_client::Answer for CiResponse {

@@ -5,8 +5,8 @@
 //!   transaction that creates the run, so run numbers are dense and never reused;
 //! - `run/<number, 12 digits>`: a [`RunRecord`];
 //! - `by-repo/<repo>:<number>`: empty, the index `aspen ci runs --repo` reads;
-//! - `active/<number>`: empty, present while the run is not finished (what the scheduler
-//!   sweeps after a restart);
+//! - `active/<number>`: empty, present while the run is not finished or its end is not yet
+//!   reported as the commit's status (what the scheduler sweeps after a restart);
 //! - `trigger/<source>`: the number of the run a source started (`push/<event id>`,
 //!   `patch/<change id>`, `manual/<nonce>`), created with the run, so one source starts at
 //!   most one run, also when a scheduler retries after a leader change;
@@ -14,7 +14,14 @@
 //! - `log/<number>/<job>/<attempt, 4 digits>/<sequence, 8 digits>`: one piece of a job's live
 //!   log, written by the worker that holds the job (fenced by its claim);
 //! - `done/<input hash hex>`: a [`Reuse`]: a job with these inputs succeeded, so an unforced
-//!   job with the same inputs links that result instead of running.
+//!   job with the same inputs links that result instead of running;
+//! - `cursor/push`, `cursor/patch`: the KV revision up to which the forge's push and patch
+//!   revision events were handled;
+//! - `trust/<repo>:<key hex>`: empty; patch revisions signed by this key are trusted (their
+//!   runs get secrets and run every executor);
+//! - `secret/<repo>:<NAME>`: a job secret's value, sealed with the cluster's secrets key
+//!   (`aspen_app::secrets`, the key as associated data); only a node opens it, for a worker
+//!   running a trusted job that names it.
 //!
 //! Jobs wait in the coordination work pool [`POOL`] (`_aspen/coord/work/ci/`) as tasks whose
 //! payload is a [`TaskSpec`]. Every record here is postcard and frozen: fields are only added
@@ -90,6 +97,40 @@ pub fn log_key(run: u64, job: &str, attempt: u32, seq: u32) -> Vec<u8> {
 pub fn reuse_key(input_hash: &[u8; 32]) -> Vec<u8> {
     format!("{CI_PREFIX}done/{}", hex(input_hash)).into_bytes()
 }
+pub fn cursor_key(stream: &str) -> Vec<u8> {
+    format!("{CI_PREFIX}cursor/{stream}").into_bytes()
+}
+pub fn trust_key(repo: &str, key_hex: &str) -> Vec<u8> {
+    format!("{CI_PREFIX}trust/{repo}:{key_hex}").into_bytes()
+}
+pub fn trust_prefix(repo: &str) -> Vec<u8> {
+    format!("{CI_PREFIX}trust/{repo}:").into_bytes()
+}
+pub fn secret_key(repo: &str, name: &str) -> Vec<u8> {
+    format!("{CI_PREFIX}secret/{repo}:{name}").into_bytes()
+}
+pub fn secrets_prefix(repo: &str) -> Vec<u8> {
+    format!("{CI_PREFIX}secret/{repo}:").into_bytes()
+}
+/// Longest secret value, in bytes.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// Checks a secret's name: what it is called in the job's environment, 1-128 characters of
+/// `[A-Za-z0-9_]`, not starting with a digit.
+pub fn validate_secret_name(name: &str) -> Result<(), AspenError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(AspenError::invalid(format!(
+            "secret name {name:?} is not an environment variable name (1-128 of A-Z, a-z, 0-9, _; not starting with a digit)"
+        )))
+    }
+}
+
 /// The pin name of a job attempt's archived log.
 pub fn log_pin(run: u64, job: &str, attempt: u32) -> String {
     format!("{PIN_SCOPE}{run}/{job}/{attempt}.log")
@@ -109,6 +150,15 @@ pub fn task_id(run: u64, job: Option<&str>, attempt: u32) -> String {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A 32-byte key from 64 hex digits.
+pub fn parse_key_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect();
+    bytes?.try_into().ok()
 }
 
 /// A repository CI builds.

@@ -1,6 +1,8 @@
 //! Who may do what with CI: `ci:read:SCOPE` (runs, jobs, logs), `ci:run:SCOPE` (start,
-//! cancel, retry runs) and `ci:admin:SCOPE` (enable and disable repositories), where a scope
-//! is a prefix of repository names. Workers are not callers of this protocol: they work on
+//! cancel, retry runs), `ci:admin:SCOPE` (enable and disable repositories, trust patch
+//! authors) and `ci:secrets:SCOPE` (set, list and delete job secrets; a worker needs it to
+//! be given the secrets of the trusted jobs it runs), where a scope is a prefix of repository
+//! names. Workers are not callers of this protocol: they work on
 //! the KV (see docs/ci.md for the token a worker needs).
 
 use aspen_core::AspenError;
@@ -11,6 +13,7 @@ pub const APP: &str = "ci";
 pub const READ: &str = "read";
 pub const RUN: &str = "run";
 pub const ADMIN: &str = "admin";
+pub const SECRETS: &str = "secrets";
 
 /// Fails unless `caps` grant `right` over repository `repo`.
 pub fn require(caps: &[Capability], right: &str, repo: &str) -> Result<(), AspenError> {

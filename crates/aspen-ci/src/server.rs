@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{CiRequest, CiResponse, RunInfo};
 use crate::records::{self, JobRecord, State};
-use crate::rights::{self, ADMIN, READ, RUN};
+use crate::rights::{self, ADMIN, READ, RUN, SECRETS};
 use crate::service::{CiService, NewRun, RunView};
 
 /// Longest a followed log waits between looks when no change wakes it.
@@ -25,6 +25,7 @@ pub struct CiHandler {
     pub(crate) service: Arc<CiService>,
     pub(crate) kv: SharedKv,
     pub(crate) blobs: Option<Arc<LocalBlobs>>,
+    pub(crate) secrets: Option<Arc<aspen_app::SecretBox>>,
     pub(crate) stop: CancellationToken,
 }
 
@@ -149,7 +150,43 @@ impl CiHandler {
                 self.readable_run(caps, run).await?;
                 CiResponse::Log(self.read_log(run, &job).await?)
             }
+            CiRequest::Trust { repo, key, trusted } => {
+                aspen_forge::names::validate_repo_name(&repo)?;
+                rights::require(caps, ADMIN, &repo)?;
+                CiResponse::Trusted(service.trust(&repo, &key, trusted).await?)
+            }
+            CiRequest::ListTrusted { repo } => {
+                rights::require(caps, READ, &repo)?;
+                CiResponse::Trusted(service.trusted(&repo).await?)
+            }
+            CiRequest::SetSecret { repo, name, value } => {
+                aspen_forge::names::validate_repo_name(&repo)?;
+                rights::require(caps, SECRETS, &repo)?;
+                service.set_secret(self.secrets()?, &repo, &name, &value).await?;
+                CiResponse::Secrets(service.secret_names(&repo).await?)
+            }
+            CiRequest::DeleteSecret { repo, name } => {
+                rights::require(caps, SECRETS, &repo)?;
+                if !service.delete_secret(&repo, &name).await? {
+                    return Err(AspenError::invalid(format!("{repo} has no secret {name}")));
+                }
+                CiResponse::Secrets(service.secret_names(&repo).await?)
+            }
+            CiRequest::ListSecrets { repo } => {
+                rights::require(caps, SECRETS, &repo)?;
+                CiResponse::Secrets(service.secret_names(&repo).await?)
+            }
+            CiRequest::JobSecrets { run, job } => {
+                let view = service.show(run).await?.ok_or_else(|| no_run(run))?;
+                rights::require(caps, SECRETS, &view.run.repo)?;
+                let values = service.job_secrets(self.secrets()?, run, &job).await?;
+                CiResponse::SecretValues(values.into_iter().map(|(n, v)| (n, serde_bytes::ByteBuf::from(v))).collect())
+            }
         })
+    }
+
+    fn secrets(&self) -> Result<&aspen_app::SecretBox, AspenError> {
+        self.secrets.as_deref().ok_or_else(|| aspen_app::secrets::no_secrets_key(rights::APP))
     }
 
     async fn repo_exists(&self, repo: &str) -> Result<bool, AspenError> {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use aspen_coord::WorkPool;
 use aspen_core::AspenError;
-use aspen_forge::records::{EVENT_PREFIX, PushEvent};
+use aspen_forge::records::{EVENT_PREFIX, PushEvent, REVISION_EVENT_PREFIX, RevisionEvent};
+use aspen_forge::status::CommitStatus;
 use aspen_kv::{Compare, CompareOp, CompareTarget, KeyValue, ReadConsistency, SharedKv, Txn, TxnOp, TxnOpResult};
 use aspen_kv::{Kv as _, KvExt as _};
 use tokio_util::sync::CancellationToken;
@@ -119,6 +120,101 @@ impl CiService {
 
     pub async fn disable(&self, repo: &str) -> Result<bool, AspenError> {
         Ok(self.kv.delete(records::repo_key(repo)).await.map_err(kv_error)?.deleted > 0)
+    }
+
+    /// Trusts (or stops trusting) patch revisions of `repo` signed by `key` (hex); answers
+    /// the keys trusted after it.
+    pub async fn trust(&self, repo: &str, key: &str, trusted: bool) -> Result<Vec<String>, AspenError> {
+        let bytes = records::parse_key_hex(key).ok_or_else(|| {
+            AspenError::invalid(format!(
+                "{key:?} is not a public key: 64 hex digits, as `aspen identity show` prints it"
+            ))
+        })?;
+        let key = records::trust_key(repo, &records::hex(&bytes));
+        if trusted {
+            self.kv.put(key, Vec::new()).await.map_err(kv_error)?;
+        } else {
+            self.kv.delete(key).await.map_err(kv_error)?;
+        }
+        self.trusted(repo).await
+    }
+
+    /// The keys (hex) whose patch revisions of `repo` are trusted.
+    pub async fn trusted(&self, repo: &str) -> Result<Vec<String>, AspenError> {
+        let prefix = records::trust_prefix(repo);
+        let (kvs, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        Ok(kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned()).collect())
+    }
+
+    /// Stores secret `name` of `repo`, sealed by `secrets`.
+    pub async fn set_secret(
+        &self,
+        secrets: &aspen_app::SecretBox,
+        repo: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), AspenError> {
+        records::validate_secret_name(name)?;
+        if value.len() > records::MAX_SECRET_BYTES {
+            return Err(AspenError::invalid(format!(
+                "secret {name} is {} bytes, over the {} byte limit",
+                value.len(),
+                records::MAX_SECRET_BYTES
+            )));
+        }
+        let key = records::secret_key(repo, name);
+        let sealed = secrets.seal(&key, value)?;
+        self.kv.put(key, sealed).await.map_err(kv_error)?;
+        Ok(())
+    }
+
+    /// Deletes secret `name` of `repo`; false when there was none.
+    pub async fn delete_secret(&self, repo: &str, name: &str) -> Result<bool, AspenError> {
+        records::validate_secret_name(name)?;
+        Ok(self.kv.delete(records::secret_key(repo, name)).await.map_err(kv_error)?.deleted > 0)
+    }
+
+    /// The names of `repo`'s secrets.
+    pub async fn secret_names(&self, repo: &str) -> Result<Vec<String>, AspenError> {
+        let prefix = records::secrets_prefix(repo);
+        let (kvs, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        Ok(kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned()).collect())
+    }
+
+    /// The secrets job `job` of run `number` names, opened, for the worker running it: only
+    /// while it runs, and only in a trusted run.
+    pub async fn job_secrets(
+        &self,
+        secrets: &aspen_app::SecretBox,
+        number: u64,
+        job: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, AspenError> {
+        let view = self.show(number).await?.ok_or_else(|| AspenError::invalid(format!("there is no run {number}")))?;
+        let record =
+            view.jobs.get(job).ok_or_else(|| AspenError::invalid(format!("run {number} has no job {job:?}")))?;
+        if !view.run.trusted {
+            return Err(AspenError::invalid(format!(
+                "run {number} is of a patch from an untrusted author: its jobs get no secrets"
+            )));
+        }
+        if record.state != State::Running {
+            return Err(AspenError::invalid(format!(
+                "job {job} of run {number} is {}: secrets are given only to a running job",
+                record.state.name()
+            )));
+        }
+        let mut out = Vec::new();
+        for name in record.def()?.secrets {
+            let key = records::secret_key(&view.run.repo, &name);
+            let kv = self.get(&key).await?.ok_or_else(|| {
+                AspenError::invalid(format!(
+                    "job {job} names secret {name}, which {} does not have (`aspen ci secret set {} {name}`)",
+                    view.run.repo, view.run.repo
+                ))
+            })?;
+            out.push((name, secrets.open(&key, &kv.value)?));
+        }
+        Ok(out)
     }
 
     /// Creates the run `source` asks for, unless `source` started one already; returns its
@@ -250,7 +346,7 @@ impl CiService {
             let jobs: BTreeMap<String, JobRecord> = jobs_kv.iter().map(|(n, (_, j))| (n.clone(), j.clone())).collect();
             let actions = plan::advance(&run, &jobs);
             if actions.is_empty() {
-                return Ok(());
+                return self.report(number, &run_kv, &run, &jobs).await;
             }
             for action in actions {
                 self.carry_out(number, &run_kv, &run, &jobs_kv, action).await?;
@@ -329,10 +425,8 @@ impl CiService {
                 tracing::info!(run = number, state = state.name(), "run finished");
                 Txn {
                     compare: vec![unchanged(run_kv)],
-                    success: vec![
-                        put(run_kv.key.clone(), records::encode(&next)?),
-                        TxnOp::Delete { key: records::active_key(number) },
-                    ],
+                    // `active/` goes once the end is reported on the commit (`report`).
+                    success: vec![put(run_kv.key.clone(), records::encode(&next)?)],
                     failure: vec![],
                 }
             }
@@ -340,6 +434,58 @@ impl CiService {
         // A failed compare means another node (or a worker) moved the record first; the
         // next round of `advance` reads it again.
         self.txn(txn).await.map(drop)
+    }
+
+    /// Reports where run `number` stands as its commit's status in the forge (context
+    /// [`plan::status_context`], ordered by run number), unless it says so already or a newer
+    /// run reported on the commit; a finished run then leaves `active/`. Compares the run
+    /// record, so a node that read an older state cannot write over a newer one.
+    async fn report(
+        &self,
+        number: u64,
+        run_kv: &KeyValue,
+        run: &RunRecord,
+        jobs: &BTreeMap<String, JobRecord>,
+    ) -> Result<(), AspenError> {
+        let context = plan::status_context(run);
+        let mut status = plan::commit_status(number, run, jobs);
+        let key = aspen_forge::status::status_key(&run.repo, &run.commit, context);
+        let current = self.get(&key).await?;
+        let stored: Option<CommitStatus> = current.as_ref().and_then(|kv| postcard::from_bytes(&kv.value).ok());
+        let said = stored.as_ref().is_some_and(|s| {
+            s.seq > number
+                || (s.seq == number
+                    && s.state == status.state
+                    && s.description
+                        == aspen_forge::status::clip(&status.description, aspen_forge::status::MAX_DESCRIPTION))
+        });
+        let mut compare = vec![unchanged(run_kv)];
+        let mut success = Vec::new();
+        if !said {
+            status.updated_ms = now_ms();
+            status.by = "ci".into();
+            let step = aspen_forge::status::status_step(
+                &run.repo,
+                &run.commit,
+                context,
+                &status,
+                current.as_ref().map(|kv| (kv.value.as_slice(), kv.mod_revision)),
+            )?;
+            if let Some((c, op)) = step {
+                compare.push(c);
+                success.push(op);
+            }
+        }
+        let active = records::active_key(number);
+        if run.state.is_final() && self.get(&active).await?.is_some() {
+            success.push(TxnOp::Delete { key: active });
+        }
+        if success.is_empty() {
+            return Ok(());
+        }
+        // A failed compare: the run or the status moved; whoever moved it reports (the
+        // watch wakes every scheduler, and the sweep covers what it misses).
+        self.txn(Txn { compare, success, failure: vec![] }).await.map(drop)
     }
 
     /// Asks run `number` to stop: what has not started is cancelled here, what runs is
@@ -435,7 +581,17 @@ impl CiService {
     /// run for each push to an enabled repository. Every node does this; the trigger key
     /// makes each push start one run.
     pub async fn follow_pushes(self: Arc<Self>, stop: CancellationToken) {
-        let cursor_key = format!("{}cursor/push", records::CI_PREFIX).into_bytes();
+        self.follow(Events::Pushes, stop).await
+    }
+
+    /// Follows the forge's patch revision events, as [`Self::follow_pushes`] does pushes:
+    /// one run per revision of a patch to an enabled repository.
+    pub async fn follow_patches(self: Arc<Self>, stop: CancellationToken) {
+        self.follow(Events::Revisions, stop).await
+    }
+
+    async fn follow(&self, events: Events, stop: CancellationToken) {
+        let cursor_key = records::cursor_key(events.cursor());
         loop {
             // Without a cursor, from the start of the watch history (or of the events, when
             // that is gone): an event counts only if its repository was enabled before it.
@@ -450,7 +606,7 @@ impl CiService {
                     continue;
                 }
             };
-            let mut watch = self.kv.watch(EVENT_PREFIX.as_bytes(), from + 1);
+            let mut watch = self.kv.watch(events.prefix().as_bytes(), from + 1);
             loop {
                 let event = tokio::select! {
                     () = stop.cancelled() => return,
@@ -458,8 +614,8 @@ impl CiService {
                 };
                 match event {
                     Some(Ok(event)) if event.kind == aspen_kv::EventKind::Put => {
-                        if let Err(e) = self.on_push(&event.kv).await {
-                            tracing::warn!("ci: a push event was not handled (will retry): {e}");
+                        if let Err(e) = self.on_event(events, &event.kv).await {
+                            tracing::warn!("ci: a forge event was not handled (will retry): {e}");
                             if sleep_or_stop(&stop, Duration::from_secs(1)).await {
                                 return;
                             }
@@ -470,11 +626,11 @@ impl CiService {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         if matches!(e.aspen(), Some(AspenError::Compacted { .. })) {
-                            if let Err(e) = self.catch_up_pushes(&cursor_key, from).await {
-                                tracing::warn!("ci: catching up on push events: {e}");
+                            if let Err(e) = self.catch_up(events, &cursor_key, from).await {
+                                tracing::warn!("ci: catching up on forge events: {e}");
                             }
                         } else {
-                            tracing::debug!("ci: the push watch broke: {e}");
+                            tracing::debug!("ci: the forge event watch broke: {e}");
                         }
                         if sleep_or_stop(&stop, Duration::from_millis(500)).await {
                             return;
@@ -489,14 +645,52 @@ impl CiService {
 
     /// After the watch history lost events: every event newer than the cursor, read from
     /// the events themselves (the forge keeps them).
-    async fn catch_up_pushes(&self, cursor_key: &[u8], from: u64) -> Result<(), AspenError> {
+    async fn catch_up(&self, events: Events, cursor_key: &[u8], from: u64) -> Result<(), AspenError> {
         let (kvs, revision) =
-            self.kv.scan_all(EVENT_PREFIX.as_bytes(), ReadConsistency::Linearizable).await.map_err(kv_error)?;
+            self.kv.scan_all(events.prefix().as_bytes(), ReadConsistency::Linearizable).await.map_err(kv_error)?;
         for kv in kvs.iter().filter(|kv| kv.mod_revision > from) {
-            self.on_push(kv).await?;
+            self.on_event(events, kv).await?;
         }
         self.kv.put(cursor_key, revision.to_be_bytes().to_vec()).await.map_err(kv_error)?;
         Ok(())
+    }
+
+    async fn on_event(&self, events: Events, kv: &KeyValue) -> Result<(), AspenError> {
+        match events {
+            Events::Pushes => self.on_push(kv).await,
+            Events::Revisions => self.on_revision(kv).await,
+        }
+    }
+
+    /// Whether `repo` was enabled before the event written at `revision`.
+    async fn enabled_before(&self, repo: &str, revision: u64) -> Result<bool, AspenError> {
+        Ok(matches!(self.get(&records::repo_key(repo)).await?, Some(config) if config.create_revision < revision))
+    }
+
+    /// Starts the run of one new revision of a patch: trusted when its author is.
+    async fn on_revision(&self, kv: &KeyValue) -> Result<(), AspenError> {
+        let event: RevisionEvent = match postcard::from_bytes(&kv.value) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "ci: a revision event does not read: {e}");
+                return Ok(());
+            }
+        };
+        if !self.enabled_before(&event.repo, kv.mod_revision).await? {
+            return Ok(());
+        }
+        let author = records::hex(&event.author);
+        let trusted = self.get(&records::trust_key(&event.repo, &author)).await?.is_some();
+        let new = NewRun {
+            repo: event.repo.clone(),
+            ref_name: aspen_forge::names::branch_ref(&event.target),
+            commit: event.head,
+            trigger: Trigger::Patch { patch: records::hex(&event.patch), revision: event.number },
+            forced: false,
+            trusted,
+            jobs: None,
+        };
+        self.create_run(&format!("patch/{}", records::hex(&event.revision)), new).await.map(drop)
     }
 
     async fn on_push(&self, kv: &KeyValue) -> Result<(), AspenError> {
@@ -512,9 +706,8 @@ impl CiService {
             return Ok(());
         }
         // Only pushes made after the repository was enabled.
-        match self.get(&records::repo_key(&event.repo)).await? {
-            Some(config) if config.create_revision < kv.mod_revision => {}
-            _ => return Ok(()),
+        if !self.enabled_before(&event.repo, kv.mod_revision).await? {
+            return Ok(());
         }
         let id = String::from_utf8_lossy(&kv.key[EVENT_PREFIX.len()..]).into_owned();
         let new = NewRun {
@@ -586,6 +779,29 @@ impl CiService {
             if let Err(e) = self.advance(number).await {
                 tracing::debug!(run = number, "ci: sweeping: {e}");
             }
+        }
+    }
+}
+
+/// The forge's event streams CI follows.
+#[derive(Debug, Clone, Copy)]
+enum Events {
+    Pushes,
+    Revisions,
+}
+
+impl Events {
+    fn prefix(self) -> &'static str {
+        match self {
+            Events::Pushes => EVENT_PREFIX,
+            Events::Revisions => REVISION_EVENT_PREFIX,
+        }
+    }
+
+    fn cursor(self) -> &'static str {
+        match self {
+            Events::Pushes => "push",
+            Events::Revisions => "patch",
         }
     }
 }

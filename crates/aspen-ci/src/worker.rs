@@ -31,7 +31,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::CiClient;
 use crate::executor::{self, ExecEnd, ExecJob, ExecutorSettings};
+use crate::mask::Masker;
 use crate::records::{self, Artifact, JobRecord, POOL, Reuse, RunRecord, State, TaskSpec, Trigger};
 use crate::service::now_ms;
 
@@ -124,12 +126,16 @@ struct Shared {
     kv: SharedKv,
     blobs: BlobClient,
     cache: CacheClient,
+    ci: CiClient,
     worker: Worker,
     /// When the last successful lease renewal was sent.
     renewed: Mutex<Instant>,
     stop: CancellationToken,
     credentials: PathBuf,
 }
+
+/// Longest the listing of a flake's checks may take (it may fetch the flake's inputs).
+const FLAKE_EVAL_LIMIT: Duration = Duration::from_secs(600);
 
 /// Runs a worker until `stop` fires or its lease ends (an error then: start it again).
 pub async fn run(client: &Client, config: WorkerConfig, stop: CancellationToken) -> Result<(), AspenError> {
@@ -144,6 +150,7 @@ pub async fn run(client: &Client, config: WorkerConfig, stop: CancellationToken)
     let shared = Arc::new(Shared {
         blobs: BlobClient::new(client),
         cache: CacheClient::new(client),
+        ci: CiClient::new(client),
         kv,
         worker,
         renewed: Mutex::new(sent),
@@ -394,7 +401,7 @@ impl Shared {
                 next.state = state;
                 next.message = Some(message);
                 next.finished_ms = Some(now_ms());
-                ops.push(TxnOp::Delete { key: records::active_key(spec.run) });
+                // `active/` stays until a scheduler has reported the end on the commit.
             }
         }
         ops.push(put(run_kv.key.clone(), records::encode(&next)?));
@@ -459,13 +466,16 @@ impl Shared {
             }
             _ => {}
         }
-        if let Some((name, _)) = pipeline.jobs.iter().find(|(_, d)| d.flake_checks) {
-            return Err((
-                State::Error,
-                format!(
-                    "job {name}: `flake_checks` (one job per flake check) is not supported by this version yet; name each check with `build`"
-                ),
-            ));
+        let mut pipeline = pipeline;
+        let expand: Vec<String> =
+            pipeline.jobs.iter().filter(|(_, d)| d.flake_checks).map(|(n, _)| n.clone()).collect();
+        if !expand.is_empty() {
+            let (system, checks) = list_flake_checks(&src, &space.join("home")).await.map_err(|e| (State::Error, e))?;
+            for name in expand {
+                pipeline
+                    .expand_flake_checks(&name, &system, &checks)
+                    .map_err(|e| (State::Error, format!("{}: {e}", records::PIPELINE_PATH)))?;
+            }
         }
         let mut jobs = BTreeMap::new();
         for (name, def) in &pipeline.jobs {
@@ -531,11 +541,15 @@ impl Shared {
         let cancel = CancellationToken::new();
         let (log_tx, log_rx) = mpsc::channel::<Vec<u8>>(64);
         let log_file = space.0.join("job.log");
-        let writer = LogWriter::new(&log_file, spec.run, name, spec.attempt).await?;
+        // A job that names secrets gets them from a node (only a running job of a trusted
+        // run does), and its log masks them.
+        let secrets = self.job_secrets(spec, name, &record).await;
+        let masker = Masker::new(secrets.iter().flatten().map(|(_, v)| v.as_slice()));
+        let writer = LogWriter::new(&log_file, spec.run, name, spec.attempt, masker).await?;
         // The writer ends once the job's senders are gone, that is when the job has ended.
         let work = async {
             tokio::join!(
-                self.execute_job(spec, name, &run, &record, &space.0, log_tx, &cancel),
+                self.execute_job(spec, name, &run, &record, &space.0, secrets, log_tx, &cancel),
                 writer.run(log_rx, self, task)
             )
         };
@@ -627,6 +641,20 @@ impl Shared {
         Ok(())
     }
 
+    /// The secrets the job names, from a node; an error says why there are none.
+    async fn job_secrets(
+        &self,
+        spec: &TaskSpec,
+        name: &str,
+        record: &JobRecord,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let wanted = record.def().map_err(|e| e.to_string())?.secrets;
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ci.job_secrets(spec.run, name).await.map_err(|e| format!("getting the job's secrets: {e}"))
+    }
+
     /// Checks the job's commit out, skips it when an earlier success had the same inputs,
     /// else runs it with its executor (then pushes its outputs and keeps its artifacts).
     /// Returns how it ended, its input hash with the success it reused, and its artifacts.
@@ -638,6 +666,7 @@ impl Shared {
         run: &RunRecord,
         record: &JobRecord,
         space: &Path,
+        secrets: Result<Vec<(String, Vec<u8>)>, String>,
         log: mpsc::Sender<Vec<u8>>,
         cancel: &CancellationToken,
     ) -> (ExecEnd, Option<([u8; 32], Option<Reuse>)>, Vec<Artifact>) {
@@ -678,7 +707,31 @@ impl Shared {
             .await;
             return (ExecEnd::Exited(0), Some((input_hash, Some(reuse))), Vec::new());
         }
+        let secrets = match secrets {
+            Ok(secrets) => secrets,
+            Err(e) => return (ExecEnd::Error(e), Some((input_hash, None)), Vec::new()),
+        };
         let mut env: Vec<(String, String)> = def.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (secret, value) in secrets {
+            let Ok(text) = String::from_utf8(value) else {
+                return (
+                    ExecEnd::Error(format!(
+                        "secret {secret} is not UTF-8 text, so it cannot be an environment variable"
+                    )),
+                    Some((input_hash, None)),
+                    Vec::new(),
+                );
+            };
+            if text.len() < crate::mask::MIN_MASKED {
+                say(format!(
+                    "secret {secret} is shorter than {} bytes: the log does not mask it",
+                    crate::mask::MIN_MASKED
+                ))
+                .await;
+            }
+            env.retain(|(k, _)| k != &secret);
+            env.push((secret, text));
+        }
         env.extend([
             ("CI".to_string(), "true".to_string()),
             ("ASPEN_CI".into(), "true".into()),
@@ -819,6 +872,43 @@ pub fn new_job(def_json: String, executor: ExecutorKind, needs: Vec<String>) -> 
     }
 }
 
+/// The system this worker's nix builds for, and the attribute names of the checked-out
+/// flake's `checks.<system>` (what `flake_checks` expands to).
+async fn list_flake_checks(src: &Path, home: &Path) -> Result<(String, Vec<String>), String> {
+    async fn nix(src: &Path, home: &Path, args: &[&str]) -> Result<String, String> {
+        std::fs::create_dir_all(home).map_err(|e| format!("cannot make {}: {e}", home.display()))?;
+        let mut command = tokio::process::Command::new("nix");
+        command
+            .args(["--extra-experimental-features", "nix-command flakes"])
+            .args(args)
+            .current_dir(src)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env("HOME", home)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for var in ["NIX_REMOTE", "NIX_STORE_DIR", "NIX_STATE_DIR", "NIX_CONF_DIR", "NIX_CONFIG"] {
+            if let Some(value) = std::env::var_os(var) {
+                command.env(var, value);
+            }
+        }
+        let out = tokio::time::timeout(FLAKE_EVAL_LIMIT, command.output())
+            .await
+            .map_err(|_| format!("`nix {}` took over {} s", args.join(" "), FLAKE_EVAL_LIMIT.as_secs()))?
+            .map_err(|e| format!("flake_checks needs nix on the worker that evaluates the pipeline: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("`nix {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+    let system = nix(src, home, &["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"]).await?;
+    let attr = format!(".#checks.{system}");
+    let names = nix(src, home, &["eval", "--json", &attr, "--apply", "builtins.attrNames"]).await?;
+    let checks: Vec<String> =
+        serde_json::from_str(&names).map_err(|e| format!("`nix eval {attr}` did not answer a list of names: {e}"))?;
+    Ok((system, checks))
+}
+
 /// What decides whether a job runs again: the tree it checks out, its definition, its
 /// executor and image.
 pub fn input_hash(tree: &str, def_json: &str, executor: ExecutorKind, image: Option<&str>) -> [u8; 32] {
@@ -865,12 +955,14 @@ struct LogWriter {
     run: u64,
     job: String,
     attempt: u32,
+    /// Secrets never reach the file or the KV.
+    masker: Masker,
 }
 
 impl LogWriter {
-    async fn new(path: &Path, run: u64, job: &str, attempt: u32) -> Result<LogWriter, AspenError> {
+    async fn new(path: &Path, run: u64, job: &str, attempt: u32, masker: Masker) -> Result<LogWriter, AspenError> {
         let file = tokio::fs::File::create(path).await.map_err(AspenError::internal)?;
-        Ok(LogWriter { file, run, job: job.to_string(), attempt })
+        Ok(LogWriter { file, run, job: job.to_string(), attempt, masker })
     }
 
     /// Runs until every sender is dropped; returns the log's length and whether every
@@ -887,16 +979,15 @@ impl LogWriter {
             // What woke the loop: bytes (`Some(false)`), the flush tick (`Some(true)`), or the
             // end of the job (`None`).
             let woke = tokio::select! {
-                bytes = rx.recv() => bytes.inspect(|bytes| {
-                    pending.extend_from_slice(bytes);
-                    total += bytes.len() as u64;
-                }),
+                bytes = rx.recv() => bytes.map(|b| self.masker.push(&b)),
                 _ = tick.tick() => Some(Vec::new()),
             };
-            if let Some(bytes) = &woke
-                && !bytes.is_empty()
-            {
-                let _ = self.file.write_all(bytes).await;
+            let rest = if woke.is_none() { self.masker.finish() } else { Vec::new() };
+            let fresh = woke.as_deref().unwrap_or(&rest);
+            if !fresh.is_empty() {
+                pending.extend_from_slice(fresh);
+                total += fresh.len() as u64;
+                let _ = self.file.write_all(fresh).await;
             }
             let flush = match &woke {
                 None => true,

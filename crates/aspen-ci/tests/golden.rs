@@ -62,6 +62,15 @@ fn requests() -> Vec<(&'static str, CiRequest)> {
         ("Retry", CiRequest::Retry { run: 3, job: Some("test".into()) }),
         ("FollowLog", CiRequest::FollowLog { run: 3, job: "test".into() }),
         ("ReadLog", CiRequest::ReadLog { run: 3, job: "test".into() }),
+        ("Trust", CiRequest::Trust { repo: "team/app".into(), key: "ab".repeat(32), trusted: true }),
+        ("ListTrusted", CiRequest::ListTrusted { repo: "team/app".into() }),
+        (
+            "SetSecret",
+            CiRequest::SetSecret { repo: "team/app".into(), name: "TOKEN".into(), value: b"s3cret".to_vec() },
+        ),
+        ("DeleteSecret", CiRequest::DeleteSecret { repo: "team/app".into(), name: "TOKEN".into() }),
+        ("ListSecrets", CiRequest::ListSecrets { repo: "team/app".into() }),
+        ("JobSecrets", CiRequest::JobSecrets { run: 3, job: "deploy".into() }),
     ]
 }
 
@@ -76,6 +85,12 @@ fn responses() -> Vec<(&'static str, CiResponse)> {
         ("Started", CiResponse::Started { run: 4, created: true }),
         ("Log", CiResponse::Log(b"hello\n".to_vec())),
         ("LogEnd", CiResponse::LogEnd { state: State::TimedOut, message: Some("killed".into()) }),
+        ("Trusted", CiResponse::Trusted(vec!["ab".repeat(32)])),
+        ("Secrets", CiResponse::Secrets(vec!["TOKEN".into()])),
+        (
+            "SecretValues",
+            CiResponse::SecretValues(vec![("TOKEN".into(), serde_bytes::ByteBuf::from(b"s3cret".to_vec()))]),
+        ),
     ]
 }
 
@@ -90,6 +105,12 @@ fn request_variant(r: &CiRequest) -> &'static str {
         CiRequest::Retry { .. } => "Retry",
         CiRequest::FollowLog { .. } => "FollowLog",
         CiRequest::ReadLog { .. } => "ReadLog",
+        CiRequest::Trust { .. } => "Trust",
+        CiRequest::ListTrusted { .. } => "ListTrusted",
+        CiRequest::SetSecret { .. } => "SetSecret",
+        CiRequest::DeleteSecret { .. } => "DeleteSecret",
+        CiRequest::ListSecrets { .. } => "ListSecrets",
+        CiRequest::JobSecrets { .. } => "JobSecrets",
     }
 }
 
@@ -103,6 +124,9 @@ fn response_variant(r: &CiResponse) -> &'static str {
         CiResponse::Started { .. } => "Started",
         CiResponse::Log(_) => "Log",
         CiResponse::LogEnd { .. } => "LogEnd",
+        CiResponse::Trusted(_) => "Trusted",
+        CiResponse::Secrets(_) => "Secrets",
+        CiResponse::SecretValues(_) => "SecretValues",
     }
 }
 
@@ -133,8 +157,8 @@ fn trigger_name(t: &Trigger) -> &'static str {
 fn every_variant_has_a_sample() {
     assert!(requests().iter().all(|(n, r)| *n == request_variant(r)));
     assert!(responses().iter().all(|(n, r)| *n == response_variant(r)));
-    assert_eq!(requests().len(), 9);
-    assert_eq!(responses().len(), 8);
+    assert_eq!(requests().len(), 15);
+    assert_eq!(responses().len(), 11);
 }
 
 #[test]
@@ -195,4 +219,7 @@ fn ci_keys_keep_their_shape() {
     assert_eq!(records::by_repo_key("team/app", 42), b"_aspen/ci/by-repo/team/app:000000000042");
     assert_eq!(records::task_id(42, Some("test"), 2), "000000000042.test.2");
     assert_eq!(records::task_id(42, None, 1), "000000000042.eval");
+    assert_eq!(records::cursor_key("patch"), b"_aspen/ci/cursor/patch");
+    assert_eq!(records::trust_key("team/app", "ab"), b"_aspen/ci/trust/team/app:ab");
+    assert_eq!(records::secret_key("team/app", "TOKEN"), b"_aspen/ci/secret/team/app:TOKEN");
 }

@@ -3,6 +3,8 @@
 use aspen_client::{AppChannel, Client, ClientError};
 
 use crate::protocol::{EventEntry, FORGE_ALPN, ForgeRequest, ForgeResponse, GcReport, RepoInfo, RepoSummary};
+use crate::records::ObjectId;
+use crate::status::{CommitStatus, StatusEntry};
 
 /// The forge, as a client sees it. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -166,6 +168,37 @@ impl ForgeClient {
         match self.call(request).await? {
             ForgeResponse::Cob(state) => Ok(state),
             other => Err(unexpected("patch_merge", &other)),
+        }
+    }
+
+    /// Reports `context`'s status of `commit`; answers every context's status after it.
+    pub async fn set_status(
+        &self,
+        repo: &str,
+        commit: ObjectId,
+        context: &str,
+        status: &CommitStatus,
+    ) -> Result<Vec<StatusEntry>, ClientError> {
+        let request = ForgeRequest::SetStatus {
+            repo: repo.into(),
+            commit,
+            context: context.into(),
+            state: status.state,
+            description: status.description.clone(),
+            target: status.target.clone(),
+            seq: status.seq,
+        };
+        match self.call(request).await? {
+            ForgeResponse::Statuses { statuses, .. } => Ok(statuses),
+            other => Err(unexpected("status_set", &other)),
+        }
+    }
+
+    /// Every context's status of `commit`.
+    pub async fn statuses(&self, repo: &str, commit: ObjectId) -> Result<Vec<StatusEntry>, ClientError> {
+        match self.call(ForgeRequest::ListStatuses { repo: repo.into(), commit }).await? {
+            ForgeResponse::Statuses { statuses, .. } => Ok(statuses),
+            other => Err(unexpected("status_list", &other)),
         }
     }
 

@@ -248,6 +248,25 @@ impl ForgeHandler {
                 TxnOp::Put { key: summary_key, value: records::encode(&summary)?, lease: None },
             ];
             success.extend(aspen_blob::records::pin_ops(&cob_index::change_pin(repo, &change_id), &change_id, None));
+            // A new revision is an event watchers (CI) follow, written with the change.
+            if let Some((index, revision)) = state.revisions.iter().enumerate().find(|(_, r)| r.id == change_id) {
+                let event = records::RevisionEvent {
+                    repo: repo.to_string(),
+                    patch: object,
+                    revision: change_id,
+                    number: index as u32 + 1,
+                    target: state.target.clone().unwrap_or_default(),
+                    base: revision.base,
+                    head: revision.head,
+                    author: change.author,
+                    time_ms: aspen_net::now_ms(),
+                };
+                success.push(TxnOp::Put {
+                    key: records::revision_event_key(event.time_ms, rand::random()),
+                    value: records::encode(&event)?,
+                    lease: None,
+                });
+            }
             if let (Some(pusher), Some((revision, commit))) = (merge, merged_action) {
                 let before = before.as_ref().ok_or_else(|| AspenError::invalid("a merge cannot open a patch"))?;
                 let (ops, compares) = self.merge_ops(repo, before, &revision, &commit, pusher).await?;

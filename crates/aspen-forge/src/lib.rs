@@ -28,6 +28,7 @@ pub mod records;
 pub mod remote;
 pub mod rights;
 mod server;
+pub mod status;
 pub mod store;
 mod upload;
 

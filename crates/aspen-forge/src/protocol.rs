@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cob::{CobKind, CobState};
 use crate::records::ObjectId;
+use crate::status::{StatusEntry, StatusState};
 
 /// ALPN of the forge's protocol.
 pub const FORGE_ALPN: &[u8] = b"aspen/forge/1";
@@ -72,6 +73,20 @@ pub enum ForgeRequest {
         #[serde(with = "serde_bytes")]
         change: Vec<u8>,
     },
+    /// Reports `context`'s status of `commit` (which the repository must hold), replacing
+    /// the context's earlier report unless that one has a higher `seq`. Needs `push`.
+    /// Answered with `Statuses` (every context's status of the commit after it).
+    SetStatus {
+        repo: String,
+        commit: ObjectId,
+        context: String,
+        state: StatusState,
+        description: String,
+        target: String,
+        seq: u64,
+    },
+    /// Every context's status of `commit`. Needs `read`. Answered with `Statuses`.
+    ListStatuses { repo: String, commit: ObjectId },
 }
 
 /// A git service a [`ForgeRequest::Connect`] asks for.
@@ -119,6 +134,8 @@ impl ForgeRequest {
             ForgeRequest::ShowCob { .. } => "cob_show",
             ForgeRequest::ListCobs { .. } => "cob_list",
             ForgeRequest::MergePatch { .. } => "patch_merge",
+            ForgeRequest::SetStatus { .. } => "status_set",
+            ForgeRequest::ListStatuses { .. } => "status_list",
         }
     }
 
@@ -133,6 +150,9 @@ impl ForgeRequest {
                 | ForgeRequest::Events { follow: false, .. }
                 | ForgeRequest::ShowCob { .. }
                 | ForgeRequest::ListCobs { .. }
+                | ForgeRequest::ListStatuses { .. }
+                // The same report twice is stored once (its seq does not go down).
+                | ForgeRequest::SetStatus { .. }
                 // A change is content-addressed: adding it twice adds it once.
                 | ForgeRequest::AppendChange { .. }
         )
@@ -169,6 +189,11 @@ pub enum ForgeResponse {
     Cobs {
         cobs: Vec<crate::cob_index::CobSummary>,
         more: bool,
+    },
+    /// A commit's statuses, by context.
+    Statuses {
+        commit: ObjectId,
+        statuses: Vec<StatusEntry>,
     },
 }
 

@@ -18,7 +18,11 @@
 //!   whose signed bytes are the blob the change id names, pinned as
 //!   `forge/<repo>/cob/<change id hex>`;
 //! - `event/<16 hex digits of ms>-<16 hex digits>`: a [`PushEvent`], written in the same
-//!   transaction as the ref update it records; watchers read them from a revision.
+//!   transaction as the ref update it records; watchers read them from a revision;
+//! - `revision/<16 hex digits of ms>-<16 hex digits>`: a [`RevisionEvent`], written in the
+//!   same transaction as the change that opens a patch or adds a revision to it (what CI
+//!   follows to build patches);
+//! - `status/<repo>:<commit hex>/<context>`: a commit status ([`crate::status`]).
 
 use aspen_core::AspenError;
 use aspen_core::command::TxnOp;
@@ -42,6 +46,8 @@ pub const FORK_PREFIX: &str = "_aspen/forge/fork/";
 pub const COB_PREFIX: &str = "_aspen/forge/cob/";
 /// Prefix of the changes of issues and patches.
 pub const CHANGE_PREFIX: &str = "_aspen/forge/change/";
+/// Prefix of patch revision events.
+pub const REVISION_EVENT_PREFIX: &str = "_aspen/forge/revision/";
 /// Prefix of the blob pins the forge holds.
 pub const PIN_SCOPE: &str = "forge/";
 
@@ -75,6 +81,31 @@ pub struct PushEvent {
     /// Who pushed: the hex public key of the client that pushed.
     pub pusher: String,
     pub time_ms: u64,
+}
+
+/// A patch opened or revised: one new revision, as watchers read it. Frozen like
+/// [`RepoRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionEvent {
+    pub repo: String,
+    /// The patch (its root change's id).
+    pub patch: [u8; 32],
+    /// The change that introduced the revision (the patch's id for the first).
+    pub revision: [u8; 32],
+    /// 1 for the first revision, counting up in the patch's order.
+    pub number: u32,
+    /// The branch the patch asks to merge into (no `refs/heads/`).
+    pub target: String,
+    pub base: ObjectId,
+    pub head: ObjectId,
+    /// Who signed the change (ed25519 public key).
+    pub author: [u8; 32],
+    pub time_ms: u64,
+}
+
+/// The key of a revision event at `time_ms`, made unique by `nonce`.
+pub fn revision_event_key(time_ms: u64, nonce: u64) -> Vec<u8> {
+    format!("{REVISION_EVENT_PREFIX}{time_ms:016x}-{nonce:016x}").into_bytes()
 }
 
 /// One pack a repository holds. Frozen like [`RepoRecord`].

@@ -19,6 +19,7 @@ use crate::names::{validate_ref_name, validate_repo_name};
 use crate::protocol::{ForgeRequest, ForgeResponse, GitService, MAX_LIST, RefEntry, RepoInfo, RepoSummary};
 use crate::records::{self, ObjectId, PackRecord, RepoRecord};
 use crate::rights::{self, ADMIN, PUSH, READ};
+use crate::status::StatusEntry;
 use crate::store::PackStore;
 
 /// Attempts of a read-modify-write of a repository record that lost a race.
@@ -146,6 +147,21 @@ impl AppHandler for ForgeHandler {
             let span = tracing::debug_span!("forge", op = request.name());
             let response = async {
                 let caps = caller.capabilities()?;
+                if let ForgeRequest::SetStatus { repo, commit, context, state, description, target, seq } = request {
+                    validate_repo_name(&repo)?;
+                    rights::require(&caps, PUSH, &repo)?;
+                    let status = crate::status::CommitStatus {
+                        state,
+                        description,
+                        target,
+                        seq,
+                        by: data_encoding::HEXLOWER.encode(&caller.remote_key()),
+                        updated_ms: aspen_net::now_ms(),
+                    };
+                    self.set_status(&repo, &commit, &context, &status).await?;
+                    let statuses = self.statuses(&repo, &commit).await?;
+                    return Ok(ForgeResponse::Statuses { commit, statuses });
+                }
                 if let ForgeRequest::MergePatch { repo, change } = request {
                     validate_repo_name(&repo)?;
                     rights::require(&caps, PUSH, &repo)?;
@@ -381,9 +397,15 @@ impl ForgeHandler {
                 let (cobs, more) = self.list_cobs(&repo, kind, after.as_deref(), limit).await?;
                 Ok(ForgeResponse::Cobs { cobs, more })
             }
-            ForgeRequest::MergePatch { .. } => {
-                Err(AspenError::UnknownRequest { detail: "patch_merge is answered with the caller's key".into() })
+            ForgeRequest::ListStatuses { repo, commit } => {
+                validate_repo_name(&repo)?;
+                rights::require(caps, READ, &repo)?;
+                let statuses = self.statuses(&repo, &commit).await?;
+                Ok(ForgeResponse::Statuses { commit, statuses })
             }
+            ForgeRequest::MergePatch { .. } | ForgeRequest::SetStatus { .. } => Err(AspenError::UnknownRequest {
+                detail: format!("{} is answered with the caller's key", request.name()),
+            }),
             ForgeRequest::Connect { .. } => {
                 Err(AspenError::UnknownRequest { detail: "git_connect is answered before requests are handled".into() })
             }
@@ -515,7 +537,68 @@ impl ForgeHandler {
             self.kv().txn(Txn { compare: Vec::new(), success, failure: Vec::new() }).await.map_err(kv_error)?;
         }
         self.kv().delete(records::activity_key(name)).await.map_err(kv_error)?;
+        self.kv().delete_prefix(crate::status::repo_prefix(name)).await.map_err(kv_error)?;
         Ok(())
+    }
+
+    /// Every context's status of `commit` in `repo`.
+    pub(crate) async fn statuses(&self, repo: &str, commit: &ObjectId) -> Result<Vec<StatusEntry>, AspenError> {
+        self.record(repo).await?;
+        let prefix = crate::status::commit_prefix(repo, commit);
+        let (kvs, _) = self.kv().scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let Some(context) = crate::status::context_of(&prefix, &kv.key) else { continue };
+            out.push(StatusEntry {
+                context: context.to_string(),
+                status: records::decode(&kv.value, "a commit status")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores `context`'s report on `commit`, which `repo` must hold, unless a newer one is
+    /// stored.
+    async fn set_status(
+        &self,
+        repo: &str,
+        commit: &ObjectId,
+        context: &str,
+        status: &crate::status::CommitStatus,
+    ) -> Result<(), AspenError> {
+        crate::status::validate_context(context)?;
+        self.record(repo).await?;
+        let snapshot = self.snapshot(repo).await?;
+        let indexes = self.store.index_paths(&snapshot.packs).await?;
+        let id = *commit;
+        let kind = tokio::task::spawn_blocking(move || crate::objects::PackSet::open(&indexes)?.kind(&id))
+            .await
+            .map_err(|e| AspenError::internal(format!("looking the commit up: {e}")))??;
+        if kind != Some(gix_object::Kind::Commit) {
+            return Err(AspenError::invalid(format!(
+                "{repo:?} holds no commit {}: push it first",
+                records::hex(commit)
+            )));
+        }
+        let key = crate::status::status_key(repo, commit, context);
+        for _ in 0..10 {
+            let current = self.kv().get(&key, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+            let Some((compare, op)) = crate::status::status_step(
+                repo,
+                commit,
+                context,
+                status,
+                current.as_ref().map(|kv| (kv.value.as_slice(), kv.mod_revision)),
+            )?
+            else {
+                return Ok(());
+            };
+            let txn = Txn { compare: vec![compare], success: vec![op], failure: Vec::new() };
+            if self.kv().txn(txn).await.map_err(kv_error)?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(AspenError::Unavailable { reason: format!("the {context} status of a commit kept changing; try again") })
     }
 
     /// The names of `parent`'s forks.

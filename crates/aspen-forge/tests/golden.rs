@@ -10,7 +10,8 @@ use aspen_forge::cob_index::{self, CobSummary};
 use aspen_forge::protocol::{
     EventEntry, ForgeRequest, ForgeResponse, GcReport, GitService, RefEntry, RepoInfo, RepoSummary,
 };
-use aspen_forge::records::{self, PackRecord, PushEvent, RepoRecord};
+use aspen_forge::records::{self, PackRecord, PushEvent, RepoRecord, RevisionEvent};
+use aspen_forge::status::{self, CommitStatus, StatusEntry, StatusState};
 
 fn fixture(name: &str) -> PathBuf {
     aspen_core::golden::crate_dir(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
@@ -32,6 +33,16 @@ fn requests() -> Vec<ForgeRequest> {
         ForgeRequest::ShowCob { repo: "repos/a".into(), kind: CobKind::Patch, id: "abcdef".into() },
         ForgeRequest::ListCobs { repo: "repos/a".into(), kind: CobKind::Issue, after: None, limit: 10 },
         ForgeRequest::MergePatch { repo: "repos/a".into(), change: vec![4, 5] },
+        ForgeRequest::SetStatus {
+            repo: "repos/a".into(),
+            commit: [7; 20],
+            context: "ci".into(),
+            state: StatusState::Running,
+            description: "1 of 2 jobs over".into(),
+            target: "aspen ci show 3".into(),
+            seq: 3,
+        },
+        ForgeRequest::ListStatuses { repo: "repos/a".into(), commit: [7; 20] },
     ]
 }
 
@@ -51,6 +62,8 @@ fn variant_request(r: &ForgeRequest) -> &'static str {
         ForgeRequest::ShowCob { .. } => "ShowCob",
         ForgeRequest::ListCobs { .. } => "ListCobs",
         ForgeRequest::MergePatch { .. } => "MergePatch",
+        ForgeRequest::SetStatus { .. } => "SetStatus",
+        ForgeRequest::ListStatuses { .. } => "ListStatuses",
     }
 }
 
@@ -79,6 +92,17 @@ fn summary() -> CobSummary {
         changes: 3,
         target: Some("main".into()),
         head: Some([7; 20]),
+    }
+}
+
+fn commit_status(state: StatusState) -> CommitStatus {
+    CommitStatus {
+        state,
+        description: "all 2 jobs passed".into(),
+        target: "aspen ci show 3".into(),
+        seq: 3,
+        by: "ci".into(),
+        updated_ms: 1_700_000_000_000,
     }
 }
 
@@ -179,6 +203,10 @@ fn responses() -> Vec<ForgeResponse> {
         ForgeResponse::Cob(issue_state()),
         ForgeResponse::CobDetail { state: issue_state(), changes: vec![serde_bytes::ByteBuf::from(vec![9u8, 9])] },
         ForgeResponse::Cobs { cobs: vec![summary()], more: false },
+        ForgeResponse::Statuses {
+            commit: [7; 20],
+            statuses: vec![StatusEntry { context: "ci".into(), status: commit_status(StatusState::Success) }],
+        },
     ]
 }
 
@@ -194,6 +222,7 @@ fn variant_response(r: &ForgeResponse) -> &'static str {
         ForgeResponse::Cob(_) => "Cob",
         ForgeResponse::CobDetail { .. } => "CobDetail",
         ForgeResponse::Cobs { .. } => "Cobs",
+        ForgeResponse::Statuses { .. } => "Statuses",
     }
 }
 
@@ -221,6 +250,17 @@ fn forge_records_keep_their_bytes_and_keys_their_shape() {
         pusher: "abcd".into(),
         time_ms: 1_700_000_000_000,
     };
+    let revision = RevisionEvent {
+        repo: "repos/a".into(),
+        patch: [1; 32],
+        revision: [2; 32],
+        number: 2,
+        target: "main".into(),
+        base: [3; 20],
+        head: [4; 20],
+        author: [5; 32],
+        time_ms: 1_700_000_000_000,
+    };
     let pack =
         PackRecord { pack: [3; 32], index: [4; 32], objects: 112_731, bytes: 40_276_958, added_ms: 1_700_000_000_000 };
     check_file(
@@ -230,8 +270,22 @@ fn forge_records_keep_their_bytes_and_keys_their_shape() {
             sample("PushEvent", &event),
             sample("PackRecord", &pack),
             sample("CobSummary", &summary()),
+            sample("RevisionEvent", &revision),
         ],
     );
+    let states = [
+        StatusState::Pending,
+        StatusState::Running,
+        StatusState::Success,
+        StatusState::Failure,
+        StatusState::Error,
+        StatusState::Cancelled,
+        StatusState::Skipped,
+    ];
+    let mut statuses: Vec<_> =
+        states.iter().map(|s| sample(format!("CommitStatus.{}", s.name()), &commit_status(*s))).collect();
+    statuses.extend(states.iter().map(|s| sample(format!("StatusState.{}", s.name()), s)));
+    check_file(&fixture("status.txt"), &statuses);
     let path = fixture("keys.txt");
     for (name, key) in [
         ("repo_key", records::repo_key("repos/a")),
@@ -245,6 +299,8 @@ fn forge_records_keep_their_bytes_and_keys_their_shape() {
         ("cob_key", cob_index::cob_key("repos/a", CobKind::Issue, &[1; 32])),
         ("change_key", cob_index::change_key("repos/a", CobKind::Patch, &[1; 32], &[2; 32])),
         ("change_pin", cob_index::change_pin("repos/a", &[2; 32]).into_bytes()),
+        ("revision_event_key", records::revision_event_key(1_700_000_000_000, 42)),
+        ("status_key", status::status_key("repos/a", &[7; 20], "ci/untrusted")),
     ] {
         let text = String::from_utf8(key).unwrap();
         assert_eq!(recorded_text(&path, name, || text.clone()), text, "{name} changed shape");

@@ -74,6 +74,38 @@ pub enum CiCommand {
     Contract,
     /// Run a worker: claim jobs this machine can run and run them, until SIGTERM.
     Worker(WorkerArgs),
+    /// Trust patches signed by KEY (`aspen identity show` prints yours): their runs get
+    /// secrets and run every executor. Without KEY, list the trusted keys. Needs ci:admin.
+    Trust {
+        repo: String,
+        key: Option<String>,
+        /// Stop trusting KEY.
+        #[arg(long, requires = "key")]
+        revoke: bool,
+    },
+    /// Job secrets: stored sealed with the cluster's secrets key, given as environment
+    /// variables to the trusted jobs that name them, masked in logs. Needs ci:secrets.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret from --value-file, or from standard input (one trailing newline dropped).
+    Set {
+        repo: String,
+        name: String,
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+    },
+    /// The names of a repository's secrets.
+    List {
+        repo: String,
+    },
+    Delete {
+        repo: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,7 +256,40 @@ async fn run_with(ctx: &Ctx, client: &Client, cmd: CiCommand) -> anyhow::Result<
                 println!("run {new} started");
             }
         }
+        CiCommand::Trust { repo, key: None, .. } => print_names(ctx, "trusted", &ci.trusted(&repo).await?)?,
+        CiCommand::Trust { repo, key: Some(key), revoke } => {
+            print_names(ctx, "trusted", &ci.trust(&repo, &key, !revoke).await?)?
+        }
+        CiCommand::Secret(SecretCommand::Set { repo, name, value_file }) => {
+            let value = match value_file {
+                Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                None => {
+                    let mut value = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut value).context("reading standard input")?;
+                    if value.ends_with(b"\n") {
+                        value.pop();
+                    }
+                    value
+                }
+            };
+            print_names(ctx, "secrets", &ci.set_secret(&repo, &name, &value).await?)?
+        }
+        CiCommand::Secret(SecretCommand::List { repo }) => print_names(ctx, "secrets", &ci.secrets(&repo).await?)?,
+        CiCommand::Secret(SecretCommand::Delete { repo, name }) => {
+            print_names(ctx, "secrets", &ci.delete_secret(&repo, &name).await?)?
+        }
         CiCommand::Validate { .. } | CiCommand::Contract | CiCommand::Worker(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn print_names(ctx: &Ctx, what: &str, names: &[String]) -> anyhow::Result<()> {
+    if ctx.json {
+        println!("{}", json!({ what: names }));
+    } else {
+        for name in names {
+            println!("{name}");
+        }
     }
     Ok(())
 }

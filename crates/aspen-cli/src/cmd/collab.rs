@@ -413,7 +413,29 @@ pub async fn run_patch(ctx: &Ctx, client: &Client, cmd: PatchCommand) -> anyhow:
             print_state(ctx, &open(&forge, &repo, CobKind::Patch, action).await?)
         }
         PatchCommand::List(args) => list(ctx, &forge, CobKind::Patch, args).await,
-        PatchCommand::Show { repo, id } => print_state(ctx, &forge.show_cob(&repo, CobKind::Patch, &id).await?.0),
+        PatchCommand::Show { repo, id } => {
+            let state = forge.show_cob(&repo, CobKind::Patch, &id).await?.0;
+            // Each revision's head, with what CI (or anyone reporting) says of it.
+            let mut statuses = Vec::with_capacity(state.revisions.len());
+            for r in &state.revisions {
+                statuses.push(forge.statuses(&repo, r.head).await?);
+            }
+            if ctx.json {
+                let mut value = state_json(&state);
+                for (r, s) in value["revisions"].as_array_mut().into_iter().flatten().zip(&statuses) {
+                    r["statuses"] = super::forge::statuses_json(s);
+                }
+                return Ok(output::print_json(&value)?);
+            }
+            print_state(ctx, &state)?;
+            for (r, s) in state.revisions.iter().zip(&statuses) {
+                if !s.is_empty() {
+                    output::print_line(&format!("statuses of revision {}:", cob::short_id(&r.id)))?;
+                    super::forge::print_statuses("  ", s)?;
+                }
+            }
+            Ok(())
+        }
         PatchCommand::Revise { repo, id, from, note } => {
             let (state, _) = forge.show_cob(&repo, CobKind::Patch, &id).await?;
             let target = state.target.clone().context("not a patch")?;

@@ -2,6 +2,7 @@
 
 use anyhow::bail;
 use aspen_client::Client;
+use aspen_forge::status::{CommitStatus, StatusEntry, StatusState};
 use aspen_forge::{EventEntry, ForgeClient, RepoInfo};
 use serde_json::{Value, json};
 
@@ -36,6 +37,32 @@ pub enum ForgeCommand {
         /// Override the node's grace period (seconds); 0 collects every pack.
         #[arg(long)]
         grace_secs: Option<u64>,
+    },
+    /// Show a repository with the statuses (CI's and others') of its refs' commits, or one
+    /// commit's statuses.
+    Show {
+        repo: String,
+        /// A commit (40 hex digits), a branch, a tag or a full ref name.
+        rev: Option<String>,
+    },
+    /// Report a status of a commit, as a CI system does (needs forge:push).
+    Status {
+        repo: String,
+        /// A commit (40 hex digits), a branch, a tag or a full ref name.
+        rev: String,
+        /// pending, running, success, failure, error, cancelled or skipped.
+        state: String,
+        /// Who reports: reports of one context replace each other.
+        #[arg(long, default_value = "external")]
+        context: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Where to look for more (a URL or a command).
+        #[arg(long, default_value = "")]
+        target: String,
+        /// Orders the context's reports: a lower one than stored is dropped [default: now, in ms].
+        #[arg(long)]
+        seq: Option<u64>,
     },
 }
 
@@ -111,6 +138,76 @@ fn print_repo(ctx: &Ctx, info: &RepoInfo) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The commit `rev` names in `info`: 40 hex digits, or a ref (full, branch or tag).
+fn resolve_rev(info: &RepoInfo, rev: &str) -> anyhow::Result<[u8; 20]> {
+    if rev.len() == 40
+        && let Ok(id) = aspen_forge::records::parse_object_id(rev)
+    {
+        return Ok(id);
+    }
+    for name in [rev.to_string(), format!("refs/heads/{rev}"), format!("refs/tags/{rev}")] {
+        if let Some(r) = info.refs.iter().find(|r| r.name == name) {
+            return Ok(r.id);
+        }
+    }
+    bail!("{} has no commit, branch or tag {rev:?}", info.name)
+}
+
+pub fn statuses_json(statuses: &[StatusEntry]) -> Value {
+    statuses
+        .iter()
+        .map(|s| {
+            json!({
+                "context": s.context,
+                "state": s.status.state.name(),
+                "description": s.status.description,
+                "target": s.status.target,
+                "seq": s.status.seq,
+                "by": s.status.by,
+                "updated_ms": s.status.updated_ms,
+            })
+        })
+        .collect()
+}
+
+/// One line per status, indented by `indent`; a description of several lines keeps its
+/// first line here (the target has the rest).
+pub fn print_statuses(indent: &str, statuses: &[StatusEntry]) -> anyhow::Result<()> {
+    for s in statuses {
+        let first = s.status.description.lines().next().unwrap_or_default();
+        let more = if s.status.description.lines().nth(1).is_some() { " …" } else { "" };
+        let target = if s.status.target.is_empty() { String::new() } else { format!(" ({})", s.status.target) };
+        output::print_line(&format!("{indent}{}: {} {first}{more}{target}", s.context, s.status.state.name()))?;
+    }
+    Ok(())
+}
+
+/// Shows `info` with each ref's statuses (at most [`STATUS_REFS`] refs are looked up).
+async fn show_with_statuses(ctx: &Ctx, forge: &ForgeClient, info: &RepoInfo) -> anyhow::Result<()> {
+    let mut statuses = Vec::new();
+    for r in info.refs.iter().take(STATUS_REFS) {
+        statuses.push(forge.statuses(&info.name, r.id).await?);
+    }
+    if ctx.json {
+        let mut value = repo_json(info);
+        for (r, s) in value["refs"].as_array_mut().into_iter().flatten().zip(&statuses) {
+            r["statuses"] = statuses_json(s);
+        }
+        return Ok(output::print_json(&value)?);
+    }
+    print_repo(ctx, info)?;
+    for (r, s) in info.refs.iter().zip(&statuses) {
+        if !s.is_empty() {
+            output::print_line(&format!("{}:", r.name))?;
+            print_statuses("  ", s)?;
+        }
+    }
+    Ok(())
+}
+
+/// Most refs whose statuses `aspen forge show` looks up.
+const STATUS_REFS: usize = 50;
+
 fn print_events(ctx: &Ctx, events: &[EventEntry]) -> anyhow::Result<()> {
     let hex = |id: &Option<[u8; 20]>| id.map(|i| aspen_forge::records::hex(&i));
     for e in events {
@@ -145,6 +242,41 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: ForgeCommand) -> anyhow::Resul
     let forge = ForgeClient::new(client);
     let cmd = match cmd {
         ForgeCommand::Repo(cmd) => cmd,
+        ForgeCommand::Show { repo, rev } => {
+            let info = forge.show_repo(&repo).await?;
+            let Some(rev) = rev else { return show_with_statuses(ctx, &forge, &info).await };
+            let commit = resolve_rev(&info, &rev)?;
+            let statuses = forge.statuses(&repo, commit).await?;
+            if ctx.json {
+                return Ok(output::print_json(
+                    &json!({"commit": aspen_forge::records::hex(&commit), "statuses": statuses_json(&statuses)}),
+                )?);
+            }
+            output::print_line(&format!("commit {}", aspen_forge::records::hex(&commit)))?;
+            if statuses.is_empty() {
+                output::print_line("no statuses")?;
+            }
+            return print_statuses("  ", &statuses);
+        }
+        ForgeCommand::Status { repo, rev, state, context, description, target, seq } => {
+            let info = forge.show_repo(&repo).await?;
+            let commit = resolve_rev(&info, &rev)?;
+            let status = CommitStatus {
+                state: StatusState::parse(&state)?,
+                description,
+                target,
+                seq: seq.unwrap_or_else(aspen_net::now_ms),
+                by: String::new(),
+                updated_ms: 0,
+            };
+            let statuses = forge.set_status(&repo, commit, &context, &status).await?;
+            if ctx.json {
+                return Ok(output::print_json(
+                    &json!({"commit": aspen_forge::records::hex(&commit), "statuses": statuses_json(&statuses)}),
+                )?);
+            }
+            return print_statuses("", &statuses);
+        }
         ForgeCommand::Events { prefix, from, follow, count } => {
             let limit = if count == 0 { usize::MAX } else { count };
             let mut printed = 0usize;
@@ -223,7 +355,7 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: ForgeCommand) -> anyhow::Resul
             }
             Ok(())
         }
-        RepoCommand::Show { name } => print_repo(ctx, &forge.show_repo(&name).await?),
+        RepoCommand::Show { name } => show_with_statuses(ctx, &forge, &forge.show_repo(&name).await?).await,
         RepoCommand::Delete { name } => {
             forge.delete_repo(&name).await?;
             if ctx.json {
