@@ -164,4 +164,12 @@ impl CiClient {
             other => Err(unexpected("ci_job_secrets", &other)),
         }
     }
+
+    /// Deletes finished runs past the newest `keep` of `repo` (or of every repository).
+    pub async fn prune(&self, repo: Option<&str>, keep: u32) -> Result<crate::protocol::PruneReport, ClientError> {
+        match self.call(CiRequest::Prune { repo: repo.map(str::to_string), keep }).await? {
+            CiResponse::Pruned(report) => Ok(report),
+            other => Err(unexpected("ci_prune", &other)),
+        }
+    }
 }

@@ -133,8 +133,14 @@ pub async fn execute(
             } else {
                 vec!["nix-build".into(), "--no-out-link".into(), target]
             };
+            // The worker's own nix settings (NIX_CONFIG, NIX_REMOTE, NIX_PATH, ...) reach the
+            // build as they reach the cache push after it, which runs in the worker's
+            // environment: both must see one store and one configuration. The job's `env`
+            // comes last and wins.
+            let env = std::env::vars().filter(|(k, _)| k.starts_with("NIX_")).chain(job.env.iter().cloned()).collect();
+            let job = ExecJob { env, ..*job };
             let mut outputs = Vec::new();
-            let end = run_process(&argv, job, log, cancel, Some(&mut outputs)).await;
+            let end = run_process(&argv, &job, log, cancel, Some(&mut outputs)).await;
             (end, outputs)
         }
         ExecutorKind::Vm => match &settings.vm {

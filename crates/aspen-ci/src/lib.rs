@@ -43,11 +43,22 @@ pub struct CiArgs {
     /// protocol). Runs advance as long as one node does it.
     #[arg(long, env = "ASPEN_CI_NO_SCHEDULER")]
     pub ci_no_scheduler: bool,
+    /// Finished runs kept per repository (with their jobs, logs and artifacts); older ones
+    /// are deleted, except those a kept run reuses. 0 keeps every run.
+    #[arg(long, env = "ASPEN_CI_KEEP_RUNS", default_value_t = 500)]
+    pub ci_keep_runs: u32,
+    /// Seconds between prunings of old runs (on scheduling nodes).
+    #[arg(long, env = "ASPEN_CI_PRUNE_INTERVAL_SECS", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ci_prune_interval_secs: u64,
 }
 
 impl CiArgs {
     pub fn settings(&self) -> CiSettings {
-        CiSettings { scheduler: !self.ci_no_scheduler }
+        CiSettings {
+            scheduler: !self.ci_no_scheduler,
+            keep_runs: self.ci_keep_runs,
+            prune_interval: std::time::Duration::from_secs(self.ci_prune_interval_secs),
+        }
     }
 }
 
@@ -55,11 +66,13 @@ impl CiArgs {
 #[derive(Debug, Clone)]
 pub struct CiSettings {
     pub scheduler: bool,
+    pub keep_runs: u32,
+    pub prune_interval: std::time::Duration,
 }
 
 impl Default for CiSettings {
     fn default() -> Self {
-        CiSettings { scheduler: true }
+        CiSettings { scheduler: true, keep_runs: 500, prune_interval: std::time::Duration::from_secs(3_600) }
     }
 }
 
@@ -85,12 +98,13 @@ impl App for CiApp {
     }
 
     /// The forge's repositories, refs, push and patch revision events (read, watch), its
-    /// commit statuses (write: CI reports each run on its commit), and the work pool's
-    /// tasks (what the scheduler submits and withdraws).
+    /// commit statuses (write: CI reports each run on its commit), the work pool's tasks
+    /// (what the scheduler submits and withdraws), and the blob pins of CI's logs and
+    /// artifacts (what pruning removes).
     fn kv_rights(&self) -> Vec<Capability> {
         let forge = aspen_forge::records::FORGE_PREFIX.as_bytes().to_vec();
         let pool = format!("_aspen/coord/work/{}/", records::POOL).into_bytes();
-        vec![
+        let mut rights = vec![
             Capability::Read(forge.clone()),
             Capability::Watch(forge),
             Capability::Write(aspen_forge::status::STATUS_PREFIX.as_bytes().to_vec()),
@@ -98,7 +112,10 @@ impl App for CiApp {
             Capability::Write(pool.clone()),
             Capability::Delete(pool.clone()),
             Capability::Watch(pool),
-        ]
+        ];
+        // Pruning unpins old runs' logs and artifacts.
+        rights.extend(aspen_blob::records::pin_rights(records::PIN_SCOPE));
+        rights
     }
 
     fn start(&self, node: NodeContext) -> BoxFuture<'static, Result<Arc<dyn AppHandler>, AspenError>> {
@@ -109,6 +126,10 @@ impl App for CiApp {
             if settings.scheduler {
                 tokio::spawn(service.clone().follow_pushes(stop.clone()));
                 tokio::spawn(service.clone().follow_patches(stop.clone()));
+                if settings.keep_runs > 0 {
+                    let (every, keep) = (settings.prune_interval, settings.keep_runs as usize);
+                    tokio::spawn(service.clone().prune_every(every, keep, stop.clone()));
+                }
                 tokio::spawn(service.clone().follow_jobs(stop.clone()));
             }
             let blobs = node.services.get::<aspen_blob::LocalBlobs>(aspen_blob::LocalBlobs::SERVICE);

@@ -92,6 +92,21 @@ pub enum CiRequest {
         run: u64,
         job: String,
     },
+    /// Deletes the finished runs of `repo` (or of every repository) past its newest `keep`,
+    /// with their jobs, logs and artifacts (what the nodes also do on their own, see
+    /// `--ci-keep-runs`). Needs `admin` over `repo` (over every name without it). Answered
+    /// with `Pruned`.
+    Prune {
+        repo: Option<String>,
+        keep: u32,
+    },
+}
+
+/// What one pruning removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub runs: u64,
+    pub reuse_records: u64,
 }
 
 /// Most bytes one `ReadLog` answer carries.
@@ -115,6 +130,7 @@ impl CiRequest {
             CiRequest::DeleteSecret { .. } => "ci_secret_delete",
             CiRequest::ListSecrets { .. } => "ci_secrets",
             CiRequest::JobSecrets { .. } => "ci_job_secrets",
+            CiRequest::Prune { .. } => "ci_prune",
         }
     }
 
@@ -157,6 +173,7 @@ pub enum CiResponse {
     Secrets(Vec<String>),
     /// Secret values, by name, for a running job.
     SecretValues(Vec<(String, serde_bytes::ByteBuf)>),
+    Pruned(PruneReport),
 }
 
 impl aspen_client::Answer for CiResponse {

@@ -176,6 +176,10 @@ impl CiHandler {
                 rights::require(caps, SECRETS, &repo)?;
                 CiResponse::Secrets(service.secret_names(&repo).await?)
             }
+            CiRequest::Prune { repo, keep } => {
+                rights::require(caps, ADMIN, repo.as_deref().unwrap_or(""))?;
+                CiResponse::Pruned(service.prune(repo.as_deref(), keep as usize).await?)
+            }
             CiRequest::JobSecrets { run, job } => {
                 let view = service.show(run).await?.ok_or_else(|| no_run(run))?;
                 rights::require(caps, SECRETS, &view.run.repo)?;

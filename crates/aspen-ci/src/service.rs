@@ -16,6 +16,7 @@ use aspen_kv::{Kv as _, KvExt as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{self, Action};
+pub use crate::protocol::PruneReport;
 use crate::records::{self, JobRecord, POOL, RepoConfig, RunRecord, State, TaskSpec, Trigger};
 
 /// Attempts of a transaction whose compares keep failing because others moved the keys.
@@ -434,6 +435,133 @@ impl CiService {
         // A failed compare means another node (or a worker) moved the record first; the
         // next round of `advance` reads it again.
         self.txn(txn).await.map(drop)
+    }
+
+    /// Deletes the finished runs of each repository past its newest `keep`, with their jobs,
+    /// logs, artifacts' and logs' blob pins, trigger markers and reuse records. A run that a
+    /// kept run's job reused stays (the kept job shows its log). Safe beside other nodes
+    /// doing the same: each run goes in transactions that compare it unchanged.
+    pub async fn prune(&self, repo: Option<&str>, keep: usize) -> Result<PruneReport, AspenError> {
+        let (kvs, _) =
+            self.kv.scan_all(records::run_prefix(), ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let mut by_repo: BTreeMap<String, Vec<(u64, KeyValue, RunRecord)>> = BTreeMap::new();
+        for kv in kvs {
+            let Some(number) = records::run_of_key(&kv.key) else { continue };
+            let run: RunRecord = records::decode("a run", &kv.key, &kv.value)?;
+            if repo.is_none_or(|r| r == run.repo) {
+                by_repo.entry(run.repo.clone()).or_default().push((number, kv, run));
+            }
+        }
+        let mut report = PruneReport::default();
+        let mut gone = std::collections::BTreeSet::new();
+        for (_, mut runs) in by_repo {
+            runs.sort_by_key(|(n, _, _)| std::cmp::Reverse(*n));
+            let mut kept = std::collections::BTreeSet::new();
+            for (i, (number, _, run)) in runs.iter().enumerate() {
+                if i < keep || !run.state.is_final() {
+                    kept.insert(*number);
+                }
+            }
+            // What kept runs link to stays, and what those link to.
+            let mut look: Vec<u64> = kept.iter().copied().collect();
+            while let Some(number) = look.pop() {
+                for (_, (_, job)) in self.jobs_kv(number).await? {
+                    if let Some(from) = job.reused_from
+                        && kept.insert(from)
+                    {
+                        look.push(from);
+                    }
+                }
+            }
+            for (number, kv, _) in runs.into_iter().filter(|(n, _, _)| !kept.contains(n)) {
+                if self.delete_run(number, &kv).await? {
+                    gone.insert(number);
+                    report.runs += 1;
+                }
+            }
+        }
+        if gone.is_empty() {
+            return Ok(report);
+        }
+        let prefix = format!("{}trigger/", records::CI_PREFIX).into_bytes();
+        let (triggers, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let prefix = format!("{}done/", records::CI_PREFIX).into_bytes();
+        let (reuses, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let mut stale = Vec::new();
+        for kv in triggers {
+            if kv.value.len() == 8 && gone.contains(&u64::from_be_bytes(kv.value[..].try_into().unwrap_or([0; 8]))) {
+                stale.push(kv);
+            }
+        }
+        for kv in reuses {
+            if records::decode::<records::Reuse>("a reuse record", &kv.key, &kv.value)
+                .is_ok_and(|r| gone.contains(&r.run))
+            {
+                report.reuse_records += 1;
+                stale.push(kv);
+            }
+        }
+        for chunk in stale.chunks(aspen_core::limits::MAX_TXN_OPS / 2) {
+            let txn = Txn {
+                compare: chunk.iter().map(unchanged).collect(),
+                success: chunk.iter().map(|kv| TxnOp::Delete { key: kv.key.clone() }).collect(),
+                failure: vec![],
+            };
+            self.txn(txn).await?;
+        }
+        Ok(report)
+    }
+
+    /// Deletes run `number` (read as `kv`), its jobs, log pieces and blob pins; false when
+    /// it changed since it was read.
+    async fn delete_run(&self, number: u64, kv: &KeyValue) -> Result<bool, AspenError> {
+        let jobs = self.jobs_kv(number).await?;
+        let pin_prefix = aspen_blob::records::pin_key(&format!("{}{number}/", records::PIN_SCOPE));
+        let (pins, _) = self.kv.scan_all(&pin_prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let run: RunRecord = records::decode("a run", &kv.key, &kv.value)?;
+        // The record goes first, compared, so a run that moved meanwhile stays whole.
+        let txn = Txn {
+            compare: vec![unchanged(kv)],
+            success: vec![
+                TxnOp::Delete { key: kv.key.clone() },
+                TxnOp::Delete { key: records::by_repo_key(&run.repo, number) },
+                TxnOp::Delete { key: records::active_key(number) },
+            ],
+            failure: vec![],
+        };
+        if !self.txn(txn).await?.succeeded {
+            return Ok(false);
+        }
+        let mut ops: Vec<TxnOp> = jobs.values().map(|(kv, _)| TxnOp::Delete { key: kv.key.clone() }).collect();
+        for pin in &pins {
+            let (Some(name), Some(hash)) =
+                (aspen_blob::records::pin_name(&pin.key), aspen_blob::records::pin_hash(&pin.value))
+            else {
+                continue;
+            };
+            ops.extend(aspen_blob::records::unpin_ops(name, &hash));
+        }
+        for chunk in ops.chunks(aspen_core::limits::MAX_TXN_OPS) {
+            self.txn(Txn { compare: vec![], success: chunk.to_vec(), failure: vec![] }).await?;
+        }
+        let logs = format!("{}log/{number:012}/", records::CI_PREFIX).into_bytes();
+        self.kv.delete_prefix(logs).await.map_err(kv_error)?;
+        tracing::info!(run = number, repo = %run.repo, "run pruned");
+        Ok(true)
+    }
+
+    /// Prunes every `every`, keeping `keep` finished runs per repository.
+    pub async fn prune_every(self: Arc<Self>, every: Duration, keep: usize, stop: CancellationToken) {
+        loop {
+            if sleep_or_stop(&stop, every).await {
+                return;
+            }
+            match self.prune(None, keep).await {
+                Ok(report) if report.runs > 0 => tracing::info!(runs = report.runs, "ci: old runs pruned"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("ci: pruning old runs: {e}"),
+            }
+        }
     }
 
     /// Reports where run `number` stands as its commit's status in the forge (context

@@ -84,6 +84,9 @@ pub struct WorkerConfig {
     pub exec: ExecutorSettings,
     /// The cache `cache_push` jobs push to.
     pub cache: Option<String>,
+    /// Variables of the worker's own environment its jobs get (the toolchain's homes, a
+    /// shared build cache), under the job's own `env` and secrets.
+    pub pass_env: Vec<String>,
 }
 
 impl WorkerConfig {
@@ -711,7 +714,14 @@ impl Shared {
             Ok(secrets) => secrets,
             Err(e) => return (ExecEnd::Error(e), Some((input_hash, None)), Vec::new()),
         };
-        let mut env: Vec<(String, String)> = def.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut env: Vec<(String, String)> = self
+            .config
+            .pass_env
+            .iter()
+            .filter(|k| !def.env.contains_key(*k))
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+            .collect();
+        env.extend(def.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         for (secret, value) in secrets {
             let Ok(text) = String::from_utf8(value) else {
                 return (

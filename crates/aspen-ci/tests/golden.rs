@@ -71,6 +71,7 @@ fn requests() -> Vec<(&'static str, CiRequest)> {
         ("DeleteSecret", CiRequest::DeleteSecret { repo: "team/app".into(), name: "TOKEN".into() }),
         ("ListSecrets", CiRequest::ListSecrets { repo: "team/app".into() }),
         ("JobSecrets", CiRequest::JobSecrets { run: 3, job: "deploy".into() }),
+        ("Prune", CiRequest::Prune { repo: Some("team/app".into()), keep: 100 }),
     ]
 }
 
@@ -91,6 +92,7 @@ fn responses() -> Vec<(&'static str, CiResponse)> {
             "SecretValues",
             CiResponse::SecretValues(vec![("TOKEN".into(), serde_bytes::ByteBuf::from(b"s3cret".to_vec()))]),
         ),
+        ("Pruned", CiResponse::Pruned(aspen_ci::protocol::PruneReport { runs: 3, reuse_records: 1 })),
     ]
 }
 
@@ -111,6 +113,7 @@ fn request_variant(r: &CiRequest) -> &'static str {
         CiRequest::DeleteSecret { .. } => "DeleteSecret",
         CiRequest::ListSecrets { .. } => "ListSecrets",
         CiRequest::JobSecrets { .. } => "JobSecrets",
+        CiRequest::Prune { .. } => "Prune",
     }
 }
 
@@ -127,6 +130,7 @@ fn response_variant(r: &CiResponse) -> &'static str {
         CiResponse::Trusted(_) => "Trusted",
         CiResponse::Secrets(_) => "Secrets",
         CiResponse::SecretValues(_) => "SecretValues",
+        CiResponse::Pruned(_) => "Pruned",
     }
 }
 
@@ -157,8 +161,8 @@ fn trigger_name(t: &Trigger) -> &'static str {
 fn every_variant_has_a_sample() {
     assert!(requests().iter().all(|(n, r)| *n == request_variant(r)));
     assert!(responses().iter().all(|(n, r)| *n == response_variant(r)));
-    assert_eq!(requests().len(), 15);
-    assert_eq!(responses().len(), 11);
+    assert_eq!(requests().len(), 16);
+    assert_eq!(responses().len(), 12);
 }
 
 #[test]

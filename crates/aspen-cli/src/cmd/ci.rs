@@ -83,6 +83,14 @@ pub enum CiCommand {
         #[arg(long, requires = "key")]
         revoke: bool,
     },
+    /// Delete finished runs past the newest --keep of a repository (or of all), with their
+    /// jobs, logs and artifacts; runs a kept run reuses stay (needs ci:admin).
+    Prune {
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        keep: u32,
+    },
     /// Job secrets: stored sealed with the cluster's secrets key, given as environment
     /// variables to the trusted jobs that name them, masked in logs. Needs ci:secrets.
     #[command(subcommand)]
@@ -146,6 +154,11 @@ pub struct WorkerArgs {
     /// The git program.
     #[arg(long, env = "ASPEN_CI_GIT", default_value = "git")]
     git: String,
+    /// Variables of this worker's environment that jobs get, comma-separated (jobs start
+    /// from a clean environment: PATH, HOME and TMPDIR, the job's `env`, its secrets and
+    /// the CI variables). For example CARGO_HOME,RUSTUP_HOME for a rustup toolchain.
+    #[arg(long, env = "ASPEN_CI_PASS_ENV", value_delimiter = ',')]
+    pass_env: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, cmd: CiCommand) -> anyhow::Result<()> {
@@ -277,6 +290,14 @@ async fn run_with(ctx: &Ctx, client: &Client, cmd: CiCommand) -> anyhow::Result<
         CiCommand::Secret(SecretCommand::List { repo }) => print_names(ctx, "secrets", &ci.secrets(&repo).await?)?,
         CiCommand::Secret(SecretCommand::Delete { repo, name }) => {
             print_names(ctx, "secrets", &ci.delete_secret(&repo, &name).await?)?
+        }
+        CiCommand::Prune { repo, keep } => {
+            let report = ci.prune(repo.as_deref(), keep).await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{} runs and {} reuse records deleted", report.runs, report.reuse_records);
+            }
         }
         CiCommand::Validate { .. } | CiCommand::Contract | CiCommand::Worker(_) => unreachable!("handled above"),
     }
@@ -412,6 +433,7 @@ async fn worker(ctx: &Ctx, args: WorkerArgs) -> anyhow::Result<()> {
         checkout: Checkout { git: args.git, helper_dir, ticket: ticket.encode(), token: token.map(|t| t.encode()) },
         exec: ExecutorSettings { isolate, vm },
         cache: args.cache,
+        pass_env: args.pass_env.into_iter().filter(|v| !v.is_empty()).collect(),
     };
     eprintln!(
         "ci worker {id}: {} job(s) at once, executors {:?}, shell isolation {}",
