@@ -587,3 +587,16 @@ fn refs_other_than_branches_and_tags_never_start_a_run() {
     assert!(!everything.matches_push("refs/notes/commits", "main"));
     assert!(!everything.matches_push("main", "main"));
 }
+
+/// The project's own pipeline (what `.ci/run` checks, as CI jobs) stays valid.
+#[test]
+fn aspen_s_own_pipeline_evaluates() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.aspen/ci.ncl");
+    let source = std::fs::read_to_string(&path).expect("the repository's .aspen/ci.ncl");
+    let pipeline = evaluate(".aspen/ci.ncl", &source).unwrap_or_else(|e| panic!("{e}"));
+    let order = topological_order(&pipeline);
+    assert_eq!(order.first().map(String::as_str), Some("fmt"));
+    assert_eq!(order.last().map(String::as_str), Some("cluster"));
+    assert!(pipeline.triggers.patches && pipeline.triggers.matches_push("refs/heads/main", "main"));
+    assert!(pipeline.jobs.values().all(|j| j.executor == ExecutorKind::Shell && j.run.is_some()));
+}
