@@ -61,6 +61,7 @@
         vm-forge = import ./vm-tests/forge.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         vm-cache = import ./vm-tests/cache.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         vm-fs = import ./vm-tests/fs.nix { inherit pkgs module; aspen = built.${system}.aspen; };
+        vm-ci = import ./vm-tests/ci.nix { inherit pkgs module; aspen = built.${system}.aspen; };
         cargo-test = built.${system}.tests;
         clippy = built.${system}.clippy;
       });

@@ -6,9 +6,10 @@
 # `joinTicketFile` (or `joinTicketImport`, for a ticket placed on the boot partition) and wait
 # for the ticket, however long it takes.
 #
-# Two clients of a cluster can run here too, with or without a node on the machine: AspenFS
-# mounts (`services.aspen.fs.mounts`, one `aspen-fs-NAME` service each) and the microVM runner
-# (`services.aspen.vm`).
+# Clients of a cluster can run here too, with or without a node on the machine: AspenFS
+# mounts (`services.aspen.fs.mounts`, one `aspen-fs-NAME` service each), the microVM runner
+# (`services.aspen.vm`) and a CI worker (`services.aspen.ci.worker`, the `aspen-ci-worker`
+# service).
 { config, lib, pkgs, ... }:
 
 let
@@ -51,6 +52,11 @@ let
     ]
     ++ optionals (cfg.cache.httpListen != null) [ "--cache-http-listen" cfg.cache.httpListen ]
     ++ [ "--cache-gc-interval-secs" (toString cfg.cache.gcIntervalSeconds) ]
+    ++ optional (!cfg.ci.scheduler) "--ci-no-scheduler"
+    ++ [
+      "--ci-keep-runs" (toString cfg.ci.keepRuns)
+      "--ci-prune-interval-secs" (toString cfg.ci.pruneIntervalSeconds)
+    ]
     ++ cfg.extraFlags;
 
   # A word of an Exec line, read by systemd as written: plain when it is plain, else in double
@@ -158,6 +164,129 @@ let
     export PATH=${lib.makeBinPath hypervisorPackages}''${PATH:+:$PATH}
     exec ${escapeShellArg "${cfg.package}/bin/aspen"} ${concatStringsSep " " (map escapeShellArg vmRunArgs)} "$@"
   '';
+
+  # The CI worker: `aspen ci worker` as the system user aspen-ci.
+  worker = cfg.ci.worker;
+  vmJobs = lib.elem "vm" worker.executors;
+  nodeTicket = "${cfg.dataDir}/node.ticket";
+  workDir = normalPath worker.workDir;
+  # A work directory under /var/lib is the unit's StateDirectory; another one is made by
+  # systemd-tmpfiles and opened in the read-only file system with ReadWritePaths.
+  workState = if lib.hasPrefix "/var/lib/" workDir then lib.removePrefix "/var/lib/" workDir else null;
+  # Below the node's data directory, which only the `aspen` user may enter.
+  inDataDir = p: lib.hasPrefix "${normalPath cfg.dataDir}/" (normalPath p);
+  # The guest image vm jobs boot: the store path itself when Nix builds it (the worker's user
+  # reads it wherever `imageDir` is), else the directory put at `imageDir` by hand.
+  workerImage = if cfg.vm.image != null then "${cfg.vm.image}" else cfg.vm.imageDir;
+  workerArgs =
+    [ "ci" "worker" ]
+    ++ optionals (worker.id != null) [ "--id" worker.id ]
+    ++ [ "--capacity" (toString worker.capacity) "--executors" (concatStringsSep "," (lib.unique worker.executors)) ]
+    ++ optionals (worker.maxCpus != null) [ "--max-cpus" (toString worker.maxCpus) ]
+    ++ [ "--max-memory-mib" (toString worker.maxMemoryMiB) "--work-dir" workDir ]
+    ++ [ "--session-ttl-secs" (toString worker.sessionTtlSeconds) ]
+    ++ optionals (worker.cache != null) [ "--cache" worker.cache ]
+    ++ optional (!worker.isolation) "--no-isolation"
+    ++ optionals vmJobs [ "--vm-image" workerImage "--hypervisor" cfg.vm.hypervisor ]
+    ++ [ "--git" "${worker.gitPackage}/bin/git" ]
+    ++ optionals (worker.passEnv != [ ]) [ "--pass-env" (concatStringsSep "," worker.passEnv) ];
+
+  workerService = {
+    description = "Aspen CI worker";
+    wantedBy = [ "multi-user.target" ];
+    # The cluster may be elsewhere; when this machine runs a node, start after it (so the
+    # local ticket exists) and stop before it.
+    wants = [ "network-online.target" ] ++ optional cfg.enable "aspen.service";
+    after = [ "network-online.target" ] ++ optional cfg.enable "aspen.service";
+    # Jobs get the worker's PATH (and nothing else of its environment): sh, git, nix,
+    # unshare, `git-remote-aspen` beside `aspen` (checkouts), the hypervisors (vm jobs), and
+    # what `extraPackages` adds. NixOS puts coreutils, findutils, grep, sed and systemd after
+    # them.
+    path =
+      [ cfg.package worker.gitPackage worker.nixPackage pkgs.util-linux pkgs.bash ]
+      ++ optionals vmJobs hypervisorPackages
+      ++ worker.extraPackages;
+    serviceConfig = {
+      Type = "simple";
+      # The ticket and the token are credentials, as for AspenFS mounts: systemd reads them
+      # and hands the worker copies its user may read.
+      ExecStart =
+        "${cfg.package}/bin/aspen --ticket-file %d/ticket"
+        + lib.optionalString (worker.tokenFile != null) " --token-file %d/token"
+        + " ${execLine workerArgs}";
+      LoadCredential =
+        optional (worker.ticketFile != null) "ticket:${worker.ticketFile}"
+        ++ optional (worker.tokenFile != null) "token:${worker.tokenFile}";
+      User = "aspen-ci";
+      Group = "aspen-ci";
+      SupplementaryGroups = optional vmJobs "kvm";
+      WorkingDirectory = workDir;
+      # The worker ends when its lease does (it cannot renew it for a while): it is started
+      # again, and so is a start without its ticket or token yet.
+      Restart = "on-failure";
+      RestartSec = "5s";
+      # Jobs are the worker's children, in its cgroup, and die with it. SIGTERM goes to the
+      # worker alone: it stops its jobs itself, records nothing for them and gives them back
+      # to the pool (another worker runs them), where a SIGTERM to every process at once would
+      # have it record each running job as failed ("killed by signal 15"). What is left
+      # (processes a job moved out of its process group) is killed with SIGKILL.
+      KillMode = "mixed";
+      KillSignal = "SIGTERM";
+      TimeoutStopSec = "30s";
+      # Jobs create files as usual (their tests may check modes); the work directory itself
+      # is 0700.
+      UMask = "0022";
+      # Hardening, within what a CI worker needs. Jobs run as the worker's user, inside this
+      # sandbox: shell jobs under `unshare --user --map-root-user --pid --fork --mount
+      # --mount-proc --ipc --uts` (each in namespaces of its own), nix jobs as clients of the
+      # nix daemon (which builds, in its own sandbox), vm jobs in QEMU or Cloud Hypervisor.
+      # What the unit cannot have, and why:
+      # - RestrictNamespaces=true: unshare makes user, mount, PID, IPC and UTS namespaces;
+      #   those five are allowed, and no other (network, cgroup, time).
+      # - ProtectKernelTunables, ProtectKernelLogs: they mount over parts of /proc
+      #   (/proc/sys, /proc/kmsg, ...), and the kernel refuses a user namespace a new /proc
+      #   (`--mount-proc`) while the /proc it comes from is partly covered.
+      # - ProcSubset=pid: jobs without isolation, and the hypervisors, read /proc/cpuinfo,
+      #   /proc/meminfo, /proc/stat.
+      # - PrivateNetwork, IPAddressDeny: the worker talks to the cluster, jobs download.
+      # - MemoryDenyWriteExecute: it would hold for every job too, and JIT compilers (JVM, V8,
+      #   LuaJIT, QEMU's TCG) map memory writable and executable.
+      # - A system call filter without @mount, @privileged or @debug: unshare mounts /proc;
+      #   a job, root in its user namespace, changes owners (tar, cp -a) and ids; sanitizers
+      #   and debuggers use ptrace. The filter still keeps out modules, the clock, swap,
+      #   reboot, raw I/O, kexec, bpf and the obsolete calls.
+      # - LockPersonality: sanitizers (ThreadSanitizer, MemorySanitizer) and `setarch -R` turn
+      #   address randomization off with personality(2) and run again.
+      # - PrivateDevices, with vm jobs: its /dev has no /dev/kvm (DevicePolicy=closed and
+      #   DeviceAllow instead; without KVM, QEMU emulates).
+      # No capabilities at all: a user makes its own namespaces.
+      CapabilityBoundingSet = "";
+      AmbientCapabilities = "";
+      NoNewPrivileges = true;
+      PrivateTmp = true;
+      PrivateUsers = true;
+      PrivateMounts = true;
+      ProtectSystem = "strict";
+      ProtectHome = true;
+      ProtectClock = true;
+      ProtectHostname = true;
+      ProtectKernelModules = true;
+      ProtectControlGroups = true;
+      ProtectProc = "invisible";
+      RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
+      RestrictNamespaces = [ "user" "mnt" "pid" "ipc" "uts" ];
+      RestrictRealtime = true;
+      RestrictSUIDSGID = true;
+      RemoveIPC = true;
+      SystemCallArchitectures = "native";
+      # `seccomp`: Cloud Hypervisor (and sandboxes jobs run) add filters of their own.
+      SystemCallFilter = [ "@system-service" "@mount" "@debug" "seccomp" ];
+      SystemCallErrorNumber = "EPERM";
+      KeyringMode = "private";
+    }
+    // (if workState != null then { StateDirectory = workState; StateDirectoryMode = "0700"; } else { ReadWritePaths = [ workDir ]; })
+    // (if vmJobs then { DevicePolicy = "closed"; DeviceAllow = [ "/dev/kvm rw" ]; } else { PrivateDevices = true; });
+  };
 in
 {
   options.services.aspen = {
@@ -592,6 +721,207 @@ in
         description = "The QEMU providing `qemu-system-x86_64`, which the runner looks for on PATH.";
       };
     };
+
+    ci = {
+      scheduler = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether this node starts CI runs from pushes and advances them (queues jobs as
+          their needs succeed, ends runs). Off: `--ci-no-scheduler`, and the node still
+          answers the CI protocol (`aspen ci ...`). Runs advance as long as one node of the
+          cluster schedules; the nodes that do race safely. Only for the node (`enable`).
+        '';
+      };
+
+      keepRuns = mkOption {
+        type = types.ints.unsigned;
+        default = 500;
+        description = ''
+          Finished CI runs kept per repository, with their jobs, logs and artifacts
+          (`--ci-keep-runs`); the scheduling nodes delete older ones, except runs that a kept
+          run reused. 0 keeps every run.
+        '';
+      };
+
+      pruneIntervalSeconds = mkOption {
+        type = types.ints.positive;
+        default = 3600;
+        description = "Seconds between prunings of old CI runs (`--ci-prune-interval-secs`).";
+      };
+
+      worker = {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Run a CI worker on this machine: the service `aspen-ci-worker`, which is `aspen
+            ci worker` as the system user `aspen-ci`, claiming the jobs of the cluster's
+            runs that its executors, cpus and memory allow, and running them. Independent
+            of `enable`: a machine without a node may work for a cluster elsewhere. Shell
+            and nix jobs run as the worker's user and can read what it reads, its token
+            included: run them only for code you trust, and other code with the `vm`
+            executor.
+          '';
+        };
+
+        id = mkOption {
+          type = types.nullOr types.nonEmptyStr;
+          default = null;
+          example = "builder-1";
+          description = ''
+            The worker's name, unique among the pool's live workers (`--id`); it is what
+            `aspen ci show` names as a job's worker. `null`: the host name and a random
+            suffix, new on each start.
+          '';
+        };
+
+        capacity = mkOption {
+          type = types.ints.positive;
+          default = 2;
+          description = "Jobs run at once (`--capacity`).";
+        };
+
+        executors = mkOption {
+          type = types.listOf (types.enum [ "shell" "nix" "vm" ]);
+          default = [ "shell" "nix" ];
+          example = [ "shell" "nix" "vm" ];
+          description = ''
+            The executors offered (`--executors`): `shell` (a script in namespaces of its own,
+            with `unshare`), `nix` (`nix-build` or `nix build`, through this machine's nix
+            daemon) and `vm` (a script in a microVM, booted with `services.aspen.vm`'s image and
+            hypervisor, which must be enabled). The worker claims only jobs of these.
+          '';
+        };
+
+        maxCpus = mkOption {
+          type = types.nullOr types.ints.positive;
+          default = null;
+          description = "The most cpus one job may ask for (`--max-cpus`); `null`: this machine's.";
+        };
+
+        maxMemoryMiB = mkOption {
+          type = types.ints.positive;
+          default = 8192;
+          description = "The most memory one job may ask for, in MiB (`--max-memory-mib`).";
+        };
+
+        workDir = mkOption {
+          type = types.strMatching "/[^[:space:]]*" // { description = "absolute path without spaces"; };
+          default = "/var/lib/aspen-ci";
+          example = "/srv/aspen-ci";
+          description = ''
+            Where jobs' workspaces are made (`--work-dir`), owned by `aspen-ci` with mode
+            0700. Under /var/lib it is the service's `StateDirectory`; elsewhere
+            systemd-tmpfiles makes it. Not inside the node's data directory, which the worker
+            cannot enter.
+          '';
+        };
+
+        sessionTtlSeconds = mkOption {
+          type = types.addCheck types.ints.positive (n: n >= 3) // { description = "integer of at least 3"; };
+          default = 15;
+          description = ''
+            How long after this worker dies its jobs go to another worker
+            (`--session-ttl-secs`): the lease it keeps alive with the cluster.
+          '';
+        };
+
+        cache = mkOption {
+          type = types.nullOr (types.strMatching "[a-z0-9_][a-z0-9._-]{0,63}" // {
+            description = "cache name (1 to 64 of a-z, 0-9, `-`, `_`, `.`, not starting with `.` or `-`)";
+          });
+          default = null;
+          example = "main";
+          description = ''
+            The cluster's cache that nix jobs with `cache_push` push their outputs' closures
+            to (`--cache`), which `aspen cache create` made; the token needs `cache:write` on
+            it. `null`: such jobs say they have nowhere to push.
+          '';
+        };
+
+        isolation = mkOption {
+          type = types.bool;
+          default = true;
+          description = ''
+            Run shell jobs in new PID, mount, IPC and UTS namespaces (the worker checks on
+            start that `unshare` can, and says whether it does), so that killing a job kills
+            everything it started. Off: `--no-isolation`, each job in its own process group
+            only.
+          '';
+        };
+
+        ticketFile = mkOption {
+          type = types.nullOr runtimePath;
+          default = if cfg.enable then nodeTicket else null;
+          defaultText = lib.literalExpression ''
+            if config.services.aspen.enable then "''${config.services.aspen.dataDir}/node.ticket" else null
+          '';
+          example = "/run/keys/aspen-ci.ticket";
+          description = ''
+            The cluster's ticket, passed to the service as a systemd credential. By default,
+            on a machine that runs a node, that node's own ticket (written each time it
+            starts); elsewhere there is no default, and it must be set.
+          '';
+        };
+
+        tokenFile = mkOption {
+          type = types.nullOr runtimePath;
+          default = if cfg.enable && cfg.initialize then cfg.rootTokenFile else null;
+          defaultText = lib.literalExpression ''
+            if config.services.aspen.enable && config.services.aspen.initialize
+            then config.services.aspen.rootTokenFile else null
+          '';
+          example = "/run/keys/aspen-ci.token";
+          description = ''
+            The token the worker presents, passed as a systemd credential; `null`: the token
+            inside the ticket (a node's `node.ticket` has none). By default, on the node that
+            initialized the cluster, its root token, which grants everything; a worker needs
+            read, write and delete on `_aspen/ci/` and `_aspen/coord/work/ci/`, leases,
+            `forge:read` on the repositories, `blob:write` over `ci/`, and `cache:write` for
+            `cache` (docs/ci.md). Replace the file and restart the service to renew it.
+          '';
+        };
+
+        gitPackage = mkOption {
+          type = types.package;
+          default = pkgs.git;
+          defaultText = lib.literalExpression "pkgs.git";
+          description = "The git that checks out each job's commit (`--git`), also on the jobs' PATH.";
+        };
+
+        nixPackage = mkOption {
+          type = types.package;
+          default = config.nix.package;
+          defaultText = lib.literalExpression "config.nix.package";
+          description = ''
+            The nix whose `nix-build` and `nix build` run nix jobs (as clients of this
+            machine's nix daemon, which builds) and which pushes to `cache`; on the jobs' PATH.
+          '';
+        };
+
+        passEnv = mkOption {
+          type = types.listOf (types.strMatching "[A-Za-z_][A-Za-z0-9_]*");
+          default = [ ];
+          example = [ "CARGO_HOME" "RUSTUP_HOME" ];
+          description = ''
+            Variables of the worker's environment (set with `systemd.services.aspen-ci-worker.environment`)
+            that its jobs get (`--pass-env`); jobs otherwise start from a clean environment.
+          '';
+        };
+
+        extraPackages = mkOption {
+          type = types.listOf types.package;
+          default = [ ];
+          example = lib.literalExpression "[ pkgs.gnumake pkgs.gcc ]";
+          description = ''
+            More packages on the jobs' PATH, which otherwise holds the worker's own tools
+            (above) and what NixOS gives every service (coreutils, findutils, grep, sed,
+            systemd).
+          '';
+        };
+      };
+    };
   };
 
   config = lib.mkMerge [
@@ -762,6 +1092,55 @@ in
       ];
       environment.systemPackages = [ cfg.package vmRun ] ++ hypervisorPackages;
       systemd.tmpfiles.rules = optional (cfg.vm.image != null) "L+ ${cfg.vm.imageDir} - - - - ${cfg.vm.image}";
+    })
+
+    # A CI worker, with or without a node on this machine. Its vm executor is the microVM
+    # runner above: services.aspen.vm is the one place its image and hypervisor are set, and
+    # the worker is given them (`--vm-image`, `--hypervisor`), so `aspen-vm-run` and vm jobs
+    # boot the same guest the same way.
+    (mkIf worker.enable {
+      assertions = [
+        {
+          assertion = worker.executors != [ ];
+          message = "services.aspen.ci.worker.executors is empty: the worker would claim no job. List at least one of \"shell\", \"nix\", \"vm\".";
+        }
+        {
+          assertion = worker.cache == null || lib.elem "nix" worker.executors;
+          message = "services.aspen.ci.worker.cache (\"${toString worker.cache}\") is where nix jobs with `cache_push` push their outputs, but `executors` has no \"nix\": add it, or leave `cache` null.";
+        }
+        {
+          assertion = !vmJobs || cfg.vm.enable;
+          message = "services.aspen.ci.worker: the \"vm\" executor boots guests with the microVM runner; set services.aspen.vm.enable (and its `image` and `hypervisor`, which the worker uses).";
+        }
+        {
+          assertion = !(vmJobs && cfg.enable && cfg.vm.image == null && inDataDir cfg.vm.imageDir);
+          message = "services.aspen.ci.worker: vm jobs boot the image at services.aspen.vm.imageDir (${cfg.vm.imageDir}), inside the node's data directory, which the worker's user cannot enter; set `services.aspen.vm.image`, or choose an `imageDir` elsewhere.";
+        }
+        {
+          assertion = worker.ticketFile != null;
+          message = "services.aspen.ci.worker.ticketFile: no node runs on this machine (services.aspen.enable is false), so there is no local ticket to default to; name the cluster's ticket file.";
+        }
+        {
+          assertion = !(cfg.enable && worker.ticketFile == nodeTicket && worker.tokenFile == null);
+          message = "services.aspen.ci.worker: the node's own ticket (${nodeTicket}) carries no token, and `tokenFile` is null; name a token file (the root token is the default only on the node that initialized the cluster).";
+        }
+        {
+          assertion = !(cfg.enable && (inDataDir workDir || workDir == normalPath cfg.dataDir));
+          message = "services.aspen.ci.worker.workDir (${workDir}) is inside the node's data directory, which the worker's user cannot enter; choose another (the default is /var/lib/aspen-ci).";
+        }
+      ];
+
+      users.users.aspen-ci = {
+        isSystemUser = true;
+        group = "aspen-ci";
+        home = workDir;
+        description = "Aspen CI worker";
+      };
+      users.groups.aspen-ci = { };
+
+      environment.systemPackages = [ cfg.package ];
+      systemd.tmpfiles.rules = optional (workState == null) "d ${workDir} 0700 aspen-ci aspen-ci - -";
+      systemd.services.aspen-ci-worker = workerService;
     })
   ];
 }

@@ -6,9 +6,9 @@
 #     --arg lib 'import /path/to/nixpkgs/lib' --argstr case full
 #
 # Prints the evaluated service (its ExecStart, environment and serviceConfig), the users, the
-# firewall ports (UDP and TCP), the other units (AspenFS mounts among them), nix.settings, the
-# system packages (with the text of the scripts among them), the tmpfiles rules and the
-# warnings, or fails with the module's assertion messages.
+# firewall ports (UDP and TCP), the other units (AspenFS mounts and the CI worker among them),
+# nix.settings, the system packages (with the text of the scripts among them), the tmpfiles
+# rules and the warnings, or fails with the module's assertion messages.
 { lib, case }:
 
 let
@@ -27,6 +27,8 @@ let
       systemd.services = mkOption { type = types.attrsOf types.anything; default = { }; };
       systemd.paths = mkOption { type = types.attrsOf types.anything; default = { }; };
       systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
+      # The nix NixOS runs its daemon with: the CI worker's default.
+      nix.package = mkOption { type = types.package; default = drv "nix"; };
       # nix.settings as NixOS declares it: free-form, with these two lists declared.
       nix.settings = mkOption {
         type = types.submodule {
@@ -62,6 +64,7 @@ let
     util-linux = "/usr";
     runtimeShell = "/bin/sh";
     git = drv "git";
+    bash = drv "bash";
     qemu_kvm = drv "qemu-host-cpu-only";
     cloud-hypervisor = drv "cloud-hypervisor";
     writeShellScriptBin = name: text: drv name // { inherit text; };
@@ -231,6 +234,102 @@ let
     };
     # Must fail: the runner on a host that is not x86-64.
     vm-on-aarch64 = { services.aspen = { inherit package; vm.enable = true; }; };
+    # A first node that runs a CI worker with every executor (vm jobs boot the runner's
+    # image), pushing to a cache; its ticket and token are the node's.
+    ci-worker = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        initialize = true;
+        vm = { enable = true; image = drv "aspen-vm-image"; hypervisor = "qemu-tcg"; };
+        ci.worker = {
+          enable = true;
+          id = "builder-1";
+          capacity = 4;
+          executors = [ "shell" "nix" "vm" ];
+          maxCpus = 8;
+          maxMemoryMiB = 16384;
+          sessionTtlSeconds = 30;
+          cache = "main";
+          extraPackages = [ (drv "gnumake") ];
+          passEnv = [ "CARGO_HOME" "RUSTUP_HOME" ];
+        };
+        ci.keepRuns = 50;
+      };
+    };
+    # A machine that runs only a worker, for a cluster elsewhere: shell jobs without
+    # namespaces, a work directory outside /var/lib (written with a trailing slash).
+    ci-worker-only = {
+      services.aspen = {
+        inherit package;
+        ci.worker = {
+          enable = true;
+          executors = [ "shell" ];
+          isolation = false;
+          workDir = "/srv/aspen-ci/";
+          ticketFile = "/run/keys/aspen-ci.ticket";
+          tokenFile = "/run/keys/aspen-ci.token";
+        };
+      };
+    };
+    # A node of that cluster that leaves scheduling to the others.
+    ci-no-scheduler = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        nodeId = 2;
+        joinTicketFile = "/var/lib/aspen/join.ticket";
+        ci.scheduler = false;
+      };
+    };
+    # Must fail: a worker with nothing to run.
+    ci-no-executors = {
+      services.aspen = { inherit package; ci.worker = { enable = true; executors = [ ]; ticketFile = "/run/keys/aspen-ci.ticket"; }; };
+    };
+    # Must fail: a cache to push to, and no nix jobs to push from.
+    ci-cache-without-nix = {
+      services.aspen = {
+        inherit package;
+        ci.worker = { enable = true; executors = [ "shell" ]; cache = "main"; ticketFile = "/run/keys/aspen-ci.ticket"; };
+      };
+    };
+    # Must fail: vm jobs without the microVM runner.
+    ci-vm-without-runner = {
+      services.aspen = { inherit package; ci.worker = { enable = true; executors = [ "vm" ]; ticketFile = "/run/keys/aspen-ci.ticket"; }; };
+    };
+    # Must fail: no node here, and no ticket named.
+    ci-no-ticket = { services.aspen = { inherit package; ci.worker.enable = true; }; };
+    # Must fail: a joining node's own ticket, which carries no token, and no token file.
+    ci-no-token = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        joinTicketFile = "/var/lib/aspen/join.ticket";
+        ci.worker.enable = true;
+      };
+    };
+    # Must fail: an image put by hand inside the node's data directory (the default imageDir).
+    ci-vm-image-in-data-dir = {
+      services.aspen = {
+        enable = true;
+        inherit package;
+        initialize = true;
+        vm.enable = true;
+        ci.worker = { enable = true; executors = [ "vm" ]; };
+      };
+    };
+    # Must fail: a work directory the worker cannot enter.
+    ci-work-dir-in-data-dir = {
+      services.aspen = { enable = true; inherit package; initialize = true; ci.worker = { enable = true; workDir = "/var/lib/aspen/ci"; }; };
+    };
+    # Must fail: a lease shorter than the worker takes.
+    ci-short-session = {
+      services.aspen = { inherit package; ci.worker = { enable = true; sessionTtlSeconds = 2; ticketFile = "/run/keys/aspen-ci.ticket"; }; };
+    };
+    # Must fail: a cache name the cluster refuses.
+    ci-bad-cache-name = {
+      services.aspen = { inherit package; ci.worker = { enable = true; cache = "Main"; ticketFile = "/run/keys/aspen-ci.ticket"; }; };
+    };
     # Must fail: joining from two tickets.
     two-tickets = {
       services.aspen = {

@@ -16,6 +16,11 @@
 //!   wrong mounts fail with the module's messages;
 //! - the microVM runner's options (`services.aspen.vm`) install QEMU (and Cloud Hypervisor when
 //!   chosen), a wrapper whose command line the real `aspen vm run` accepts, and the image link;
+//! - a CI worker (`services.aspen.ci.worker`) becomes the `aspen-ci-worker` unit, word for word,
+//!   whose `ExecStart` the real `aspen ci worker` accepts, which keeps what `unshare` and jobs
+//!   need and scores at most 3.0; `services.aspen.ci.scheduler = false` gives the node
+//!   `--ci-no-scheduler`, which `aspen-node --check-config` accepts; wrong workers fail with
+//!   the module's messages;
 //! - `nix run .#cluster`'s script forms a working cluster.
 //!
 //! Needs `nix-instantiate` and `nix` (Debian's nix-bin) and `systemd-analyze`, which
@@ -69,6 +74,7 @@ fn every_nix_file_parses() {
         "vm-tests/cluster.nix",
         "vm-tests/cache.nix",
         "vm-tests/fs.nix",
+        "vm-tests/ci.nix",
         "images/node.nix",
     ];
     for expected in expected {
@@ -615,6 +621,259 @@ fn aspenfs_mounts_and_the_vm_runner_evaluate_to_what_the_binary_accepts() {
     }
 }
 
+/// What the CI worker's unit may not set: each keeps `unshare` from giving a shell job the
+/// namespaces and the /proc it gets (RestrictNamespaces=true forbids them; ProtectKernel-
+/// Tunables and ProtectKernelLogs cover parts of /proc, and the kernel then refuses a user
+/// namespace a /proc of its own), or breaks what jobs run (JIT compilers need writable
+/// executable memory; sanitizers change their personality and run again; tools read /proc's
+/// non-process files).
+const CI_WORKER_CANNOT: &[&str] = &[
+    "ProtectKernelTunables",
+    "ProtectKernelLogs",
+    "ProcSubset",
+    "MemoryDenyWriteExecute",
+    "LockPersonality",
+    "PrivateNetwork",
+];
+
+#[test]
+fn the_ci_worker_and_the_scheduler_evaluate_to_what_the_binaries_accept() {
+    let Some(lib) = nixpkgs_lib() else {
+        eprintln!("SKIPPED: no nixpkgs lib (set ASPEN_NIXPKGS_LIB, or keep ../shared/nixpkgs-lib beside the checkout)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    // The worker resolves its hypervisor before it reads the ticket: a stand-in QEMU on PATH
+    // (only looked for, never run) gets a vm worker that far on any machine.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("qemu-system-x86_64"), "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(bin.join("qemu-system-x86_64"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let path = std::env::join_paths(
+        std::iter::once(bin.clone()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    let cases: [Case; 2] = [
+        // A first node with a worker of every executor: the node's ticket and root token, the
+        // runner's image (its store path) and hypervisor, a cache to push to.
+        (
+            "ci-worker",
+            &[
+                "--ticket-file",
+                "%/ticket",
+                "--token-file",
+                "%/token",
+                "ci",
+                "worker",
+                "--id",
+                "builder-1",
+                "--capacity",
+                "4",
+                "--executors",
+                "shell,nix,vm",
+                "--max-cpus",
+                "8",
+                "--max-memory-mib",
+                "16384",
+                "--work-dir",
+                "/var/lib/aspen-ci",
+                "--session-ttl-secs",
+                "30",
+                "--cache",
+                "main",
+                "--vm-image",
+                "/aspen-vm-image",
+                "--hypervisor",
+                "qemu-tcg",
+                "--git",
+                "/git/bin/git",
+                "--pass-env",
+                "CARGO_HOME,RUSTUP_HOME",
+            ],
+            &["ticket:/var/lib/aspen/node.ticket", "token:/var/lib/aspen/root.token"],
+            &["network-online.target", "aspen.service"],
+            &["/aspen-package", "/git", "/nix", "/usr", "/bash", "/qemu-host-cpu-only", "/gnumake"],
+        ),
+        // A worker alone, for a cluster elsewhere: the defaults, and shell jobs without
+        // namespaces.
+        (
+            "ci-worker-only",
+            &[
+                "--ticket-file",
+                "%/ticket",
+                "--token-file",
+                "%/token",
+                "ci",
+                "worker",
+                "--capacity",
+                "2",
+                "--executors",
+                "shell",
+                "--max-memory-mib",
+                "8192",
+                "--work-dir",
+                "/srv/aspen-ci",
+                "--session-ttl-secs",
+                "15",
+                "--no-isolation",
+                "--git",
+                "/git/bin/git",
+            ],
+            &["ticket:/run/keys/aspen-ci.ticket", "token:/run/keys/aspen-ci.token"],
+            &["network-online.target"],
+            &["/aspen-package", "/git", "/nix", "/usr", "/bash"],
+        ),
+    ];
+    for (case, args, loaded, after, tools) in cases {
+        let evaluated = evaluate(&lib, case).unwrap_or_else(|e| panic!("{case} fails to evaluate:\n{e}"));
+        let service = &evaluated["services"]["aspen-ci-worker"];
+        let config = &service["serviceConfig"];
+        assert_eq!(service["description"], "Aspen CI worker", "{case}");
+        assert_eq!(config["Type"], "simple", "{case}");
+        assert_eq!(config["User"], "aspen-ci", "{case}");
+        assert_eq!(config["Group"], "aspen-ci", "{case}");
+        assert_eq!(config["Restart"], "on-failure", "{case}");
+        // SIGTERM to the worker alone, which stops its jobs and gives them back; SIGKILL
+        // then to whatever is left of them in its cgroup.
+        assert_eq!(config["KillMode"], "mixed", "{case}");
+        assert_eq!(config["KillSignal"], "SIGTERM", "{case}");
+        assert_eq!(config["TimeoutStopSec"], "30s", "{case}");
+        assert_eq!(config["LoadCredential"], serde_json::json!(loaded), "{case}");
+        for key in ["wants", "after"] {
+            assert_eq!(service[key], serde_json::json!(after), "{case} {key}");
+        }
+        assert_eq!(service["wantedBy"], serde_json::json!(["multi-user.target"]), "{case}");
+        assert_eq!(service["path"], serde_json::json!(tools), "{case}: the jobs' PATH");
+        assert_eq!(evaluated["users"]["aspen-ci"]["isSystemUser"], true, "{case}");
+        assert_eq!(evaluated["groups"]["aspen-ci"], serde_json::json!({}), "{case}");
+
+        // What the worker gets, word for word, and what the real binary makes of it: with the
+        // credentials missing, it gets past the parser (whose errors exit with 2) and past
+        // its executors and hypervisor, and stops at the ticket.
+        let exec = config["ExecStart"].as_str().unwrap();
+        let argv = exec_argv(exec, &credentials);
+        assert_eq!(argv[0], "/aspen-package/bin/aspen", "{case}: {exec}");
+        let expected: Vec<String> =
+            args.iter().map(|a| a.replace("%/", &format!("{}/", credentials.display()))).collect();
+        assert_eq!(argv[1..], expected[..], "{case}: {exec}");
+        let out = Command::new(aspen_bin()).args(&argv[1..]).env("PATH", &path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: aspen refuses what the module passes ({exec}):\n{stderr}");
+        assert!(stderr.contains("cannot read the ticket file"), "{case}: {stderr}");
+
+        // Hardening: none of what would break `unshare` or the jobs, and the rest.
+        for key in CI_WORKER_CANNOT {
+            assert!(config.get(*key).is_none(), "{case} sets {key}");
+        }
+        assert_eq!(config["RestrictNamespaces"], serde_json::json!(["user", "mnt", "pid", "ipc", "uts"]), "{case}");
+        assert_eq!(config["CapabilityBoundingSet"], "", "{case}");
+        assert_eq!(config["NoNewPrivileges"], true, "{case}");
+        assert_eq!(config["ProtectSystem"], "strict", "{case}");
+        assert_eq!(config["PrivateUsers"], true, "{case}");
+        let filter = config["SystemCallFilter"].as_array().unwrap();
+        assert!(filter.contains(&serde_json::json!("@mount")), "{case}: unshare mounts /proc: {filter:?}");
+        // Scored by systemd. The node scores about 1.2 (at most 2.0); the worker cannot have
+        // what its jobs need, and systemd-analyze counts each against it: the network (no
+        // PrivateNetwork, no IP allow list), user, mount, PID, IPC and UTS namespaces (for
+        // unshare), all of /proc (no ProtectKernelTunables, ProtectKernelLogs or
+        // ProcSubset), writable executable memory, and a system call filter that admits
+        // @mount, @debug and the @privileged calls of a job that is root in its namespace.
+        // That scores 2.6 with systemd 252; vm jobs add /dev/kvm and the kvm group, 2.8.
+        // The bound is the worse of the two and 0.2 for other systemd versions' weights;
+        // what matters most (no capabilities, PrivateUsers, NoNewPrivileges, ProtectSystem,
+        // the namespaces allowed) is checked above one by one.
+        let (score, text) = exposure("aspen-ci-worker", service);
+        eprintln!("{case}: aspen-ci-worker's systemd-analyze security exposure {score}");
+        assert!(score <= 3.0, "{case}: exposure {score} is over 3.0:\n{text}");
+    }
+
+    // With a node: after it, in a StateDirectory, vm jobs with /dev/kvm and the runner's own
+    // packages and image link.
+    let worker = evaluate(&lib, "ci-worker").unwrap();
+    let config = &worker["services"]["aspen-ci-worker"]["serviceConfig"];
+    let names: Vec<&str> = worker["services"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(names, ["aspen", "aspen-ci-worker"]);
+    assert_eq!(config["StateDirectory"], "aspen-ci");
+    assert_eq!(config["StateDirectoryMode"], "0700");
+    assert_eq!(config["WorkingDirectory"], "/var/lib/aspen-ci");
+    assert!(config.get("ReadWritePaths").is_none() && config.get("PrivateDevices").is_none(), "{config}");
+    assert_eq!(config["DevicePolicy"], "closed");
+    assert_eq!(config["DeviceAllow"], serde_json::json!(["/dev/kvm rw"]));
+    assert_eq!(config["SupplementaryGroups"], serde_json::json!(["kvm"]));
+    assert_eq!(worker["users"]["aspen-ci"]["home"], "/var/lib/aspen-ci");
+    assert_eq!(worker["tmpfiles"], serde_json::json!(["L+ /var/lib/aspen/vm-image - - - - /aspen-vm-image"]));
+    let packages: Vec<&str> =
+        worker["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(packages.contains(&"aspen-vm-run") && packages.contains(&"qemu-host-cpu-only"), "{packages:?}");
+    // The node still schedules (the default), and checks out with the binary.
+    let node_exec = worker["services"]["aspen"]["serviceConfig"]["ExecStart"].as_str().unwrap();
+    assert!(!node_exec.contains("--ci-no-scheduler"), "{node_exec}");
+
+    // Alone: no node to wait for, a work directory made by tmpfiles and opened for writing,
+    // and a private /dev.
+    let alone = evaluate(&lib, "ci-worker-only").unwrap();
+    let config = &alone["services"]["aspen-ci-worker"]["serviceConfig"];
+    let names: Vec<&str> = alone["services"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(names, ["aspen-ci-worker"]);
+    assert!(config.get("StateDirectory").is_none(), "{config}");
+    assert_eq!(config["ReadWritePaths"], serde_json::json!(["/srv/aspen-ci"]));
+    assert_eq!(config["WorkingDirectory"], "/srv/aspen-ci", "without the trailing slash");
+    assert_eq!(alone["tmpfiles"], serde_json::json!(["d /srv/aspen-ci 0700 aspen-ci aspen-ci - -"]));
+    assert_eq!(config["PrivateDevices"], true);
+    assert!(config.get("DeviceAllow").is_none(), "{config}");
+    assert_eq!(config["SupplementaryGroups"], serde_json::json!([]));
+    assert!(alone["users"].get("aspen").is_none(), "no node user without a node");
+
+    // `ci.scheduler = false`: the node's flag, which the real aspen-node accepts.
+    let quiet = evaluate(&lib, "ci-no-scheduler").unwrap();
+    assert!(quiet["services"].get("aspen-ci-worker").is_none(), "no worker unless enabled");
+    for (case, evaluated, scheduler) in [("ci-no-scheduler", &quiet, false), ("ci-worker", &worker, true)] {
+        let exec = evaluated["services"]["aspen"]["serviceConfig"]["ExecStart"].as_str().unwrap();
+        let words = split_exec(exec);
+        assert_eq!(words.iter().any(|w| w == "--ci-no-scheduler"), !scheduler, "{case}: {exec}");
+        let keep = words.iter().position(|w| w == "--ci-keep-runs").map(|i| words[i + 1].as_str());
+        assert_eq!(keep, Some(if scheduler { "50" } else { "500" }), "{case}: ci.keepRuns: {exec}");
+        let prune = words.iter().position(|w| w == "--ci-prune-interval-secs").map(|i| words[i + 1].as_str());
+        assert_eq!(prune, Some("3600"), "{case}: {exec}");
+        let out = Command::new(node_bin()).args(&words[1..]).arg("--check-config").output().unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("ok"),
+            "{case}: aspen-node refuses what the module passes ({exec}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    for (case, expected) in [
+        ("ci-no-executors", "services.aspen.ci.worker.executors is empty: the worker would claim no job"),
+        ("ci-cache-without-nix", "services.aspen.ci.worker.cache (\"main\") is where nix jobs with `cache_push` push"),
+        (
+            "ci-vm-without-runner",
+            "the \"vm\" executor boots guests with the microVM runner; set services.aspen.vm.enable",
+        ),
+        ("ci-no-ticket", "services.aspen.ci.worker.ticketFile: no node runs on this machine"),
+        ("ci-no-token", "the node's own ticket (/var/lib/aspen/node.ticket) carries no token, and `tokenFile` is null"),
+        (
+            "ci-vm-image-in-data-dir",
+            "services.aspen.vm.imageDir (/var/lib/aspen/vm-image), inside the node's data directory",
+        ),
+        (
+            "ci-work-dir-in-data-dir",
+            "services.aspen.ci.worker.workDir (/var/lib/aspen/ci) is inside the node's data directory",
+        ),
+        ("ci-short-session", "`services.aspen.ci.worker.sessionTtlSeconds' is not of type `integer of at least 3'"),
+        ("ci-bad-cache-name", "`services.aspen.ci.worker.cache' is not of type `null or cache name"),
+    ] {
+        match evaluate(&lib, case) {
+            Ok(v) => panic!("case {case} evaluated: {v}"),
+            Err(message) => assert!(message.contains(expected), "case {case}: {message}"),
+        }
+    }
+}
+
 /// The mount unit's own commands, run as systemd runs them (argv from the evaluated unit, the
 /// credentials in a directory of their own) against a real node: ExecStartPre makes the mount
 /// point, ExecStart mounts the prefix with FUSE, a file written there is a key and a key put
@@ -872,6 +1131,7 @@ fn the_vm_test_script_compiles_and_names_its_machines() {
         ("forge", &["alice", "bob"][..]),
         ("cache", &["client", "node"][..]),
         ("fs", &["machine"][..]),
+        ("ci", &["node", "worker"][..]),
     ] {
         let expr = format!(
             "let t = import {}/vm-tests/{file}.nix {{ pkgs = {{ testers.runNixOSTest = a: a; jq = \"jq\"; git = \"git\"; }}; \

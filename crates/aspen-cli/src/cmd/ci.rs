@@ -40,7 +40,7 @@ pub enum CiCommand {
         run: u64,
         /// Give up after this many seconds (exit 124).
         #[arg(long, default_value_t = 3600)]
-        timeout: u64,
+        within_secs: u64,
     },
     /// A job's log (its latest attempt).
     Logs {
@@ -214,7 +214,7 @@ async fn run_with(ctx: &Ctx, client: &Client, cmd: CiCommand) -> anyhow::Result<
             }
         }
         CiCommand::Show { run } => print_run(ctx, &ci.show(run).await?)?,
-        CiCommand::Wait { run, timeout } => {
+        CiCommand::Wait { run, within_secs: timeout } => {
             let deadline = Instant::now() + Duration::from_secs(timeout);
             let info = loop {
                 let info = ci.show(run).await?;
