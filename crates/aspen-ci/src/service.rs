@@ -865,12 +865,16 @@ impl CiService {
                 }
             };
             self.sweep().await;
-            let mut watch = self.kv.watch(records::CI_PREFIX.as_bytes(), from + 1);
+            // Runs and jobs only: the log pieces workers write (most of CI's writes) wake
+            // nothing here.
+            let mut runs = self.kv.watch(&records::run_prefix(), from + 1);
+            let mut jobs = self.kv.watch(&records::all_jobs_prefix(), from + 1);
             loop {
                 let event = tokio::select! {
                     () = stop.cancelled() => return,
                     _ = sweep.tick() => { self.sweep().await; continue; }
-                    e = watch.next() => e,
+                    e = runs.next() => e,
+                    e = jobs.next() => e,
                 };
                 match event {
                     Some(Ok(event)) => {

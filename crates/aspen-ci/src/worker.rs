@@ -47,7 +47,8 @@ const LOG_FLUSH: Duration = Duration::from_millis(250);
 /// How often a running job's worker looks for a cancelled run or a lost claim.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Longest a pipeline may take to evaluate.
-const EVAL_TIME_LIMIT: Duration = Duration::from_secs(30);
+/// Most memory (address space) a pipeline's evaluation in a child process may take.
+const EVAL_MEMORY_BYTES: u64 = 4 << 30;
 /// Job records written per transaction when a pipeline is evaluated (within MAX_TXN_OPS).
 const JOB_PUTS_PER_TXN: usize = 100;
 /// Largest pipeline file read.
@@ -87,6 +88,14 @@ pub struct WorkerConfig {
     /// Variables of the worker's own environment its jobs get (the toolchain's homes, a
     /// shared build cache), under the job's own `env` and secrets.
     pub pass_env: Vec<String>,
+    /// The command that evaluates a pipeline in a child process (given the file's path, it
+    /// prints the pipeline as JSON, or Nickel's message on stderr and exits 1), as `aspen
+    /// --json ci validate`; `None` evaluates in this process. A child is killed at the time
+    /// limit and cannot take the worker down (Nickel has no step limit, and a value nested
+    /// deep enough at run time overflows its stack); pipelines of patches from outside need it.
+    pub evaluator: Option<Vec<String>>,
+    /// Longest a pipeline's evaluation may take.
+    pub eval_limit: Duration,
 }
 
 impl WorkerConfig {
@@ -438,21 +447,22 @@ impl Shared {
         }
         let source = std::fs::read_to_string(&path)
             .map_err(|e| (State::Error, format!("{} does not read as UTF-8 text: {e}", records::PIPELINE_PATH)))?;
-        let evaluated = tokio::time::timeout(
-            EVAL_TIME_LIMIT,
-            tokio::task::spawn_blocking(move || aspen_ci_pipeline::evaluate(records::PIPELINE_PATH, &source)),
-        )
-        .await;
-        let pipeline = match evaluated {
-            Err(_) => {
-                return Err((
-                    State::Error,
-                    format!("{} did not evaluate within {} s", records::PIPELINE_PATH, EVAL_TIME_LIMIT.as_secs()),
-                ));
+        let limit = self.config.eval_limit;
+        let pipeline = match &self.config.evaluator {
+            Some(command) => evaluate_in_child(command, &src, limit).await?,
+            None => {
+                let evaluated = tokio::time::timeout(
+                    limit,
+                    tokio::task::spawn_blocking(move || aspen_ci_pipeline::evaluate(records::PIPELINE_PATH, &source)),
+                )
+                .await;
+                match evaluated {
+                    Err(_) => return Err((State::Error, over_limit(limit))),
+                    Ok(Err(e)) => return Err((State::Error, format!("the evaluation crashed: {e}"))),
+                    Ok(Ok(Err(e))) => return Err((State::Error, format!("the pipeline does not evaluate:\n{e}"))),
+                    Ok(Ok(Ok(p))) => p,
+                }
             }
-            Ok(Err(e)) => return Err((State::Error, format!("the evaluation crashed: {e}"))),
-            Ok(Ok(Err(e))) => return Err((State::Error, format!("the pipeline does not evaluate:\n{e}"))),
-            Ok(Ok(Ok(p))) => p,
         };
         match &run.trigger {
             Trigger::Push { .. } => {
@@ -879,6 +889,60 @@ pub fn new_job(def_json: String, executor: ExecutorKind, needs: Vec<String>) -> 
         artifacts: Vec::new(),
         input_hash: None,
         reused_from: None,
+    }
+}
+
+fn over_limit(limit: Duration) -> String {
+    format!("{} did not evaluate within {} s", records::PIPELINE_PATH, limit.as_secs())
+}
+
+/// Evaluates the checkout's pipeline with `command` in a child process, in its own process
+/// group, with at most [`EVAL_MEMORY_BYTES`] of memory, killed at `limit`.
+async fn evaluate_in_child(command: &[String], src: &Path, limit: Duration) -> Result<Pipeline, (State, String)> {
+    let Some((program, args)) = command.split_first() else {
+        return Err((State::Error, "the worker's evaluator command is empty".into()));
+    };
+    let mut child = tokio::process::Command::new(program);
+    child
+        .args(args)
+        .arg(records::PIPELINE_PATH)
+        .current_dir(src)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        child.pre_exec(|| {
+            let cap = libc::rlimit { rlim_cur: EVAL_MEMORY_BYTES, rlim_max: EVAL_MEMORY_BYTES };
+            if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = match tokio::time::timeout(limit, child.output()).await {
+        Err(_) => return Err((State::Error, over_limit(limit))),
+        Ok(Err(e)) => return Err((State::Error, format!("cannot start the evaluator {program}: {e}"))),
+        Ok(Ok(out)) => out,
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    match out.status.code() {
+        Some(0) => serde_json::from_slice(&out.stdout)
+            .map_err(|e| (State::Error, format!("the evaluator's answer does not read: {e}"))),
+        Some(1) => Err((State::Error, format!("the pipeline does not evaluate:\n{stderr}"))),
+        _ => {
+            use std::os::unix::process::ExitStatusExt as _;
+            let how = match out.status.signal() {
+                Some(signal) => format!("killed by signal {signal}"),
+                None => format!("exit {}", out.status.code().unwrap_or(-1)),
+            };
+            Err((
+                State::Error,
+                format!("the evaluation of {} crashed ({how}; over {} MiB of memory, or nested too deep?): {stderr}", records::PIPELINE_PATH, EVAL_MEMORY_BYTES >> 20),
+            ))
+        }
     }
 }
 

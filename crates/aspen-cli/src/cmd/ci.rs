@@ -159,6 +159,9 @@ pub struct WorkerArgs {
     /// the CI variables). For example CARGO_HOME,RUSTUP_HOME for a rustup toolchain.
     #[arg(long, env = "ASPEN_CI_PASS_ENV", value_delimiter = ',')]
     pass_env: Vec<String>,
+    /// Seconds a pipeline's evaluation may take (in a child process, killed at the limit).
+    #[arg(long, env = "ASPEN_CI_EVAL_LIMIT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    eval_limit_secs: u64,
 }
 
 pub async fn run(ctx: &Ctx, cmd: CiCommand) -> anyhow::Result<()> {
@@ -434,6 +437,18 @@ async fn worker(ctx: &Ctx, args: WorkerArgs) -> anyhow::Result<()> {
         exec: ExecutorSettings { isolate, vm },
         cache: args.cache,
         pass_env: args.pass_env.into_iter().filter(|v| !v.is_empty()).collect(),
+        // This very binary evaluates pipelines (`aspen --json ci validate FILE`), each in a
+        // child process of its own.
+        evaluator: Some(vec![
+            std::env::current_exe()
+                .context("finding this program, which evaluates pipelines")?
+                .display()
+                .to_string(),
+            "--json".into(),
+            "ci".into(),
+            "validate".into(),
+        ]),
+        eval_limit: Duration::from_secs(args.eval_limit_secs),
     };
     eprintln!(
         "ci worker {id}: {} job(s) at once, executors {:?}, shell isolation {}",
