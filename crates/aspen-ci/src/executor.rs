@@ -124,7 +124,8 @@ pub async fn execute(
                     "nix-command flakes",
                     "build",
                     "--no-link",
-                    "--print-out-paths",
+                    // The outputs as JSON (`--print-out-paths` is newer than nix 2.8).
+                    "--json",
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -244,6 +245,8 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, log: mpsc::Sender<Vec<u8>>, path
                     let text = String::from_utf8_lossy(&line).trim().to_string();
                     if text.starts_with("/nix/store/") && !text.contains(' ') {
                         found.push(text);
+                    } else if text.starts_with('[') {
+                        found.extend(json_outputs(&text));
                     }
                     line.clear();
                 } else {
@@ -258,6 +261,33 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, log: mpsc::Sender<Vec<u8>>, path
     found
 }
 
+/// The output paths in `nix build --json`'s answer: `[{"drvPath": …, "outputs": {"out": PATH, …}}, …]`.
+fn json_outputs(text: &str) -> Vec<String> {
+    let Ok(serde_json::Value::Array(built)) = serde_json::from_str(text) else { return Vec::new() };
+    built
+        .iter()
+        .filter_map(|b| b.get("outputs")?.as_object())
+        .flat_map(|outputs| outputs.values().filter_map(|p| p.as_str().map(str::to_string)))
+        .collect()
+}
+
+/// The guest image a vm job asks for: the worker's own, or `image = "NAME"` in
+/// `<image dir>/images/NAME/`.
+pub fn image_dir(vm: &VmSettings, name: Option<&str>) -> Result<PathBuf, String> {
+    let Some(name) = name else { return Ok(vm.image_dir.clone()) };
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        return Err(format!("vm image name {name:?} is not a name (letters, digits, '.', '_', '-')"));
+    }
+    let dir = vm.image_dir.join("images").join(name);
+    if !dir.is_dir() {
+        return Err(format!("this worker has no vm image {name:?} (no {})", dir.display()));
+    }
+    Ok(dir)
+}
+
 /// Runs a vm job: the script in a fresh guest with the workspace shared read-write.
 async fn run_vm(vm: &VmSettings, job: &ExecJob<'_>, log: mpsc::Sender<Vec<u8>>, cancel: &CancellationToken) -> ExecEnd {
     use aspen_vm::image::GuestImage;
@@ -266,9 +296,13 @@ async fn run_vm(vm: &VmSettings, job: &ExecJob<'_>, log: mpsc::Sender<Vec<u8>>, 
     if let Err(e) = std::fs::create_dir_all(job.scratch) {
         return ExecEnd::Error(format!("cannot make {}: {e}", job.scratch.display()));
     }
+    let image_dir = match image_dir(vm, job.def.image.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => return ExecEnd::Error(e),
+    };
     let spec = VmSpec {
         hypervisor: vm.hypervisor.clone(),
-        image: GuestImage::in_dir(&vm.image_dir),
+        image: GuestImage::in_dir(&image_dir),
         vcpus: job.def.resources.cpus.max(1),
         memory_mib: job.def.resources.memory_mib.clamp(128, u32::MAX as u64) as u32,
         shares: vec![Share {
@@ -323,5 +357,38 @@ async fn run_vm(vm: &VmSettings, job: &ExecJob<'_>, log: mpsc::Sender<Vec<u8>>, 
         },
         Ok(Err(e)) => ExecEnd::Error(format!("the VM failed: {e}")),
         Err(e) => ExecEnd::Error(format!("the VM's thread failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nix_build_json_names_the_outputs() {
+        let text =
+            r#"[{"drvPath":"/nix/store/a-x.drv","outputs":{"dev":"/nix/store/b-x-dev","out":"/nix/store/c-x"}}]"#;
+        assert_eq!(json_outputs(text), ["/nix/store/b-x-dev", "/nix/store/c-x"]);
+        assert!(json_outputs("[not json").is_empty());
+    }
+
+    #[test]
+    fn a_vm_job_s_image_is_the_worker_s_or_a_named_one_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = VmSettings {
+            image_dir: dir.path().to_path_buf(),
+            hypervisor: aspen_vm::hypervisor::Hypervisor::Qemu {
+                binary: "qemu-system-x86_64".into(),
+                accel: aspen_vm::hypervisor::Accel::Tcg,
+            },
+        };
+        assert_eq!(image_dir(&vm, None).unwrap(), dir.path());
+        let err = image_dir(&vm, Some("big")).unwrap_err();
+        assert!(err.contains("no vm image \"big\""), "{err}");
+        std::fs::create_dir_all(dir.path().join("images/big")).unwrap();
+        assert_eq!(image_dir(&vm, Some("big")).unwrap(), dir.path().join("images/big"));
+        for bad in ["../big", ".hidden", "a/b", ""] {
+            assert!(image_dir(&vm, Some(bad)).unwrap_err().contains("is not a name"), "{bad}");
+        }
     }
 }

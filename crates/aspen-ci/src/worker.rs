@@ -940,7 +940,11 @@ async fn evaluate_in_child(command: &[String], src: &Path, limit: Duration) -> R
             };
             Err((
                 State::Error,
-                format!("the evaluation of {} crashed ({how}; over {} MiB of memory, or nested too deep?): {stderr}", records::PIPELINE_PATH, EVAL_MEMORY_BYTES >> 20),
+                format!(
+                    "the evaluation of {} crashed ({how}; over {} MiB of memory, or nested too deep?): {stderr}",
+                    records::PIPELINE_PATH,
+                    EVAL_MEMORY_BYTES >> 20
+                ),
             ))
         }
     }

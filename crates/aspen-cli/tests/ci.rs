@@ -1,18 +1,19 @@
 //! CI against real node processes, each run started by a real `git push` through
 //! `git-remote-aspen`, its jobs run by real `aspen ci worker` processes: a two-job DAG, an
 //! unchanged job skipped on the next push and run again when forced, a failing job, a time
-//! limit, a pipeline that breaks the contract, cancelling a running job, and a worker killed
-//! mid-job.
+//! limit, a pipeline that breaks the contract, cancelling a running job, a worker killed
+//! mid-job, a vm job, and patches: statuses on commits and patch revisions, secrets masked and
+//! given only to trusted runs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aspen_ci::CiClient;
 use aspen_ci::protocol::RunInfo;
 use aspen_ci::records::State;
 use aspen_forge::ForgeClient;
-use aspen_net::ClusterTicket;
+use aspen_testkit::git::GitEnv;
 use aspen_testkit::harness::TestCluster;
 
 /// Generous bound for a run to end: jobs here take seconds.
@@ -22,62 +23,20 @@ fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_git-remote-aspen")).parent().expect("bin dir").to_path_buf()
 }
 
+/// The git environment of [`GitEnv`], plus what a CI test does with it.
 struct Env {
-    home: tempfile::TempDir,
-    ticket: String,
-    token: String,
+    git: GitEnv,
 }
 
 impl Env {
     fn new(c: &TestCluster) -> Self {
-        let nodes = (0..c.nodes.len()).map(|i| c.node_addr(i)).collect();
-        let ticket = ClusterTicket { cluster_id: String::new(), nodes, token: None }.encode();
-        Env { home: tempfile::tempdir().expect("home"), ticket, token: c.token.encode() }
-    }
-
-    fn git(&self, dir: &Path, args: &[&str]) -> Output {
-        let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
-        Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("PATH", path)
-            .env("HOME", self.home.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", self.home.path().join(".gitconfig"))
-            .env("GIT_AUTHOR_NAME", "Ada")
-            .env("GIT_AUTHOR_EMAIL", "ada@example.org")
-            .env("GIT_COMMITTER_NAME", "Ada")
-            .env("GIT_COMMITTER_EMAIL", "ada@example.org")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("ASPEN_TICKET", &self.ticket)
-            .env("ASPEN_TOKEN", &self.token)
-            .env_remove("ASPEN_TICKET_FILE")
-            .env_remove("ASPEN_TOKEN_FILE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run git")
-    }
-
-    fn ok(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self.git(dir, args);
-        assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8")
+        Env { git: GitEnv::new(c, bin_dir()) }
     }
 
     /// A repository in the forge named `name` whose `main` holds `pipeline` as
     /// `.aspen/ci.ncl`, pushed; returns the local clone.
     fn push_repo(&self, name: &str, pipeline: &str) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().expect("repo dir");
-        let d = dir.path();
-        self.ok(d, &["init", "-q", "-b", "main"]);
-        std::fs::create_dir_all(d.join(".aspen")).unwrap();
-        std::fs::write(d.join(".aspen/ci.ncl"), pipeline).unwrap();
-        std::fs::write(d.join("README"), format!("{name}\n")).unwrap();
-        self.ok(d, &["add", "-A"]);
-        self.ok(d, &["commit", "-qm", "the pipeline"]);
-        self.ok(d, &["remote", "add", "origin", &format!("aspen://default/{name}")]);
-        self.ok(d, &["push", "-q", "origin", "main"]);
-        dir
+        self.git.push_new_repo(name, &[(".aspen/ci.ncl", pipeline), ("README", &format!("{name}\n"))])
     }
 
     /// An `aspen ci worker` process, killed (and waited for) when dropped.
@@ -85,7 +44,7 @@ impl Env {
         let work = tempfile::tempdir().expect("work dir");
         let log = std::fs::File::create(work.path().join("worker.log")).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
-            .args(["--ticket", &self.ticket, "--token", &self.token, "ci", "worker", "--id", id])
+            .args(["--ticket", self.git.ticket(), "--token", self.git.token(), "ci", "worker", "--id", id])
             .args(["--work-dir", &work.path().join("w").display().to_string()])
             .args(extra)
             .env("RUST_LOG", "info")
@@ -182,14 +141,14 @@ async fn a_push_runs_a_dag_and_an_unchanged_job_is_skipped_until_forced() {
     assert_eq!(build.artifacts.len(), 1, "out.txt is kept");
     assert_eq!(build.artifacts[0].size, 6);
     let log = String::from_utf8(ci.read_log(first.number, "build").await.unwrap()).unwrap();
-    let commit = env.ok(repo.path(), &["rev-parse", "HEAD"]);
+    let commit = env.git.ok(repo.path(), &["rev-parse", "HEAD"]);
     assert!(log.contains(&format!("building {}", commit.trim())), "build log: {log}");
     let log = String::from_utf8(ci.read_log(first.number, "test").await.unwrap()).unwrap();
     assert!(log.contains("testing test"), "test log: {log}");
 
     // The same tree again: both jobs link the first run's success.
-    env.ok(repo.path(), &["commit", "-q", "--allow-empty", "-m", "nothing changed"]);
-    env.ok(repo.path(), &["push", "-q", "origin", "main"]);
+    env.git.ok(repo.path(), &["commit", "-q", "--allow-empty", "-m", "nothing changed"]);
+    env.git.ok(repo.path(), &["push", "-q", "origin", "main"]);
     let second = ended_run(&ci, "team/app", first.number, &worker).await;
     assert_eq!(second.run.state, State::Success, "{second:?}");
     for name in ["build", "test"] {
@@ -207,20 +166,47 @@ async fn a_push_runs_a_dag_and_an_unchanged_job_is_skipped_until_forced() {
         assert_eq!(job(&third, name).reused_from, None, "{name} runs when forced: {third:?}");
     }
     // A push to a branch the pipeline's triggers do not take ends as skipped.
-    env.ok(repo.path(), &["push", "-q", "origin", "main:side"]);
+    env.git.ok(repo.path(), &["push", "-q", "origin", "main:side"]);
     let side = ended_run(&ci, "team/app", third.number, &worker).await;
     assert_eq!(side.run.state, State::Skipped, "{side:?}");
     assert!(side.jobs.is_empty());
+
+    // Pruning to the newest two: the first two runs go, with their logs and blob pins; the
+    // forced run's success stays what an unchanged job reuses.
+    let pins = |run: u64| aspen_blob::records::pin_key(&format!("ci/{run}/"));
+    let kv = c.client().await.kv();
+    use aspen_kv::KvExt as _;
+    let pinned = |run| {
+        let kv = kv.clone();
+        async move { kv.scan_all(pins(run), aspen_kv::ReadConsistency::Linearizable).await.unwrap().0.len() }
+    };
+    assert!(pinned(first.number).await >= 2, "the first run's logs and artifact are pinned");
+    let report = ci.prune(Some("team/app"), 2).await.unwrap();
+    assert_eq!((report.runs, report.reuse_records), (2, 0), "{report:?}");
+    let left: Vec<u64> = ci.runs(Some("team/app"), None, 10).await.unwrap().iter().map(|r| r.number).collect();
+    assert_eq!(left, [side.number, third.number]);
+    assert!(ci.show(first.number).await.unwrap_err().to_string().contains("no run"));
+    assert_eq!(pinned(first.number).await, 0, "its pins are gone");
+    assert!(pinned(third.number).await >= 2, "the kept run's pins stay");
+    assert!(!ci.read_log(third.number, "build").await.unwrap().is_empty());
+    // Keeping none: the reuse records go with the runs, so the same tree runs again.
+    let report = ci.prune(Some("team/app"), 0).await.unwrap();
+    assert_eq!((report.runs, report.reuse_records), (2, 2), "{report:?}");
+    env.git.ok(repo.path(), &["commit", "-q", "--allow-empty", "-m", "after pruning"]);
+    env.git.ok(repo.path(), &["push", "-q", "origin", "main"]);
+    let fourth = ended_run(&ci, "team/app", side.number, &worker).await;
+    assert_eq!(fourth.run.state, State::Success, "{fourth:?}");
+    assert_eq!(job(&fourth, "build").reused_from, None, "nothing is left to reuse: {fourth:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_time_limits_bad_pipelines_and_cancelling_end_runs_as_they_should() {
     let c = TestCluster::start(3).await;
-    for repo in ["t/fail", "t/slow", "t/bad", "t/cancel"] {
+    for repo in ["t/fail", "t/slow", "t/bad", "t/cancel", "t/loop"] {
         enable(&c, repo).await;
     }
     let env = Env::new(&c);
-    let worker = env.worker("w1", &["--capacity", "4"]);
+    let worker = env.worker("w1", &["--capacity", "4", "--eval-limit-secs", "5"]);
     let ci = CiClient::new(&c.client().await);
 
     let _fail = env.push_repo(
@@ -257,6 +243,23 @@ async fn failures_time_limits_bad_pipelines_and_cancelling_end_runs_as_they_shou
         "Nickel's error names the file and field: {message}"
     );
     assert!(bad.jobs.is_empty(), "no job starts");
+
+    // A pipeline that never ends evaluating is killed at the worker's limit; the worker
+    // goes on (it evaluates in a child process), and the child is gone.
+    let _loop = env.push_repo("t/loop", "let rec f = fun x => f (x + 1) in { jobs = f 0 }\n");
+    let looping = ended_run(&ci, "t/loop", 0, &worker).await;
+    assert_eq!(looping.run.state, State::Error, "{looping:?}");
+    let message = looping.run.message.clone().unwrap_or_default();
+    assert!(message.contains("did not evaluate within 5 s"), "{message}");
+    let evaluators = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(worker.work.path())))
+        .filter(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("validate"))
+        })
+        .count();
+    assert_eq!(evaluators, 0, "the evaluation's process is gone");
 
     // Cancelling a running job kills it within seconds.
     let run = tokio::time::timeout(RUN_BOUND, async {
@@ -362,4 +365,161 @@ async fn a_vm_job_runs_in_a_microvm_with_its_workspace_shared() {
     assert_eq!(run.run.state, State::Success, "{run:?}\nlog:\n{log}\nworker log:\n{}", worker.log());
     assert!(log.contains("guest up (kernel"), "the job ran in a guest: {log}");
     assert!(log.contains("t/vm") && log.contains("from-guest"), "it read and wrote its workspace: {log}");
+}
+
+/// Waits until the `context` status of `commit` in `repo` is `state`; returns its description.
+async fn status_becomes(
+    forge: &ForgeClient,
+    repo: &str,
+    commit: [u8; 20],
+    context: &str,
+    state: aspen_forge::status::StatusState,
+) -> String {
+    let deadline = tokio::time::Instant::now() + RUN_BOUND;
+    loop {
+        let statuses = forge.statuses(repo, commit).await.expect("statuses");
+        if let Some(s) = statuses.iter().find(|s| s.context == context && s.status.state == state) {
+            return s.status.description.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the {context} status of {} never became {}: {statuses:?}",
+            aspen_forge::records::hex(&commit),
+            state.name()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn aspen_cli(env: &Env, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(["--ticket", env.git.ticket(), "--token", env.git.token()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aspen");
+    assert!(out.status.success(), "aspen {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+const SECRET: &str = "hunter2-not-for-logs";
+
+const WITH_SECRET: &str = r#"{
+  jobs = {
+    deploy = {
+      executor = 'shell,
+      run = "echo token=$TOKEN; test \"$TOKEN\" = hunter2-not-for-logs",
+      secrets = ["TOKEN"],
+    },
+  },
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statuses_show_on_commits_and_patches_and_secrets_reach_only_trusted_runs() {
+    use aspen_forge::cob::{Action, Change, CobKind};
+    use aspen_forge::status::StatusState;
+
+    let c = TestCluster::start(3).await;
+    enable(&c, "team/patch").await;
+    let client = c.client().await;
+    let (ci, forge) = (CiClient::new(&client), ForgeClient::new(&client));
+    assert!(ci.set_secret("team/patch", "BAD NAME", b"x").await.unwrap_err().to_string().contains("BAD NAME"));
+    assert_eq!(ci.set_secret("team/patch", "TOKEN", SECRET.as_bytes()).await.unwrap(), ["TOKEN"]);
+    let env = Env::new(&c);
+    let worker = env.worker("w1", &[]);
+    let repo = env.push_repo("team/patch", WITH_SECRET);
+    let main_head =
+        aspen_forge::records::parse_object_id(env.git.ok(repo.path(), &["rev-parse", "HEAD"]).trim()).unwrap();
+
+    // A push: the job gets its secret, its log masks it, and the commit shows the run.
+    let first = ended_run(&ci, "team/patch", 0, &worker).await;
+    assert_eq!(first.run.state, State::Success, "{first:?}\nworker log:\n{}", worker.log());
+    let log = String::from_utf8(ci.read_log(first.number, "deploy").await.unwrap()).unwrap();
+    assert!(log.contains("token=***") && !log.contains(SECRET), "the secret is masked: {log}");
+    // `aspen ci wait` on an ended run: at once, exit 0 for a success.
+    let waited = aspen_cli(&env, &["ci", "wait", &first.number.to_string(), "--within-secs", "60"]);
+    assert!(waited.contains("success"), "{waited}");
+    let said = status_becomes(&forge, "team/patch", main_head, "ci", StatusState::Success).await;
+    assert_eq!(said, "all 1 jobs passed");
+    let shown = aspen_cli(&env, &["forge", "show", "team/patch"]);
+    assert!(shown.contains(&format!("ci: success all 1 jobs passed (aspen ci show {})", first.number)), "{shown}");
+
+    // A patch from an author CI does not trust: its run gets no secret and runs no shell job.
+    env.git.ok(repo.path(), &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(repo.path().join("change.txt"), "one\n").unwrap();
+    env.git.ok(repo.path(), &["add", "-A"]);
+    env.git.ok(repo.path(), &["commit", "-qm", "a change"]);
+    env.git.ok(repo.path(), &["push", "-q", "origin", "feature"]);
+    let head = |dir: &std::path::Path| {
+        aspen_forge::records::parse_object_id(env.git.ok(dir, &["rev-parse", "HEAD"]).trim()).unwrap()
+    };
+    let first_head = head(repo.path());
+    let author = iroh::SecretKey::from_bytes(&[42; 32]);
+    let open = Action::OpenPatch {
+        title: "a change".into(),
+        description: String::new(),
+        target: "main".into(),
+        base: main_head,
+        head: first_head,
+    };
+    let root = Change::root(CobKind::Patch, &author.public(), aspen_net::now_ms(), open).sign(&author).unwrap();
+    let patch = root.id();
+    forge.append_change("team/patch", &root).await.expect("open the patch");
+    // The branch push itself starts a run the triggers skip (only main is built on push).
+    let mut untrusted = None;
+    let deadline = tokio::time::Instant::now() + RUN_BOUND;
+    while untrusted.is_none() {
+        let runs = ci.runs(Some("team/patch"), None, 10).await.unwrap();
+        untrusted = runs.into_iter().find(|r| {
+            matches!(r.run.trigger, aspen_ci::records::Trigger::Patch { revision: 1, .. }) && r.run.state.is_final()
+        });
+        assert!(tokio::time::Instant::now() < deadline, "the patch's run never ended\n{}", worker.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let untrusted = untrusted.unwrap();
+    assert!(!untrusted.run.trusted);
+    assert_eq!(untrusted.run.commit, first_head);
+    assert_eq!(untrusted.run.state, State::Skipped, "{untrusted:?}");
+    let deploy = job(&untrusted, "deploy");
+    assert_eq!(deploy.state, State::Skipped);
+    assert!(deploy.message.as_deref().unwrap().starts_with(aspen_ci::plan::UNTRUSTED), "{deploy:?}");
+    assert_eq!(deploy.started_ms, None, "it never ran");
+    status_becomes(&forge, "team/patch", first_head, "ci/untrusted", StatusState::Skipped).await;
+
+    // Trusted, the author's next revision runs with the secret.
+    let refused = ci.trust("team/patch", &"ab".repeat(20), true).await.unwrap_err().to_string();
+    assert!(refused.contains("not a public key"), "a 20-byte id is not a key: {refused}");
+    let author_hex: String = author.public().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(ci.trust("team/patch", &author_hex, true).await.unwrap(), vec![author_hex.clone()]);
+    std::fs::write(repo.path().join("change.txt"), "two\n").unwrap();
+    env.git.ok(repo.path(), &["commit", "-qam", "a better change"]);
+    env.git.ok(repo.path(), &["push", "-q", "origin", "feature"]);
+    let second_head = head(repo.path());
+    let revise = Change::child(
+        CobKind::Patch,
+        patch,
+        vec![patch],
+        &author.public(),
+        aspen_net::now_ms(),
+        vec![Action::Revise { base: main_head, head: second_head, note: "better".into() }],
+    )
+    .sign(&author)
+    .unwrap();
+    forge.append_change("team/patch", &revise).await.expect("revise the patch");
+    status_becomes(&forge, "team/patch", second_head, "ci", StatusState::Success).await;
+    let runs = ci.runs(Some("team/patch"), None, 20).await.unwrap();
+    let trusted = runs
+        .iter()
+        .find(|r| matches!(r.run.trigger, aspen_ci::records::Trigger::Patch { revision: 2, .. }))
+        .expect("the second revision's run");
+    assert!(trusted.run.trusted && trusted.run.state == State::Success, "{trusted:?}");
+    let log = String::from_utf8(ci.read_log(trusted.number, "deploy").await.unwrap()).unwrap();
+    assert!(log.contains("token=***") && !log.contains(SECRET), "{log}");
+
+    // `aspen patch show` shows each revision's statuses.
+    let shown = aspen_cli(&env, &["patch", "show", "team/patch", &aspen_forge::cob::hex(&patch)]);
+    assert!(shown.contains("ci/untrusted: skipped"), "{shown}");
+    assert!(shown.contains("ci: success all 1 jobs passed"), "{shown}");
+    drop(worker);
 }

@@ -10,74 +10,12 @@ use aspen_core::capability::Capability;
 use aspen_forge::ForgeClient;
 use aspen_forge::records::{self, PushEvent};
 use aspen_kv::KvExt;
-use aspen_net::ClusterTicket;
-use aspen_net::token::Token;
+use aspen_testkit::git::GitEnv;
 use aspen_testkit::harness::TestCluster;
 
-/// The environment every git command here runs in: the helper on PATH, no user or system
-/// config, a fixed identity, the cluster's ticket and a token.
-struct GitEnv {
-    home: tempfile::TempDir,
-    ticket: String,
-    token: String,
-}
-
+/// Where `git-remote-aspen` is, for [`GitEnv`].
 fn helper_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_git-remote-aspen")).parent().expect("bin dir").to_path_buf()
-}
-
-impl GitEnv {
-    fn new(c: &TestCluster) -> Self {
-        let nodes = (0..c.nodes.len()).map(|i| c.node_addr(i)).collect();
-        let ticket = ClusterTicket { cluster_id: String::new(), nodes, token: None }.encode();
-        GitEnv { home: tempfile::tempdir().expect("home"), ticket, token: c.token.encode() }
-    }
-
-    fn with_token(&self, token: &Token) -> GitEnv {
-        GitEnv { home: tempfile::tempdir().expect("home"), ticket: self.ticket.clone(), token: token.encode() }
-    }
-
-    fn command(&self, dir: &Path, args: &[&str]) -> Command {
-        let path = format!("{}:{}", helper_dir().display(), std::env::var("PATH").unwrap_or_default());
-        let mut cmd = Command::new("git");
-        cmd.args(args)
-            .current_dir(dir)
-            .env("PATH", path)
-            .env("HOME", self.home.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            // A file in the test's own home, not /dev/null: a git that writes its global
-            // config (lockfile, then rename) must not replace the device node.
-            .env("GIT_CONFIG_GLOBAL", self.home.path().join(".gitconfig"))
-            .env("GIT_AUTHOR_NAME", "Ada")
-            .env("GIT_AUTHOR_EMAIL", "ada@example.org")
-            .env("GIT_COMMITTER_NAME", "Ada")
-            .env("GIT_COMMITTER_EMAIL", "ada@example.org")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("ASPEN_TICKET", &self.ticket)
-            .env("ASPEN_TOKEN", &self.token)
-            .env_remove("ASPEN_TICKET_FILE")
-            .env_remove("ASPEN_TOKEN_FILE")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, dir: &Path, args: &[&str]) -> Output {
-        self.command(dir, args).output().expect("run git")
-    }
-
-    /// Runs git; panics with its stderr unless it succeeds. Returns stdout.
-    fn ok(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self.run(dir, args);
-        assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-
-    /// Runs git; panics unless it fails. Returns stderr.
-    fn fails(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self.run(dir, args);
-        assert!(!out.status.success(), "git {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-        String::from_utf8(out.stderr).expect("utf-8")
-    }
 }
 
 /// `git show-ref` (or `ls-remote`) output as sorted `(name, id)` pairs, peeled entries
@@ -143,7 +81,7 @@ async fn git_round_trips_a_repository_and_refs_follow_the_rules() {
     let client = c.client().await;
     let forge = ForgeClient::new(&client);
     forge.create_repo("team/app", "", "main").await.unwrap();
-    let git = GitEnv::new(&c);
+    let git = GitEnv::new(&c, helper_dir());
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -333,7 +271,7 @@ async fn corrupt_packs_are_refused_and_no_ref_moves() {
     let c = TestCluster::start(1).await;
     let client = c.client().await;
     ForgeClient::new(&client).create_repo("packs", "", "main").await.unwrap();
-    let git = GitEnv::new(&c);
+    let git = GitEnv::new(&c, helper_dir());
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -395,7 +333,7 @@ async fn racing_pushes_to_one_branch_have_exactly_one_winner() {
     let c = TestCluster::start(3).await;
     let client = c.client().await;
     ForgeClient::new(&client).create_repo("race", "", "main").await.unwrap();
-    let git = GitEnv::new(&c);
+    let git = GitEnv::new(&c, helper_dir());
     let work = tempfile::tempdir().unwrap();
     let seed = work.path().join("seed");
     std::fs::create_dir(&seed).unwrap();
@@ -467,7 +405,7 @@ async fn a_leader_killed_mid_push_leaves_the_old_ref_or_the_new_never_a_dangling
     let client = c.client().await;
     ForgeClient::new(&client).create_repo("crash", "", "main").await.unwrap();
     client.close().await;
-    let git = GitEnv::new(&c);
+    let git = GitEnv::new(&c, helper_dir());
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -561,7 +499,7 @@ async fn forks_share_objects_and_collection_keeps_what_any_fork_reaches() {
     let client = c.client().await;
     let forge = ForgeClient::new(&client);
     forge.create_repo("gc/base", "", "main").await.unwrap();
-    let git = GitEnv::new(&c);
+    let git = GitEnv::new(&c, helper_dir());
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -679,7 +617,8 @@ async fn forks_share_objects_and_collection_keeps_what_any_fork_reaches() {
     client.close().await;
 }
 
-impl GitEnv {
+/// The `aspen` CLI, run with a git environment's ticket and token.
+trait AspenCli {
     /// Runs the `aspen` CLI as a user whose configuration (and signing key) is in `config`;
     /// panics unless it succeeds. Returns stdout.
     fn aspen(&self, config: &Path, args: &[&str]) -> String {
@@ -688,12 +627,22 @@ impl GitEnv {
         String::from_utf8(out.stdout).expect("utf-8")
     }
 
+    fn aspen_run(&self, config: &Path, args: &[&str]) -> Output;
+
+    fn aspen_json(&self, config: &Path, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.aspen(config, &all)).expect("json")
+    }
+}
+
+impl AspenCli for GitEnv {
     fn aspen_run(&self, config: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_aspen"))
             .args(args)
             .env("ASPEN_CONFIG_DIR", config)
-            .env("ASPEN_TICKET", &self.ticket)
-            .env("ASPEN_TOKEN", &self.token)
+            .env("ASPEN_TICKET", self.ticket())
+            .env("ASPEN_TOKEN", self.token())
             .env_remove("ASPEN_TICKET_FILE")
             .env_remove("ASPEN_TOKEN_FILE")
             .env_remove("ASPEN_SIGNING_KEY_FILE")
@@ -701,12 +650,6 @@ impl GitEnv {
             .stdin(Stdio::null())
             .output()
             .expect("run aspen")
-    }
-
-    fn aspen_json(&self, config: &Path, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.aspen(config, &all)).expect("json")
     }
 }
 
@@ -718,7 +661,7 @@ async fn issues_and_patches_from_two_writers_converge_and_a_merge_moves_the_bran
     let client = c.client().await;
     let forge = ForgeClient::new(&client);
     forge.create_repo("collab/app", "", "main").await.unwrap();
-    let git = GitEnv::new(&c);
+    let git = GitEnv::new(&c, helper_dir());
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir(&src).unwrap();

@@ -7,8 +7,10 @@
 //!   back to loopback without partitions otherwise).
 //! * [`harness::TestCluster`] is an initialized cluster of real `aspen` nodes with its root
 //!   token, for the integration tests of any crate.
+//! * [`git::GitEnv`] runs the real `git` against a cluster's forge through `git-remote-aspen`.
 //! * [`linearizability`] checks recorded client histories.
 
+pub mod git;
 pub mod harness;
 pub mod linearizability;
 pub mod vm;

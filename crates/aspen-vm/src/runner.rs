@@ -23,7 +23,7 @@ use aspen_vm_agent::{
     write_frame,
 };
 
-use crate::hypervisor::{Hypervisor, LaunchPlan, command_line};
+use crate::hypervisor::{Accel, Hypervisor, LaunchPlan, command_line};
 use crate::image::GuestImage;
 use aspen_fs::{AspenFs, ChunkStore, FsConfig, FsStore, VirtioFs};
 use aspen_kv::SharedKv;
@@ -575,12 +575,16 @@ fn run_job_inner(
     }
     vm.child = Some(child);
 
+    // Until the agent says hello, the guest is booting: that ends by the job's deadline
+    // or the boot limit, whichever comes first.
+    let boot_deadline = deadline.min(started + BOOT_LIMIT);
     let connected = match &listener {
-        Some(listener) => accept_agent(&mut vm, listener, deadline),
-        None => connect_vsock(&mut vm, &agent_socket, deadline),
+        Some(listener) => accept_agent(&mut vm, listener, boot_deadline),
+        None => connect_vsock(&mut vm, &agent_socket, boot_deadline),
     };
     let mut stream = match connected {
         Ok(Some(stream)) => stream,
+        Ok(None) if boot_deadline < deadline => return Err(vm.crashed(not_booted(&spec.hypervisor))),
         Ok(None) => return Ok(timed_out(&mut vm, &name, started, None)),
         Err(e) => return Err(e),
     };
@@ -593,14 +597,22 @@ fn run_job_inner(
     let mut timings = Timings::default();
     let mut hello = false;
     let status = loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let until = if hello { deadline } else { boot_deadline };
+        let remaining = until.saturating_duration_since(Instant::now());
+        let booting_too_long = !hello && boot_deadline < deadline;
         if remaining.is_zero() {
+            if booting_too_long {
+                return Err(vm.crashed(not_booted(&spec.hypervisor)));
+            }
             return Ok(timed_out(&mut vm, &name, started, timings.boot_to_job_start));
         }
         stream.set_read_timeout(Some(remaining)).map_err(io_err("setting the agent channel timeout"))?;
         let msg = match read_frame::<_, GuestMsg>(&mut stream) {
             Ok(msg) => msg,
             Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if booting_too_long {
+                    return Err(vm.crashed(not_booted(&spec.hypervisor)));
+                }
                 return Ok(timed_out(&mut vm, &name, started, timings.boot_to_job_start));
             }
             Err(_) if cancel.load(Ordering::SeqCst) => {
@@ -695,6 +707,20 @@ fn start_external_backend(
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
+}
+
+/// Longest a guest may take from start to its agent's hello. A TCG guest of Aspen's image
+/// boots in about 2 s here; a guest that has not said hello in two minutes is not booting
+/// (a `/dev/kvm` that opens but runs no guest, a kernel that hangs), and waiting for the
+/// job's whole time limit would only hide that.
+pub const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+fn not_booted(hypervisor: &Hypervisor) -> String {
+    let mut message = format!("the guest did not boot within {} s", BOOT_LIMIT.as_secs());
+    if let Hypervisor::Qemu { accel: Accel::Kvm, .. } = hypervisor {
+        message.push_str(" (with KVM: if /dev/kvm runs no guest on this machine, use the qemu-tcg hypervisor)");
+    }
+    message
 }
 
 fn timed_out(vm: &mut Vm, name: &str, started: Instant, boot: Option<Duration>) -> Outcome {

@@ -440,10 +440,7 @@ async fn worker(ctx: &Ctx, args: WorkerArgs) -> anyhow::Result<()> {
         // This very binary evaluates pipelines (`aspen --json ci validate FILE`), each in a
         // child process of its own.
         evaluator: Some(vec![
-            std::env::current_exe()
-                .context("finding this program, which evaluates pipelines")?
-                .display()
-                .to_string(),
+            std::env::current_exe().context("finding this program, which evaluates pipelines")?.display().to_string(),
             "--json".into(),
             "ci".into(),
             "validate".into(),
