@@ -117,6 +117,43 @@ fn nix_copy(home: &Path, url: &str, store: &Path, key: Option<&str>, netrc: &Pat
     cmd.output().expect("run nix copy")
 }
 
+/// An `aspen ci worker --executors nix` with the tests' nix settings, working under `dir`
+/// with `home` as HOME, and `extra` flags; returns it and its log file.
+fn nix_worker(git: &GitEnv, dir: &Path, home: &Path, extra: &[&str]) -> (Killed, PathBuf) {
+    let path = dir.join("worker.log");
+    let log = std::fs::File::create(&path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_aspen"))
+        .args(["--ticket", git.ticket(), "--token", git.token(), "ci", "worker", "--executors", "nix"])
+        .args(extra)
+        .arg("--work-dir")
+        .arg(dir.join("worker"))
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .env("HOME", home)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the worker");
+    (Killed(child), path)
+}
+
+/// The first run of `repo` once it ended; panics with the worker's log past [`RUN_BOUND`].
+async fn ended_run(ci: &CiClient, repo: &str, worker_log: impl Fn() -> String) -> aspen_ci::protocol::RunInfo {
+    tokio::time::timeout(RUN_BOUND, async {
+        loop {
+            if let Some(r) = ci.runs(Some(repo), None, 1).await.unwrap().into_iter().next()
+                && r.run.state.is_final()
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no run of {repo} ended within {RUN_BOUND:?}\nworker log:\n{}", worker_log()))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nix_job_pushes_its_closure_and_nix_substitutes_it_from_the_cache() {
     if !nix_available() {
@@ -151,23 +188,7 @@ async fn a_nix_job_pushes_its_closure_and_nix_substitutes_it_from_the_cache() {
 
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let work = dir.path().join("worker");
-    let worker_log = dir.path().join("worker.log");
-    let log = std::fs::File::create(&worker_log).unwrap();
-    let _worker = Killed(
-        Command::new(env!("CARGO_BIN_EXE_aspen"))
-            .args(["--ticket", git.ticket(), "--token", git.token(), "ci", "worker", "--id", "nix1"])
-            .args(["--executors", "nix", "--cache", CACHE, "--work-dir"])
-            .arg(&work)
-            .env("NIX_CONFIG", NIX_CONFIG)
-            .env("HOME", &home)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the worker"),
-    );
+    let (_worker, worker_log) = nix_worker(&git, dir.path(), &home, &["--id", "nix1", "--cache", CACHE]);
     let worker_log = || std::fs::read_to_string(&worker_log).unwrap_or_default();
 
     let nonce = format!("aspen-ci-nix-{}-{}", std::process::id(), aspen_net::now_ms());
@@ -175,18 +196,7 @@ async fn a_nix_job_pushes_its_closure_and_nix_substitutes_it_from_the_cache() {
 
     // The push starts a run; it ends within the bound.
     let ci = CiClient::new(&c.client().await);
-    let ended = tokio::time::timeout(RUN_BOUND, async {
-        loop {
-            if let Some(r) = ci.runs(Some("t/nix"), None, 1).await.unwrap().into_iter().next()
-                && r.run.state.is_final()
-            {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no run of t/nix ended within {RUN_BOUND:?}\nworker log:\n{}", worker_log()));
+    let ended = ended_run(&ci, "t/nix", worker_log).await;
     let run = ended.number.to_string();
     let job_log = aspen_ok(&git, &["ci", "logs", &run, "hello"]);
     assert_eq!(ended.run.state, State::Success, "{ended:?}\njob log:\n{job_log}\nworker log:\n{}", worker_log());
@@ -268,21 +278,7 @@ async fn flake_checks_become_one_job_per_check() {
     aspen_ok(&git, &["ci", "enable", "t/flake"]);
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let worker_log = dir.path().join("worker.log");
-    let log = std::fs::File::create(&worker_log).unwrap();
-    let _worker = Killed(
-        Command::new(env!("CARGO_BIN_EXE_aspen"))
-            .args(["--ticket", git.ticket(), "--token", git.token(), "ci", "worker", "--id", "flake1"])
-            .args(["--executors", "nix", "--capacity", "2", "--work-dir"])
-            .arg(dir.path().join("worker"))
-            .env("NIX_CONFIG", NIX_CONFIG)
-            .env("HOME", &home)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the worker"),
-    );
+    let (_worker, worker_log) = nix_worker(&git, dir.path(), &home, &["--id", "flake1", "--capacity", "2"]);
     let worker_log = || std::fs::read_to_string(&worker_log).unwrap_or_default();
     let pipeline = r#"{ jobs = {
   checks = { executor = 'nix, flake_checks = true },
@@ -293,18 +289,7 @@ async fn flake_checks_become_one_job_per_check() {
     let _repo = git.push_new_repo("t/flake", &[(".aspen/ci.ncl", pipeline), ("flake.nix", &flake_nix(&nonce))]);
 
     let ci = CiClient::new(&c.client().await);
-    let ended = tokio::time::timeout(RUN_BOUND, async {
-        loop {
-            if let Some(r) = ci.runs(Some("t/flake"), None, 1).await.unwrap().into_iter().next()
-                && r.run.state.is_final()
-            {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no run of t/flake ended within {RUN_BOUND:?}\nworker log:\n{}", worker_log()));
+    let ended = ended_run(&ci, "t/flake", worker_log).await;
     let names: Vec<&str> = ended.jobs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["after", "checks.fmt", "checks.unit"], "{ended:?}\nworker log:\n{}", worker_log());
     let run = ended.number.to_string();
