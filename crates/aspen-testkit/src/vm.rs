@@ -14,9 +14,16 @@ use aspen_vm::image::{GuestImage, ImageSpec, KernelSource};
 const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The workspace's root: two levels above the crate under test (cargo's variable when it
+/// runs the test), else above this crate as it was compiled. A test binary reused from a build
+/// in another checkout (a shared target dir) then still builds in this checkout.
+fn workspace_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(|dir| PathBuf::from(dir).join("../.."))
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
 }
 
 /// Builds the statically linked guest agent and returns its path.
@@ -28,7 +35,7 @@ pub fn build_static_agent() -> Result<PathBuf, String> {
         .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=debuginfo")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .current_dir(workspace_root())
         .output()
         .map_err(|e| format!("running {cargo}: {e}"))?;
     if !out.status.success() {
