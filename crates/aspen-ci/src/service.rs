@@ -452,8 +452,22 @@ impl CiService {
                 by_repo.entry(run.repo.clone()).or_default().push((number, kv, run));
             }
         }
+        // Trigger markers and reuse records, by the run they name.
+        let mut triggers: BTreeMap<u64, Vec<KeyValue>> = BTreeMap::new();
+        let prefix = format!("{}trigger/", records::CI_PREFIX).into_bytes();
+        for kv in self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?.0 {
+            if let Ok(bytes) = <[u8; 8]>::try_from(kv.value.as_slice()) {
+                triggers.entry(u64::from_be_bytes(bytes)).or_default().push(kv);
+            }
+        }
+        let mut reuses: BTreeMap<u64, Vec<KeyValue>> = BTreeMap::new();
+        let prefix = format!("{}done/", records::CI_PREFIX).into_bytes();
+        for kv in self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?.0 {
+            if let Ok(reuse) = records::decode::<records::Reuse>("a reuse record", &kv.key, &kv.value) {
+                reuses.entry(reuse.run).or_default().push(kv);
+            }
+        }
         let mut report = PruneReport::default();
-        let mut gone = std::collections::BTreeSet::new();
         for (_, mut runs) in by_repo {
             runs.sort_by_key(|(n, _, _)| std::cmp::Reverse(*n));
             let mut kept = std::collections::BTreeSet::new();
@@ -473,66 +487,42 @@ impl CiService {
                     }
                 }
             }
-            for (number, kv, _) in runs.into_iter().filter(|(n, _, _)| !kept.contains(n)) {
-                if self.delete_run(number, &kv).await? {
-                    gone.insert(number);
-                    report.runs += 1;
-                }
+            for (number, kv, run) in runs.into_iter().filter(|(n, _, _)| !kept.contains(n)) {
+                let markers = triggers.remove(&number).unwrap_or_default();
+                let linked = reuses.remove(&number).unwrap_or_default();
+                report.reuse_records += self.delete_run(number, &kv, &run, &markers, &linked).await?;
+                report.runs += 1;
             }
-        }
-        if gone.is_empty() {
-            return Ok(report);
-        }
-        let prefix = format!("{}trigger/", records::CI_PREFIX).into_bytes();
-        let (triggers, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
-        let prefix = format!("{}done/", records::CI_PREFIX).into_bytes();
-        let (reuses, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
-        let mut stale = Vec::new();
-        for kv in triggers {
-            if kv.value.len() == 8 && gone.contains(&u64::from_be_bytes(kv.value[..].try_into().unwrap_or([0; 8]))) {
-                stale.push(kv);
-            }
-        }
-        for kv in reuses {
-            if records::decode::<records::Reuse>("a reuse record", &kv.key, &kv.value)
-                .is_ok_and(|r| gone.contains(&r.run))
-            {
-                report.reuse_records += 1;
-                stale.push(kv);
-            }
-        }
-        for chunk in stale.chunks(aspen_core::limits::MAX_TXN_OPS / 2) {
-            let txn = Txn {
-                compare: chunk.iter().map(unchanged).collect(),
-                success: chunk.iter().map(|kv| TxnOp::Delete { key: kv.key.clone() }).collect(),
-                failure: vec![],
-            };
-            self.txn(txn).await?;
         }
         Ok(report)
     }
 
-    /// Deletes run `number` (read as `kv`), its jobs, log pieces and blob pins; false when
-    /// it changed since it was read.
-    async fn delete_run(&self, number: u64, kv: &KeyValue) -> Result<bool, AspenError> {
-        let jobs = self.jobs_kv(number).await?;
+    /// Deletes finished run `number` (its record read as `kv`): its reuse records (those
+    /// still naming it), trigger markers, jobs, blob pins and log pieces first, its record
+    /// last, so a pruning cut short leaves the run for the next one to finish. Returns how
+    /// many reuse records went.
+    async fn delete_run(
+        &self,
+        number: u64,
+        kv: &KeyValue,
+        run: &RunRecord,
+        markers: &[KeyValue],
+        linked: &[KeyValue],
+    ) -> Result<u64, AspenError> {
+        // A reuse record a newer success replaced (same inputs) meanwhile stays.
+        let mut reuse_records = 0;
+        for reuse in linked {
+            let txn = Txn {
+                compare: vec![unchanged(reuse)],
+                success: vec![TxnOp::Delete { key: reuse.key.clone() }],
+                failure: vec![],
+            };
+            reuse_records += u64::from(self.txn(txn).await?.succeeded);
+        }
         let pin_prefix = aspen_blob::records::pin_key(&format!("{}{number}/", records::PIN_SCOPE));
         let (pins, _) = self.kv.scan_all(&pin_prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
-        let run: RunRecord = records::decode("a run", &kv.key, &kv.value)?;
-        // The record goes first, compared, so a run that moved meanwhile stays whole.
-        let txn = Txn {
-            compare: vec![unchanged(kv)],
-            success: vec![
-                TxnOp::Delete { key: kv.key.clone() },
-                TxnOp::Delete { key: records::by_repo_key(&run.repo, number) },
-                TxnOp::Delete { key: records::active_key(number) },
-            ],
-            failure: vec![],
-        };
-        if !self.txn(txn).await?.succeeded {
-            return Ok(false);
-        }
-        let mut ops: Vec<TxnOp> = jobs.values().map(|(kv, _)| TxnOp::Delete { key: kv.key.clone() }).collect();
+        let mut ops: Vec<TxnOp> = markers.iter().map(|m| TxnOp::Delete { key: m.key.clone() }).collect();
+        ops.extend(self.jobs_kv(number).await?.values().map(|(kv, _)| TxnOp::Delete { key: kv.key.clone() }));
         for pin in &pins {
             let (Some(name), Some(hash)) =
                 (aspen_blob::records::pin_name(&pin.key), aspen_blob::records::pin_hash(&pin.value))
@@ -546,8 +536,19 @@ impl CiService {
         }
         let logs = format!("{}log/{number:012}/", records::CI_PREFIX).into_bytes();
         self.kv.delete_prefix(logs).await.map_err(kv_error)?;
+        // A finished run does not change; the compare only keeps two prunings from racing.
+        let txn = Txn {
+            compare: vec![unchanged(kv)],
+            success: vec![
+                TxnOp::Delete { key: kv.key.clone() },
+                TxnOp::Delete { key: records::by_repo_key(&run.repo, number) },
+                TxnOp::Delete { key: records::active_key(number) },
+            ],
+            failure: vec![],
+        };
+        self.txn(txn).await?;
         tracing::info!(run = number, repo = %run.repo, "run pruned");
-        Ok(true)
+        Ok(reuse_records)
     }
 
     /// Prunes every `every`, keeping `keep` finished runs per repository.
