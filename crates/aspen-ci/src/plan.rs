@@ -196,24 +196,9 @@ mod tests {
     }
 
     fn job(state: State, needs: &[&str]) -> JobRecord {
-        JobRecord {
-            def_json: "{}".into(),
-            executor: ExecutorKind::Shell,
-            needs: needs.iter().map(|s| s.to_string()).collect(),
-            state,
-            attempt: 1,
-            worker: None,
-            queued_ms: None,
-            started_ms: None,
-            finished_ms: None,
-            exit_code: None,
-            message: None,
-            log_blob: None,
-            log_bytes: 0,
-            artifacts: vec![],
-            input_hash: None,
-            reused_from: None,
-        }
+        let mut job = JobRecord::new("{}".into(), ExecutorKind::Shell, needs.iter().map(|s| s.to_string()).collect());
+        job.state = state;
+        job
     }
 
     fn jobs(list: &[(&str, JobRecord)]) -> BTreeMap<String, JobRecord> {

@@ -281,6 +281,28 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job as evaluation makes it: pending, first attempt, nothing run yet.
+    pub fn new(def_json: String, executor: ExecutorKind, needs: Vec<String>) -> JobRecord {
+        JobRecord {
+            def_json,
+            executor,
+            needs,
+            state: State::Pending,
+            attempt: 1,
+            worker: None,
+            queued_ms: None,
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            message: None,
+            log_blob: None,
+            log_bytes: 0,
+            artifacts: Vec::new(),
+            input_hash: None,
+            reused_from: None,
+        }
+    }
+
     pub fn def(&self) -> Result<aspen_ci_pipeline::JobDef, AspenError> {
         serde_json::from_str(&self.def_json)
             .map_err(|e| AspenError::internal(format!("a job's stored definition does not read: {e}")))

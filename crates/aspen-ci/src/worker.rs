@@ -493,7 +493,7 @@ impl Shared {
         let mut jobs = BTreeMap::new();
         for (name, def) in &pipeline.jobs {
             let def_json = serde_json::to_string(def).map_err(|e| (State::Error, e.to_string()))?;
-            jobs.insert(name.clone(), new_job(def_json, def.executor, def.needs.clone()));
+            jobs.insert(name.clone(), JobRecord::new(def_json, def.executor, def.needs.clone()));
         }
         Ok((pipeline, jobs))
     }
@@ -867,28 +867,6 @@ impl Shared {
             return None;
         }
         Some(added.hash)
-    }
-}
-
-/// A job record as evaluation makes it: pending, first attempt.
-pub fn new_job(def_json: String, executor: ExecutorKind, needs: Vec<String>) -> JobRecord {
-    JobRecord {
-        def_json,
-        executor,
-        needs,
-        state: State::Pending,
-        attempt: 1,
-        worker: None,
-        queued_ms: None,
-        started_ms: None,
-        finished_ms: None,
-        exit_code: None,
-        message: None,
-        log_blob: None,
-        log_bytes: 0,
-        artifacts: Vec::new(),
-        input_hash: None,
-        reused_from: None,
     }
 }
 
