@@ -189,7 +189,8 @@ let
     ++ optional (!worker.isolation) "--no-isolation"
     ++ optionals vmJobs [ "--vm-image" workerImage "--hypervisor" cfg.vm.hypervisor ]
     ++ [ "--git" "${worker.gitPackage}/bin/git" ]
-    ++ optionals (worker.passEnv != [ ]) [ "--pass-env" (concatStringsSep "," worker.passEnv) ];
+    ++ optionals (worker.passEnv != [ ]) [ "--pass-env" (concatStringsSep "," worker.passEnv) ]
+    ++ [ "--eval-limit-secs" (toString worker.evalLimitSeconds) ];
 
   workerService = {
     description = "Aspen CI worker";
@@ -897,6 +898,15 @@ in
           description = ''
             The nix whose `nix-build` and `nix build` run nix jobs (as clients of this
             machine's nix daemon, which builds) and which pushes to `cache`; on the jobs' PATH.
+          '';
+        };
+
+        evalLimitSeconds = mkOption {
+          type = types.ints.between 1 3600;
+          default = 30;
+          description = ''
+            Seconds a pipeline's evaluation may take (`--eval-limit-secs`): it runs in a child
+            process, killed at the limit, so a pipeline that never ends cannot hold the worker.
           '';
         };
 

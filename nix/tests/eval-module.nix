@@ -253,6 +253,7 @@ let
           cache = "main";
           extraPackages = [ (drv "gnumake") ];
           passEnv = [ "CARGO_HOME" "RUSTUP_HOME" ];
+          evalLimitSeconds = 60;
         };
         ci.keepRuns = 50;
       };
