@@ -38,6 +38,15 @@ impl Client {
         }
     }
 
+    /// The build the answering node runs. A node older than this request answers with an
+    /// error naming a request it cannot read.
+    pub async fn node_build(&self) -> Result<aspen_core::api::NodeBuild, ClientError> {
+        match self.request(ClientRequest::NodeBuild).await? {
+            ClientResponse::Build(build) => Ok(build),
+            other => Err(ClientError::unexpected("node_build", &other)),
+        }
+    }
+
     /// Initializes a cluster whose voters are the answering node and `members`. Aim it at
     /// one node with [`Client::for_node`].
     pub async fn init(&self, members: Vec<(u64, NodeAddr)>) -> Result<Initialized, ClientError> {

@@ -23,6 +23,7 @@ pub fn is_safe_to_repeat(req: &ClientRequest) -> bool {
         | ClientRequest::Scan { .. }
         | ClientRequest::ScanWith(_)
         | ClientRequest::Apps
+        | ClientRequest::NodeBuild
         | ClientRequest::LeaseList
         | ClientRequest::Watch { .. }
         | ClientRequest::Status

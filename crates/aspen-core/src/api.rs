@@ -245,6 +245,9 @@ pub enum ClientRequest {
     /// The applications this node serves, each with its ALPN and rights. Answered with
     /// `Apps`.
     Apps,
+    /// Which build the answering node runs. Answered with `Build`. A rolling upgrade asks
+    /// it to know that a restarted node runs the new binary.
+    NodeBuild,
 }
 
 impl ClientRequest {
@@ -288,6 +291,7 @@ impl ClientRequest {
             ClientRequest::BlobPins { .. } => "blob_pins",
             ClientRequest::ScanWith(_) => "scan",
             ClientRequest::Apps => "apps",
+            ClientRequest::NodeBuild => "node_build",
         }
     }
 }
@@ -358,6 +362,24 @@ pub enum ClientResponse {
     Apps {
         apps: Vec<AppInfo>,
     },
+    /// The build a node runs.
+    Build(NodeBuild),
+}
+
+/// The build a node runs and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBuild {
+    pub node_id: u64,
+    /// The node crate's version.
+    pub version: String,
+    /// The commit it was built from, when the build set `ASPEN_GIT_COMMIT`.
+    pub commit: Option<String>,
+    /// BLAKE3 of the running executable: the blob hash of the artifact the node was started
+    /// from. None when the executable could not be read.
+    pub exe_blake3: Option<[u8; 32]>,
+    /// Wall-clock start of the node process, in ms since the epoch.
+    pub started_ms: u64,
+    pub pid: u32,
 }
 
 /// An application a node serves beside the KV: its name (the `app` of its capabilities),

@@ -177,7 +177,7 @@ pub fn required(request: &ClientRequest) -> Option<Vec<Need<'_>>> {
         | R::TransferLeader { .. }
         | R::TriggerSnapshot
         | R::RevokeToken { .. } => vec![Need::Admin],
-        R::Status | R::Ticket | R::NodeInfo | R::Apps => vec![Need::Authenticated],
+        R::Status | R::Ticket | R::NodeInfo | R::Apps | R::NodeBuild => vec![Need::Authenticated],
         R::Queue(command) => command.queues().iter().map(|q| Need::WriteUnder(crate::queue::queue_prefix(q))).collect(),
         R::BlobAdd | R::BlobReplicate { .. } | R::BlobPin { .. } | R::BlobUnpin { .. } => vec![Need::BlobWrite],
         R::BlobGet { .. } | R::BlobHas { .. } | R::BlobList { .. } | R::BlobStatus { .. } | R::BlobPins { .. } => {

@@ -328,6 +328,7 @@ fn client_requests() -> Vec<ClientRequest> {
             at_revision: Some(42),
         }),
         ClientRequest::Apps,
+        ClientRequest::NodeBuild,
     ];
     requests.extend(queue_commands().into_iter().map(ClientRequest::Queue));
     requests
@@ -372,6 +373,7 @@ fn variant_client_request(r: &ClientRequest) -> String {
         ClientRequest::BlobPins { .. } => "BlobPins",
         ClientRequest::ScanWith(_) => "ScanWith",
         ClientRequest::Apps => "Apps",
+        ClientRequest::NodeBuild => "NodeBuild",
     };
     name.into()
 }
@@ -427,6 +429,14 @@ fn client_responses() -> Vec<ClientResponse> {
                 rights: vec!["read".into(), "write".into()],
             }],
         },
+        ClientResponse::Build(NodeBuild {
+            node_id: 2,
+            version: "0.1.0".into(),
+            commit: Some("a1e90d0".into()),
+            exe_blake3: Some(hash),
+            started_ms: 1_700_000_000_000,
+            pid: 4242,
+        }),
     ];
     responses.extend(write_results().into_iter().map(ClientResponse::Write));
     responses.extend(errors().into_iter().map(ClientResponse::Error));
@@ -453,6 +463,7 @@ fn variant_client_response(r: &ClientResponse) -> String {
         ClientResponse::Done => "Done",
         ClientResponse::Error(e) => return format!("Error.{}", variant_error(e)),
         ClientResponse::Apps { .. } => "Apps",
+        ClientResponse::Build(_) => "Build",
     };
     name.into()
 }

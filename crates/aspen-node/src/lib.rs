@@ -10,6 +10,7 @@ mod args;
 mod auth;
 mod batcher;
 mod bootstrap;
+mod build;
 mod cluster;
 mod forward;
 mod leases;

@@ -174,6 +174,7 @@ pub async fn run(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<()> 
 /// Starts a node serving the core protocols and `apps`; returns once it serves (its ticket
 /// written to `node.ticket`, systemd told it is ready).
 pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<RunningNode> {
+    crate::build::record_start();
     let reserved: [&[u8]; 3] = [RAFT_ALPN, CLIENT_ALPN, aspen_app::MEMBER_ALPN];
     crate::apps::check_unique(&apps, &reserved).map_err(|e| anyhow::anyhow!("cannot assemble the node: {e}"))?;
     args.check().map_err(|e| anyhow::anyhow!("invalid node settings: {e}"))?;

@@ -23,7 +23,8 @@ pub fn placement(request: &ClientRequest) -> Option<Placement> {
         | ClientRequest::Status
         | ClientRequest::Ticket
         | ClientRequest::NodeInfo
-        | ClientRequest::Apps => Placement::Local,
+        | ClientRequest::Apps
+        | ClientRequest::NodeBuild => Placement::Local,
         ClientRequest::AddLearner { .. }
         | ClientRequest::Promote { .. }
         | ClientRequest::Remove { .. }
@@ -128,6 +129,7 @@ pub async fn serve(state: &NodeState, request: ClientRequest) -> Result<ClientRe
             initialized: state.is_initialized(),
         }),
         ClientRequest::Apps => Ok(ClientResponse::Apps { apps: state.apps.clone() }),
+        ClientRequest::NodeBuild => Ok(ClientResponse::Build(crate::build::node_build(state.node_id).await)),
         other => Err(AspenError::invalid(format!("request {} is not an admin request", other.name()))),
     }
 }
