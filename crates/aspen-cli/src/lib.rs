@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod context;
+pub mod control;
 pub mod duration;
 pub mod local_cluster;
 pub mod output;
@@ -63,7 +64,9 @@ fn init_tracing(is_node: bool) {
         "warn,iroh=error,iroh::socket=off,noq=error,noq_proto=error,fuser::session=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init();
+    // Colours only on a terminal: a node's log usually goes to a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).try_init();
 }
 
 /// Runs one parsed command.
@@ -80,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(cmd) => cmd::node::run(*cmd).await,
         Command::Cluster(ClusterCommand::Up(args)) => cmd::cluster::up(&ctx, args).await,
         Command::Cluster(ClusterCommand::Init { members }) => cmd::cluster::init(&ctx, members).await,
+        Command::Cluster(ClusterCommand::Upgrade(args)) => cmd::upgrade::upgrade(&ctx, args).await,
         Command::Bench(cmd) => cmd::bench::run(&ctx, cmd).await,
         Command::Token(cmd) => cmd::token::run(&ctx, cmd).await,
         Command::Lock(args) => cmd::lock::run(&ctx, args).await,

@@ -5,6 +5,10 @@
 //! 127.0.0.1:<port> --node-id <i>`, logging to `<dir>/n<i>/node.log`, and announces that it
 //! serves by writing `<dir>/n<i>/node.ticket`. A fresh cluster is initialized through node
 //! 1 with the others as voters; a restarted one (same data dirs) just comes back up.
+//!
+//! A node may run another executable than the one that started the cluster: a rolling
+//! upgrade restarts it on a new one ([`LocalCluster::restart_node`]), and `<dir>/n<i>/exe`
+//! records it once the node serves on it, so the next `cluster up` starts it on it again.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -33,6 +37,8 @@ pub const NODE_LOG_FILE: &str = "node.log";
 pub const CLUSTER_TICKET_FILE: &str = "cluster.ticket";
 /// Most nodes a local cluster may have.
 pub const MAX_LOCAL_NODES: u32 = 64;
+/// File naming the executable a node last served on, when not the cluster's own.
+pub const NODE_EXE_FILE: &str = "exe";
 /// Log lines quoted when a node fails to start.
 const LOG_TAIL_LINES: usize = 20;
 /// How often readiness is polled.
@@ -53,9 +59,24 @@ pub struct LocalClusterSpec {
 #[derive(Debug)]
 struct LocalNode {
     id: u64,
+    port: u16,
+    exe: PathBuf,
     dir: PathBuf,
     child: Child,
     exited: Option<ExitStatus>,
+    /// Where this process's lines begin in the log.
+    log_start: u64,
+}
+
+/// What the supervisor says of one node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeView {
+    pub id: u64,
+    pub port: u16,
+    pub exe: PathBuf,
+    pub pid: Option<u32>,
+    pub running: bool,
+    pub log: PathBuf,
 }
 
 /// The running node processes.
@@ -88,7 +109,8 @@ impl LocalCluster {
         for (i, port) in spec.ports.iter().enumerate() {
             let id = i as u64 + 1;
             progress.set_message(format!("starting node {id} on 127.0.0.1:{port}"));
-            match spawn_node(&spec.exe, &dir, id, *port) {
+            let exe = recorded_exe(&dir, id).unwrap_or_else(|| spec.exe.clone());
+            match spawn_node(&exe, &dir, id, *port) {
                 Ok(node) => cluster.nodes.push(node),
                 Err(e) => {
                     cluster.stop().await;
@@ -105,10 +127,15 @@ impl LocalCluster {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        self.wait_ready_of(|_| true).await
+    }
+
+    /// Waits until every node `which` selects serves, or one exits, or [`READY_TIMEOUT`].
+    async fn wait_ready_of(&mut self, which: impl Fn(u64) -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let mut waiting = Vec::new();
-            for node in &mut self.nodes {
+            for node in self.nodes.iter_mut().filter(|n| which(n.id)) {
                 if node.dir.join(NODE_TICKET_FILE).is_file() {
                     continue;
                 }
@@ -118,7 +145,7 @@ impl LocalCluster {
                         "node {} exited ({status}) before it served; last lines of {}:\n{}",
                         node.id,
                         node.log().display(),
-                        log_tail(&node.log())
+                        log_tail_from(&node.log(), node.log_start)
                     );
                 }
                 waiting.push(node);
@@ -131,7 +158,7 @@ impl LocalCluster {
                     "node {} did not serve within {READY_TIMEOUT:?}; last lines of {}:\n{}",
                     first.id,
                     first.log().display(),
-                    log_tail(&first.log())
+                    log_tail_from(&first.log(), first.log_start)
                 );
             }
             tokio::time::sleep(POLL).await;
@@ -240,6 +267,45 @@ impl LocalCluster {
         out
     }
 
+    /// What each node runs, for the control socket.
+    pub fn views(&self) -> Vec<NodeView> {
+        self.nodes
+            .iter()
+            .map(|n| NodeView {
+                id: n.id,
+                port: n.port,
+                exe: n.exe.clone(),
+                pid: n.child.id(),
+                running: n.exited.is_none(),
+                log: n.log(),
+            })
+            .collect()
+    }
+
+    /// Stops node `id` and starts it again on `exe`, with the same data, address and
+    /// flags; returns once it serves. Once it does, `exe` is recorded for later starts.
+    /// When it fails to serve, the node is left stopped and the error quotes its log.
+    pub async fn restart_node(&mut self, id: u64, exe: &Path) -> anyhow::Result<()> {
+        let Some(index) = self.nodes.iter().position(|n| n.id == id) else {
+            bail!("this cluster has no node {id}");
+        };
+        let exe = std::path::absolute(exe).with_context(|| format!("bad executable path {}", exe.display()))?;
+        if !exe.is_file() {
+            bail!("{} is not a file", exe.display());
+        }
+        self.nodes[index].stop().await;
+        // Failures quote only what the new process wrote.
+        let log_start = std::fs::metadata(self.nodes[index].log()).map_or(0, |m| m.len());
+        let mut node = spawn_node(&exe, &self.dir, id, self.nodes[index].port)?;
+        node.log_start = log_start;
+        self.nodes[index] = node;
+        self.wait_ready_of(|n| n == id).await?;
+        let record = self.dir.join(format!("n{id}")).join(NODE_EXE_FILE);
+        write_atomically(&record, exe.as_os_str().as_encoded_bytes())
+            .with_context(|| format!("cannot write {}", record.display()))?;
+        Ok(())
+    }
+
     /// True when no node process is left running.
     pub fn all_exited(&self) -> bool {
         self.nodes.iter().all(|n| n.exited.is_some())
@@ -275,6 +341,25 @@ impl LocalCluster {
 impl LocalNode {
     fn log(&self) -> PathBuf {
         self.dir.join(NODE_LOG_FILE)
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    async fn stop(&mut self) {
+        if self.exited.is_some() {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+            Ok(Ok(status)) => self.exited = Some(status),
+            Ok(Err(e)) => tracing::warn!(node = self.id, %e, "cannot wait for node"),
+            Err(_) => {
+                eprintln!("node {} did not stop within {STOP_GRACE:?}; killing it", self.id);
+                self.signal(libc::SIGKILL);
+                if let Ok(status) = self.child.wait().await {
+                    self.exited = Some(status);
+                }
+            }
+        }
     }
 
     /// Signals the node's process group (it leads its own group).
@@ -354,16 +439,29 @@ fn spawn_node(exe: &Path, cluster_dir: &Path, id: u64, port: u16) -> anyhow::Res
         });
     }
     let child = cmd.spawn().with_context(|| format!("cannot start {} node", exe.display()))?;
-    Ok(LocalNode { id, dir, child, exited: None })
+    Ok(LocalNode { id, port, exe: exe.to_path_buf(), dir, child, exited: None, log_start: 0 })
 }
 
-/// The last lines of a log file, reading at most its last 64 KiB.
-pub fn log_tail(path: &Path) -> String {
+/// The executable `n<id>/exe` names, if that file exists and names an existing file.
+fn recorded_exe(cluster_dir: &Path, id: u64) -> Option<PathBuf> {
+    let path = cluster_dir.join(format!("n{id}")).join(NODE_EXE_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let exe = PathBuf::from(text.trim());
+    if exe.is_file() {
+        Some(exe)
+    } else {
+        eprintln!("warning: {} names {}, which is gone; using this executable", path.display(), exe.display());
+        None
+    }
+}
+
+/// The last lines of a log file written after byte `start`, reading at most 64 KiB.
+fn log_tail_from(path: &Path, start: u64) -> String {
     const MAX_BYTES: u64 = 64 * 1024;
     let read = || -> std::io::Result<String> {
         let mut f = std::fs::File::open(path)?;
         let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(MAX_BYTES)))?;
+        f.seek(SeekFrom::Start(len.saturating_sub(MAX_BYTES).max(start.min(len))))?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf)?;
         let text = String::from_utf8_lossy(&buf).into_owned();

@@ -1,5 +1,7 @@
 //! A node of this version starts on a data directory the previous version wrote, and serves
-//! the same keys, leases, queues, counters, pins, blobs and revocations.
+//! the same keys, leases, queues, counters, pins, blobs and revocations; and `aspen cluster
+//! upgrade` rolls a running `aspen cluster up` onto a new binary one node at a time, with a
+//! client writing throughout, or rolls a broken binary back.
 //!
 //! `fixtures/datadir-v1.tar.gz` was written once by the code of commit 63c5baf (before the
 //! app seam), with `fixtures/make-datadir-v1.sh`: a one-node cluster with a snapshot and a
@@ -112,4 +114,253 @@ async fn a_node_serves_the_data_dir_the_previous_version_wrote() {
         other => panic!("apps answered {other:?}"),
     }
     tokio::time::timeout(Duration::from_secs(5), client.close()).await.unwrap();
+}
+
+// ---- Rolling upgrades of `aspen cluster up` -------------------------------------------------
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use aspen_testkit::cluster_up::ClusterUp;
+
+/// Longest a whole `cluster upgrade` run may take.
+const UPGRADE_LIMIT: Duration = Duration::from_secs(600);
+
+fn blake3_of(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    blake3::hash(&bytes).to_hex().to_string()
+}
+
+/// Stands in for a binary built from a later commit: the same program with bytes appended
+/// (which the loader ignores), so it is another artifact with another hash.
+fn next_binary(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("aspen-next");
+    let mut bytes = std::fs::read(aspen_bin()).unwrap();
+    bytes.extend_from_slice(b"\naspen rolling-upgrade test build\n");
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Runs the `aspen` CLI against the cluster in `up`, bounded by [`UPGRADE_LIMIT`].
+async fn aspen(up: &ClusterUp, args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(aspen_bin())
+        .args(args)
+        .env("ASPEN_TICKET_FILE", up.ticket_file())
+        .env_remove("ASPEN_TICKET")
+        .env_remove("ASPEN_TOKEN")
+        .env_remove("ASPEN_TOKEN_FILE")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(UPGRADE_LIMIT, run).await.expect("the command ends").expect("aspen runs")
+}
+
+async fn upgrade(up: &ClusterUp, artifact: &Path) -> std::process::Output {
+    let dir = up.dir().display().to_string();
+    let artifact = artifact.display().to_string();
+    aspen(up, &["--json", "cluster", "upgrade", "--data-dir", &dir, "--artifact", &artifact]).await
+}
+
+/// Each member's executable hash, from `cluster builds`.
+async fn builds(up: &ClusterUp) -> Vec<(u64, String)> {
+    let out = aspen(up, &["--json", "cluster", "builds"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_u64().unwrap(), n["exe_blake3"].as_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+/// A client writing `roll/<n>` = n one after another, and reading the last acknowledged
+/// key back, until stopped. Returns the acknowledged writes and how many reads succeeded.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<(Vec<u64>, u64)>,
+}
+
+impl Writer {
+    fn start(client: Client) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let (stop2, acked2) = (stop.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            let mut ok = Vec::new();
+            let mut reads = 0;
+            let mut n = 0u64;
+            while !stop2.load(Ordering::SeqCst) {
+                // An error leaves the write's outcome unknown; it is not counted either way.
+                if client.put(format!("roll/{n:06}"), n.to_string()).await.is_ok() {
+                    ok.push(n);
+                    acked2.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(Some(kv)) = client.get(format!("roll/{n:06}"), ReadConsistency::Linearizable).await {
+                        assert_eq!(kv.value, n.to_string().as_bytes(), "a read of an acknowledged write");
+                        reads += 1;
+                    }
+                }
+                n += 1;
+            }
+            client.close().await;
+            (ok, reads)
+        });
+        Writer { stop, acked, task }
+    }
+
+    async fn acked_at_least(&self, n: u64) {
+        eventually(&format!("{n} writes acknowledged"), || async {
+            (self.acked.load(Ordering::SeqCst) >= n).then_some(())
+        })
+        .await;
+    }
+
+    async fn finish(self) -> (Vec<u64>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(60), self.task).await.expect("the writer stops").unwrap()
+    }
+}
+
+/// Every acknowledged write reads back, through a fresh client.
+async fn assert_all_present(up: &ClusterUp, acked: &[u64]) {
+    let client = Client::from_ticket_str(&std::fs::read_to_string(up.ticket_file()).unwrap()).await.unwrap();
+    let mut present = std::collections::BTreeMap::new();
+    let mut start = b"roll/".to_vec();
+    loop {
+        let page = client.scan(&start, b"roll0", 5_000, ReadConsistency::Linearizable).await.unwrap();
+        let Some(last) = page.kvs.last() else { break };
+        start = [last.key.as_slice(), b"\0"].concat();
+        present.extend(page.kvs.into_iter().map(|kv| (kv.key, kv.value)));
+    }
+    for n in acked {
+        let key = format!("roll/{n:06}").into_bytes();
+        assert_eq!(present.get(&key), Some(&n.to_string().into_bytes()), "acknowledged write {n} was lost");
+    }
+    client.close().await;
+}
+
+async fn cluster_client(up: &ClusterUp) -> Client {
+    let text = std::fs::read_to_string(up.ticket_file()).unwrap();
+    let client = Client::from_ticket_str(&text).await.unwrap();
+    // The ticket `cluster up` wrote names the members at bootstrap; ask for all of them now.
+    let mut ticket = ClusterTicket::decode(&client.ticket().await.unwrap()).unwrap();
+    ticket.token = ClusterTicket::decode(&text).unwrap().token;
+    client.close().await;
+    Client::from_ticket_str(&ticket.encode()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_moves_every_node_while_a_client_writes_and_loses_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("cluster");
+    let mut up = ClusterUp::start(&dir, 3).unwrap();
+    let old = blake3_of(&aspen_bin());
+    let next = next_binary(scratch.path());
+    let new = blake3_of(&next);
+    assert!(builds(&up).await.iter().all(|(_, h)| *h == old));
+
+    let writer = Writer::start(cluster_client(&up).await);
+    writer.acked_at_least(20).await;
+    let before = writer.acked.load(Ordering::SeqCst);
+    let out = upgrade(&up, &next).await;
+    let during = writer.acked.load(Ordering::SeqCst) - before;
+    assert!(out.status.success(), "upgrade failed: {}\n{}", String::from_utf8_lossy(&out.stderr), up.output());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["artifact"], new);
+    let steps = report["nodes"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{report}");
+    assert!(steps.iter().all(|s| s["outcome"] == "upgraded"), "{report}");
+    assert!(during > 0, "the cluster took no write during the upgrade");
+    writer.acked_at_least(before + during + 20).await;
+    let (acked, reads) = writer.finish().await;
+    assert!(reads > 0);
+    assert_all_present(&up, &acked).await;
+    assert_eq!(builds(&up).await.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(), vec![new.clone(); 3]);
+
+    // Again: nothing to do.
+    let out = upgrade(&up, &next).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["nodes"].as_array().unwrap().iter().all(|s| s["outcome"] == "already"), "{report}");
+
+    // A restarted `cluster up` starts each node on the binary it was upgraded to.
+    assert!(up.stop().unwrap().success(), "{}", up.output());
+    let base = up.base_port();
+    drop(up);
+    let up = ClusterUp::start_at(&dir, 3, base).unwrap();
+    assert_eq!(builds(&up).await.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(), vec![new; 3]);
+    assert_all_present(&up, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_that_exits_at_once_is_rolled_back_and_the_upgrade_stops() {
+    let scratch = tempfile::tempdir().unwrap();
+    let up = ClusterUp::start(&scratch.path().join("cluster"), 3).unwrap();
+    let old = blake3_of(&aspen_bin());
+    let broken = scratch.path().join("aspen-broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let writer = Writer::start(cluster_client(&up).await);
+    writer.acked_at_least(10).await;
+    let out = upgrade(&up, &broken).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken binary was accepted: {stderr}");
+    assert!(stderr.contains("upgrade stopped at node"), "{stderr}");
+    assert!(stderr.contains("exit status: 3") && stderr.contains("this build is broken"), "{stderr}");
+    assert!(stderr.contains("rolled back") && stderr.contains("caught up"), "{stderr}");
+    assert!(stderr.contains("still on their old binary: node(s) ["), "{stderr}");
+
+    // Every node runs the old binary and the cluster still takes writes.
+    assert!(builds(&up).await.iter().all(|(_, h)| *h == old));
+    let acked_now = writer.acked.load(Ordering::SeqCst);
+    writer.acked_at_least(acked_now + 10).await;
+    let (acked, _) = writer.finish().await;
+    assert_all_present(&up, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_grown_from_the_previous_versions_data_rolls_onto_a_new_binary() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("cluster");
+    // Node 1 starts on the data dir the previous version wrote; nodes 2 and 3 are new.
+    unpack_into(&dir.join("n1"));
+    // Its membership knows node 1 at the address it had: 127.0.0.1:7931.
+    let up = ClusterUp::start_at(&dir, 3, 7931).unwrap();
+    let admin = Client::from_ticket_str(&std::fs::read_to_string(up.ticket_file()).unwrap()).await.unwrap();
+    for id in [2u64, 3] {
+        let text = std::fs::read_to_string(dir.join(format!("n{id}/node.ticket"))).unwrap();
+        let addr = ClusterTicket::decode(text.trim()).unwrap().nodes[0].clone();
+        admin.add_learner(id, addr).await.unwrap();
+        admin.promote(id).await.unwrap();
+    }
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3, "{status:?}");
+    admin.close().await;
+
+    let next = next_binary(scratch.path());
+    let writer = Writer::start(cluster_client(&up).await);
+    writer.acked_at_least(10).await;
+    let out = upgrade(&up, &next).await;
+    assert!(out.status.success(), "upgrade failed: {}\n{}", String::from_utf8_lossy(&out.stderr), up.output());
+    let (acked, _) = writer.finish().await;
+    assert_all_present(&up, &acked).await;
+    assert_eq!(builds(&up).await.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(), vec![blake3_of(&next); 3]);
+
+    // The previous version's keys are served by every upgraded node.
+    let ticket = ClusterTicket::decode(&std::fs::read_to_string(up.ticket_file()).unwrap()).unwrap();
+    let token = Token::from_bytes(ticket.token.as_deref().unwrap()).unwrap();
+    let status = cluster_client(&up).await.status().await.unwrap();
+    for member in &status.members {
+        let node = Client::for_node_with_token(member.addr.clone(), ClientConfig::default(), Some(token.clone()))
+            .await
+            .unwrap();
+        let last = eventually("the node serves the fixture's keys", || async {
+            node.get("fixture/last", ReadConsistency::Linearizable).await.ok().flatten()
+        })
+        .await;
+        assert_eq!(last.value, b"written last", "node {}", member.node_id);
+        node.close().await;
+    }
 }

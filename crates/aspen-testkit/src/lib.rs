@@ -7,9 +7,11 @@
 //!   back to loopback without partitions otherwise).
 //! * [`harness::TestCluster`] is an initialized cluster of real `aspen` nodes with its root
 //!   token, for the integration tests of any crate.
+//! * [`cluster_up::ClusterUp`] runs `aspen cluster up`, the supervisor users run.
 //! * [`git::GitEnv`] runs the real `git` against a cluster's forge through `git-remote-aspen`.
 //! * [`linearizability`] checks recorded client histories.
 
+pub mod cluster_up;
 pub mod git;
 pub mod harness;
 pub mod linearizability;

@@ -50,6 +50,12 @@ pub enum ClusterCommand {
     },
     /// Ask the contacted node to take a snapshot now.
     Snapshot,
+    /// Roll the nodes of a local cluster (`aspen cluster up`) onto a new binary, one at a
+    /// time: leadership handed away first, each node caught up before the next, and a node
+    /// that fails on the new binary rolled back, stopping the upgrade.
+    Upgrade(crate::cmd::upgrade::UpgradeArgs),
+    /// Show the build each member runs: version, commit, and the BLAKE3 of its executable.
+    Builds,
     /// Save this cluster's ticket (asked of the cluster: every member) under NAME in the
     /// configuration directory, so `aspen://NAME/REPO` remote URLs and `--cluster NAME`
     /// find it.
@@ -130,11 +136,34 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
         println!();
         println!("Ctrl-C stops the cluster.");
     }
+    // A rolling upgrade restarts nodes through this socket.
+    let control = match crate::control::bind(&spec.dir) {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            eprintln!("warning: {e:#}; `aspen cluster upgrade` cannot reach this cluster");
+            None
+        }
+    };
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            accepted = accept(control.as_ref()) => {
+                let stream = match accepted {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        eprintln!("warning: control socket: {e}");
+                        continue;
+                    }
+                };
+                // A restart takes a while; a signal meanwhile still stops the cluster.
+                tokio::select! {
+                    _ = crate::control::serve(stream, &mut cluster) => {}
+                    _ = sigint.recv() => break,
+                    _ = sigterm.recv() => break,
+                }
+            }
             _ = check.tick() => {
                 for (id, status, log) in cluster.newly_exited() {
                     eprintln!("warning: node {id} exited ({status}); see {}", log.display());
@@ -147,7 +176,16 @@ pub async fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!("stopping the cluster");
     cluster.stop().await;
+    let _ = std::fs::remove_file(spec.dir.join(crate::control::CONTROL_SOCKET));
     Ok(())
+}
+
+/// The next connection on the control socket; never, without one.
+async fn accept(listener: Option<&tokio::net::UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
 }
 
 async fn start_and_bootstrap(
@@ -281,7 +319,10 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: ClusterCommand) -> anyhow::Res
             std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
             done(format!("saved as {name} in {}", path.display()))
         }
-        ClusterCommand::Up(_) | ClusterCommand::Init { .. } => bail!("internal: handled elsewhere"),
+        ClusterCommand::Builds => crate::cmd::upgrade::builds(ctx, client).await,
+        ClusterCommand::Up(_) | ClusterCommand::Init { .. } | ClusterCommand::Upgrade(_) => {
+            bail!("internal: handled elsewhere")
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod semaphore;
 pub mod sequence;
 pub mod service;
 pub mod token;
+pub mod upgrade;
 pub mod vm;
 pub mod watch;
 pub mod worker;
