@@ -718,12 +718,23 @@ impl Shared {
                 reuse.job, reuse.run
             ))
             .await;
-            return (ExecEnd::Exited(0), Some((input_hash, Some(reuse))), Vec::new());
+            // Its artifacts are the reused job's, for the jobs that need this one.
+            let key = records::job_key(reuse.run, &reuse.job);
+            let artifacts = match self.get(&key).await {
+                Ok(Some(kv)) => {
+                    records::decode::<JobRecord>("a job", &key, &kv.value).map(|r| r.artifacts).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            return (ExecEnd::Exited(0), Some((input_hash, Some(reuse))), artifacts);
         }
         let secrets = match secrets {
             Ok(secrets) => secrets,
             Err(e) => return (ExecEnd::Error(e), Some((input_hash, None)), Vec::new()),
         };
+        if let Err(e) = self.fetch_needed_artifacts(spec.run, &record.needs, &src, &log).await {
+            return (ExecEnd::Error(e), Some((input_hash, None)), Vec::new());
+        }
         let mut env: Vec<(String, String)> = self
             .config
             .pass_env
@@ -820,6 +831,44 @@ impl Shared {
             }
             tokio::time::sleep(WATCH_EVERY).await;
         }
+    }
+
+    /// Puts the artifacts of the jobs this one needs into its workspace, at the paths they
+    /// were kept from, as a later stage of a pipeline expects (a build's output for the job
+    /// that tests or ships it).
+    async fn fetch_needed_artifacts(
+        &self,
+        run: u64,
+        needs: &[String],
+        src: &Path,
+        log: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), String> {
+        for need in needs {
+            let key = records::job_key(run, need);
+            let record: JobRecord = match self.get(&key).await {
+                Ok(Some(kv)) => records::decode("a job", &key, &kv.value).map_err(|e| e.to_string())?,
+                Ok(None) => return Err(format!("job {need}, which this job needs, has no record")),
+                Err(e) => return Err(format!("reading job {need}: {e}")),
+            };
+            for artifact in &record.artifacts {
+                let file = src.join(&artifact.path);
+                if let Some(dir) = file.parent() {
+                    tokio::fs::create_dir_all(dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                }
+                let mut out =
+                    tokio::fs::File::create(&file).await.map_err(|e| format!("creating {}: {e}", file.display()))?;
+                let bytes = self.blobs.get_to(artifact.blob, &mut out).await.map_err(|e| {
+                    format!("fetching artifact {} of job {need} ({}): {e}", artifact.path, records::hex(&artifact.blob))
+                })?;
+                tokio::io::AsyncWriteExt::flush(&mut out)
+                    .await
+                    .map_err(|e| format!("writing {}: {e}", file.display()))?;
+                let note =
+                    format!("[aspen-ci] artifact {} of job {need}: {bytes} bytes in the workspace\n", artifact.path);
+                let _ = log.send(note.into_bytes()).await;
+            }
+        }
+        Ok(())
     }
 
     /// Stores each named artifact (a file under the workspace) as a pinned blob.

@@ -117,7 +117,7 @@ const DAG: &str = r#"{
     },
     test = {
       executor = 'shell,
-      run = "echo testing $ASPEN_CI_JOB; test \"$CI\" = true; test -z \"${HOME_SECRET:-}\"",
+      run = "echo testing $ASPEN_CI_JOB; test \"$CI\" = true; test -z \"${HOME_SECRET:-}\"; test \"$(cat out.txt)\" = built",
       needs = ["build"],
     },
   },
@@ -145,6 +145,7 @@ async fn a_push_runs_a_dag_and_an_unchanged_job_is_skipped_until_forced() {
     assert!(log.contains(&format!("building {}", commit.trim())), "build log: {log}");
     let log = String::from_utf8(ci.read_log(first.number, "test").await.unwrap()).unwrap();
     assert!(log.contains("testing test"), "test log: {log}");
+    assert!(log.contains("artifact out.txt of job build: 6 bytes in the workspace"), "test log: {log}");
 
     // The same tree again: both jobs link the first run's success.
     env.git.ok(repo.path(), &["commit", "-q", "--allow-empty", "-m", "nothing changed"]);
@@ -154,6 +155,7 @@ async fn a_push_runs_a_dag_and_an_unchanged_job_is_skipped_until_forced() {
     for name in ["build", "test"] {
         assert_eq!(job(&second, name).reused_from, Some(first.number), "{name} is skipped: {second:?}");
     }
+    assert_eq!(job(&second, "build").artifacts, build.artifacts, "a skipped job passes on the artifacts it reused");
     let log = String::from_utf8(ci.read_log(second.number, "build").await.unwrap()).unwrap();
     assert!(log.contains("building"), "a skipped job shows the log it reused: {log}");
 
