@@ -71,7 +71,7 @@ fn init_guest() -> io::Result<()> {
         }
     }
     // Loopback is always there; it is not a network to the outside.
-    let _ = Command::new("/bin/ip").args(["link", "set", "lo", "up"]).status();
+    let _ = Command::new(ip_program()).args(["link", "set", "lo", "up"]).status();
     Ok(())
 }
 
@@ -282,9 +282,15 @@ fn mount_share(share: &ShareMount) -> Result<(), String> {
         .map_err(|e| format!("mounting virtiofs share {:?} at {}: {e}", share.tag, share.path))
 }
 
+/// busybox's `ip`: its applet list puts it in /sbin; an image may also have it in /bin.
+fn ip_program() -> &'static str {
+    if Path::new("/sbin/ip").exists() { "/sbin/ip" } else { "/bin/ip" }
+}
+
 fn setup_network(net: &GuestNetwork) -> Result<(), String> {
     let ip = |args: &[&str]| -> Result<(), String> {
-        let status = Command::new("/bin/ip").args(args).status().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        let status =
+            Command::new(ip_program()).args(args).status().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
         if status.success() { Ok(()) } else { Err(format!("ip {} failed ({status})", args.join(" "))) }
     };
     ip(&["link", "set", "eth0", "up"])?;

@@ -89,7 +89,8 @@ fn job_reads_an_input_from_its_share_and_writes_an_output_with_a_live_log() {
         // must stream while the job runs, not arrive at its end.
         "cat input.txt; tr a-z A-Z < input.txt > output.txt; echo to-stderr >&2; \
          i=0; while [ ! -e go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
-         [ -e go ] && echo saw-go; echo result > /tmp/result; exit 0",
+         [ -e go ] && echo saw-go; ip link show lo | grep -q ',UP' && echo lo-up; \
+         echo result > /tmp/result; exit 0",
     );
     job.cwd = "/work".into();
     job.outputs = vec!["/tmp/result".into(), "/tmp/missing".into()];
@@ -108,7 +109,7 @@ fn job_reads_an_input_from_its_share_and_writes_an_output_with_a_live_log() {
     })
     .unwrap();
     assert_eq!(outcome.status, JobStatus::Exited(ExitStatus::Code(0)));
-    assert_eq!(String::from_utf8_lossy(&stdout), "hello from the host\nsaw-go\n");
+    assert_eq!(String::from_utf8_lossy(&stdout), "hello from the host\nsaw-go\nlo-up\n", "loopback is up");
     assert_eq!(String::from_utf8_lossy(&stderr), "to-stderr\n");
     assert_eq!(std::fs::read_to_string(ws.path().join("output.txt")).unwrap(), "HELLO FROM THE HOST\n");
     assert_eq!(outcome.outputs.len(), 2);
