@@ -61,7 +61,7 @@ fn init_tracing(is_node: bool) {
     let default = if is_node {
         "info"
     } else {
-        "warn,iroh=error,iroh::socket=off,noq=error,noq_proto=error,fuser::session=error"
+        "warn,iroh=error,iroh::socket=off,noq=error,noq::connection=off,noq_proto=error,fuser::session=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     // Colours only on a terminal: a node's log usually goes to a file.

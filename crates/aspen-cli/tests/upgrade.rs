@@ -118,10 +118,8 @@ async fn a_node_serves_the_data_dir_the_previous_version_wrote() {
 
 // ---- Rolling upgrades of `aspen cluster up` -------------------------------------------------
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use aspen_testkit::cluster_up::ClusterUp;
+use aspen_testkit::writer::AckedWriter;
 
 /// Longest a whole `cluster upgrade` run may take.
 const UPGRADE_LIMIT: Duration = Duration::from_secs(600);
@@ -174,69 +172,10 @@ async fn builds(up: &ClusterUp) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// A client writing `roll/<n>` = n one after another, and reading the last acknowledged
-/// key back, until stopped. Returns the acknowledged writes and how many reads succeeded.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<(Vec<u64>, u64)>,
-}
-
-impl Writer {
-    fn start(client: Client) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let (stop2, acked2) = (stop.clone(), acked.clone());
-        let task = tokio::spawn(async move {
-            let mut ok = Vec::new();
-            let mut reads = 0;
-            let mut n = 0u64;
-            while !stop2.load(Ordering::SeqCst) {
-                // An error leaves the write's outcome unknown; it is not counted either way.
-                if client.put(format!("roll/{n:06}"), n.to_string()).await.is_ok() {
-                    ok.push(n);
-                    acked2.fetch_add(1, Ordering::SeqCst);
-                    if let Ok(Some(kv)) = client.get(format!("roll/{n:06}"), ReadConsistency::Linearizable).await {
-                        assert_eq!(kv.value, n.to_string().as_bytes(), "a read of an acknowledged write");
-                        reads += 1;
-                    }
-                }
-                n += 1;
-            }
-            client.close().await;
-            (ok, reads)
-        });
-        Writer { stop, acked, task }
-    }
-
-    async fn acked_at_least(&self, n: u64) {
-        eventually(&format!("{n} writes acknowledged"), || async {
-            (self.acked.load(Ordering::SeqCst) >= n).then_some(())
-        })
-        .await;
-    }
-
-    async fn finish(self) -> (Vec<u64>, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        tokio::time::timeout(Duration::from_secs(60), self.task).await.expect("the writer stops").unwrap()
-    }
-}
-
 /// Every acknowledged write reads back, through a fresh client.
 async fn assert_all_present(up: &ClusterUp, acked: &[u64]) {
     let client = Client::from_ticket_str(&std::fs::read_to_string(up.ticket_file()).unwrap()).await.unwrap();
-    let mut present = std::collections::BTreeMap::new();
-    let mut start = b"roll/".to_vec();
-    loop {
-        let page = client.scan(&start, b"roll0", 5_000, ReadConsistency::Linearizable).await.unwrap();
-        let Some(last) = page.kvs.last() else { break };
-        start = [last.key.as_slice(), b"\0"].concat();
-        present.extend(page.kvs.into_iter().map(|kv| (kv.key, kv.value)));
-    }
-    for n in acked {
-        let key = format!("roll/{n:06}").into_bytes();
-        assert_eq!(present.get(&key), Some(&n.to_string().into_bytes()), "acknowledged write {n} was lost");
-    }
+    aspen_testkit::writer::assert_all_present(&client, acked).await;
     client.close().await;
 }
 
@@ -260,11 +199,11 @@ async fn a_rolling_upgrade_moves_every_node_while_a_client_writes_and_loses_noth
     let new = blake3_of(&next);
     assert!(builds(&up).await.iter().all(|(_, h)| *h == old));
 
-    let writer = Writer::start(cluster_client(&up).await);
+    let writer = AckedWriter::start(cluster_client(&up).await);
     writer.acked_at_least(20).await;
-    let before = writer.acked.load(Ordering::SeqCst);
+    let before = writer.acked();
     let out = upgrade(&up, &next).await;
-    let during = writer.acked.load(Ordering::SeqCst) - before;
+    let during = writer.acked() - before;
     assert!(out.status.success(), "upgrade failed: {}\n{}", String::from_utf8_lossy(&out.stderr), up.output());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["artifact"], new);
@@ -302,7 +241,7 @@ async fn a_binary_that_exits_at_once_is_rolled_back_and_the_upgrade_stops() {
     std::fs::write(&broken, "#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
-    let writer = Writer::start(cluster_client(&up).await);
+    let writer = AckedWriter::start(cluster_client(&up).await);
     writer.acked_at_least(10).await;
     let out = upgrade(&up, &broken).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -314,7 +253,7 @@ async fn a_binary_that_exits_at_once_is_rolled_back_and_the_upgrade_stops() {
 
     // Every node runs the old binary and the cluster still takes writes.
     assert!(builds(&up).await.iter().all(|(_, h)| *h == old));
-    let acked_now = writer.acked.load(Ordering::SeqCst);
+    let acked_now = writer.acked();
     writer.acked_at_least(acked_now + 10).await;
     let (acked, _) = writer.finish().await;
     assert_all_present(&up, &acked).await;
@@ -340,7 +279,7 @@ async fn a_cluster_grown_from_the_previous_versions_data_rolls_onto_a_new_binary
     admin.close().await;
 
     let next = next_binary(scratch.path());
-    let writer = Writer::start(cluster_client(&up).await);
+    let writer = AckedWriter::start(cluster_client(&up).await);
     writer.acked_at_least(10).await;
     let out = upgrade(&up, &next).await;
     assert!(out.status.success(), "upgrade failed: {}\n{}", String::from_utf8_lossy(&out.stderr), up.output());

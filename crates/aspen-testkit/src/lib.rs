@@ -10,12 +10,14 @@
 //! * [`cluster_up::ClusterUp`] runs `aspen cluster up`, the supervisor users run.
 //! * [`git::GitEnv`] runs the real `git` against a cluster's forge through `git-remote-aspen`.
 //! * [`linearizability`] checks recorded client histories.
+//! * [`writer::AckedWriter`] writes throughout a disruption; no acknowledged write may be lost.
 
 pub mod cluster_up;
 pub mod git;
 pub mod harness;
 pub mod linearizability;
 pub mod vm;
+pub mod writer;
 
 mod alloc;
 mod bpf;
