@@ -41,6 +41,15 @@
           type = "app";
           program = lib.getExe (import ./nix/cluster-app.nix { inherit pkgs; aspen = built.${system}.aspen; });
         };
+        # Aspen builds, tests, caches and deploys itself on this machine (dogfood/run.sh).
+        dogfood-local = {
+          type = "app";
+          program = lib.getExe (import ./nix/dogfood-app.nix {
+            inherit pkgs;
+            aspen = built.${system}.aspen;
+            vmImage = if system == "x86_64-linux" then self.packages.${system}.vm-image else null;
+          });
+        };
         default = cluster;
       });
 

@@ -6,7 +6,8 @@
 # the cluster tests partition; nix-bin (nix-instantiate, nix) and systemd (systemd-analyze)
 # and python3 for the NixOS checks; git for the forge tests (the real git client); fuse3 (fusermount3) for the AspenFS mount
 # tests when not run as root; qemu-system-x86 for the microVM tests (which build their guest
-# image from Debian's cloud kernel and busybox-static packages with `apt-get download`). Partition tests need root, and the mount tests /dev/fuse; without
+# image from Debian's cloud kernel and busybox-static packages with `apt-get download`); jq
+# and curl for dogfood/run.sh. Partition tests need root, and the mount tests /dev/fuse; without
 # them they are skipped with a notice, and everything else runs on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,10 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v git >/dev/null || need_pkgs+=(git)
 command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
 command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+# dogfood/run.sh, which the dogfood test runs, reads the CLI's JSON with jq and asks the
+# cache gateway with curl.
+command -v jq >/dev/null || need_pkgs+=(jq)
+command -v curl >/dev/null || need_pkgs+=(curl)
 # The microVM tests build a guest image from Debian's cloud kernel package (apt-get download),
 # which needs the package lists.
 apt_lists_stale=0
