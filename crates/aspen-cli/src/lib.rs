@@ -84,6 +84,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Up(args)) => cmd::cluster::up(&ctx, args).await,
         Command::Cluster(ClusterCommand::Init { members }) => cmd::cluster::init(&ctx, members).await,
         Command::Cluster(ClusterCommand::Upgrade(args)) => cmd::upgrade::upgrade(&ctx, args).await,
+        Command::Cluster(ClusterCommand::RestartNode { id, exe, data_dir }) => {
+            cmd::upgrade::restart_node(&ctx, &data_dir, id, &exe).await
+        }
         Command::Bench(cmd) => cmd::bench::run(&ctx, cmd).await,
         Command::Token(cmd) => cmd::token::run(&ctx, cmd).await,
         Command::Lock(args) => cmd::lock::run(&ctx, args).await,

@@ -303,3 +303,63 @@ async fn a_cluster_grown_from_the_previous_versions_data_rolls_onto_a_new_binary
         node.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_rollback_commands_drive_the_upgrade_of_nodes_something_else_runs() {
+    // The commands stand in for what a systemd host runs (a `nixos-rebuild switch` of its
+    // host); here they ask `cluster up` to restart the node, through the CLI.
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("cluster");
+    let up = ClusterUp::start(&dir, 3).unwrap();
+    let old = aspen_bin();
+    let restart = format!(
+        "{} cluster restart-node {{id}} --data-dir {} --exe \"$ASPEN_UPGRADE_EXE\"",
+        old.display(),
+        dir.display()
+    );
+    let rollback =
+        format!("{} cluster restart-node {{id}} --data-dir {} --exe {}", old.display(), dir.display(), old.display());
+    let staging = scratch.path().join("staging").display().to_string();
+    let drive = |artifact: std::path::PathBuf| {
+        let (restart, rollback, staging) = (restart.clone(), rollback.clone(), staging.clone());
+        let up = &up;
+        async move {
+            let artifact = artifact.display().to_string();
+            let args = [
+                "--json",
+                "cluster",
+                "upgrade",
+                "--data-dir",
+                &staging,
+                "--artifact",
+                &artifact,
+                "--restart-command",
+                &restart,
+                "--rollback-command",
+                &rollback,
+            ];
+            aspen(up, &args).await
+        }
+    };
+
+    let broken = scratch.path().join("aspen-broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 7\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = drive(broken).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the restart command failed") && stderr.contains("exit status: 7"), "{stderr}");
+    assert!(stderr.contains("rolled back") && stderr.contains("caught up"), "{stderr}");
+    assert!(builds(&up).await.iter().all(|(_, h)| *h == blake3_of(&old)));
+
+    let writer = AckedWriter::start(cluster_client(&up).await);
+    writer.acked_at_least(10).await;
+    let next = next_binary(scratch.path());
+    let out = drive(next.clone()).await;
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), up.output());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["nodes"].as_array().unwrap().iter().all(|s| s["outcome"] == "upgraded"), "{report}");
+    assert_eq!(builds(&up).await.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(), vec![blake3_of(&next); 3]);
+    let (acked, _) = writer.finish().await;
+    assert_all_present(&up, &acked).await;
+}

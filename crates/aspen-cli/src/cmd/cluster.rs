@@ -56,6 +56,18 @@ pub enum ClusterCommand {
     Upgrade(crate::cmd::upgrade::UpgradeArgs),
     /// Show the build each member runs: version, commit, and the BLAKE3 of its executable.
     Builds,
+    /// Ask the `aspen cluster up` of DATA_DIR to restart node ID on another executable (same
+    /// data, address and flags); returns once it serves, or fails quoting its log. It then
+    /// stays on that executable across restarts of the cluster.
+    RestartNode {
+        id: u64,
+        /// The executable to run the node with.
+        #[arg(long)]
+        exe: PathBuf,
+        /// The local cluster's directory, as given to `aspen cluster up --data-dir`.
+        #[arg(long, default_value = ".aspen/cluster")]
+        data_dir: PathBuf,
+    },
     /// Save this cluster's ticket (asked of the cluster: every member) under NAME in the
     /// configuration directory, so `aspen://NAME/REPO` remote URLs and `--cluster NAME`
     /// find it.
@@ -320,7 +332,10 @@ pub async fn run(ctx: &Ctx, client: &Client, cmd: ClusterCommand) -> anyhow::Res
             done(format!("saved as {name} in {}", path.display()))
         }
         ClusterCommand::Builds => crate::cmd::upgrade::builds(ctx, client).await,
-        ClusterCommand::Up(_) | ClusterCommand::Init { .. } | ClusterCommand::Upgrade(_) => {
+        ClusterCommand::Up(_)
+        | ClusterCommand::Init { .. }
+        | ClusterCommand::Upgrade(_)
+        | ClusterCommand::RestartNode { .. } => {
             bail!("internal: handled elsewhere")
         }
     }

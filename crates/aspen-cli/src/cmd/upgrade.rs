@@ -41,6 +41,42 @@ pub struct UpgradeArgs {
     /// Longest wait for a restarted node to run the new binary and catch up with the leader.
     #[arg(long, default_value = "120s", value_parser = crate::duration::parse_duration)]
     pub catch_up: Duration,
+    /// Restart each node with this shell command instead of through `cluster up`, for nodes
+    /// that something else runs (systemd hosts: a `nixos-rebuild switch --target-host` of
+    /// that node's host). `{id}` becomes the node id; the command also gets
+    /// $ASPEN_UPGRADE_NODE and $ASPEN_UPGRADE_EXE (the staged artifact). The cluster comes
+    /// from the usual ticket sources, and DATA_DIR only holds the staged artifacts.
+    #[arg(long, requires = "rollback_command", value_name = "CMD")]
+    pub restart_command: Option<String>,
+    /// With --restart-command: puts node {id} back on the binary it ran (e.g. `nixos-rebuild
+    /// switch --rollback` on its host).
+    #[arg(long, requires = "restart_command", value_name = "CMD")]
+    pub rollback_command: Option<String>,
+    /// Longest a restart or rollback command may run.
+    #[arg(long, default_value = "600s", value_parser = crate::duration::parse_duration)]
+    pub command_limit: Duration,
+}
+
+/// What restarts a node.
+enum Driver {
+    /// The `cluster up` supervising the cluster in this directory.
+    Local { dir: PathBuf },
+    /// Shell commands, `{id}` replaced by the node id.
+    Commands { restart: String, rollback: String, limit: Duration },
+}
+
+/// A node to move, and what it ran before (known when `cluster up` runs it).
+#[derive(Debug, Clone)]
+struct Target {
+    id: u64,
+    old_exe: Option<PathBuf>,
+    log: Option<PathBuf>,
+}
+
+impl From<NodeView> for Target {
+    fn from(view: NodeView) -> Target {
+        Target { id: view.id, old_exe: Some(view.exe), log: Some(view.log) }
+    }
 }
 
 /// How one node's step went.
@@ -55,8 +91,19 @@ struct Step {
 pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> anyhow::Result<()> {
     let dir =
         std::path::absolute(&args.data_dir).with_context(|| format!("bad directory {}", args.data_dir.display()))?;
-    let views = control::nodes(&dir).await?;
-    let (ticket, token) = local_ticket(ctx, &dir)?;
+    let (driver, targets, ticket, token) = match (args.restart_command, args.rollback_command) {
+        (Some(restart), Some(rollback)) => {
+            let ticket = ctx.ticket()?;
+            let token = ctx.token_for(&ticket)?;
+            (Driver::Commands { restart, rollback, limit: args.command_limit }, None, ticket, token)
+        }
+        _ => {
+            let views = control::nodes(&dir).await?;
+            let (ticket, token) = local_ticket(ctx, &dir)?;
+            let targets = views.into_iter().map(Target::from).collect();
+            (Driver::Local { dir: dir.clone() }, Some(targets), ticket, token)
+        }
+    };
     let config = ClientConfig::default();
     let first = Client::over_nodes_as(ticket.nodes.clone(), config, token.clone(), None)
         .await
@@ -69,12 +116,19 @@ pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot connect to the cluster")?;
     let result = async {
+        let targets = match targets {
+            Some(targets) => targets,
+            None => {
+                let status = client.status().await.context("cannot read the cluster's status")?;
+                status.members.iter().map(|m| Target { id: m.node_id, old_exe: None, log: None }).collect()
+            }
+        };
         let (exe, hash) = stage(&client, &dir, &args.artifact).await?;
         if !ctx.json {
             println!("artifact {} staged as {}", blob_hash_hex(&hash), exe.display());
         }
-        let upgrade = Upgrade { ctx, client: &client, dir: &dir, token, exe, hash, catch_up: args.catch_up };
-        upgrade.run(views).await
+        let upgrade = Upgrade { ctx, client: &client, driver, token, exe, hash, catch_up: args.catch_up };
+        upgrade.run(targets).await
     }
     .await;
     client.close().await;
@@ -164,7 +218,7 @@ fn hash_file(path: &Path) -> anyhow::Result<[u8; 32]> {
 struct Upgrade<'a> {
     ctx: &'a Ctx,
     client: &'a Client,
-    dir: &'a Path,
+    driver: Driver,
     token: Option<Token>,
     exe: PathBuf,
     hash: [u8; 32],
@@ -172,8 +226,8 @@ struct Upgrade<'a> {
 }
 
 impl Upgrade<'_> {
-    async fn run(&self, views: Vec<NodeView>) -> anyhow::Result<()> {
-        let mut pending: Vec<NodeView> = views;
+    async fn run(&self, targets: Vec<Target>) -> anyhow::Result<()> {
+        let mut pending: Vec<Target> = targets;
         pending.sort_by_key(|v| v.id);
         let mut steps: Vec<Step> = Vec::new();
         while !pending.is_empty() {
@@ -220,15 +274,38 @@ impl Upgrade<'_> {
     }
 
     /// Moves node `view` onto the new binary; returns the index it caught up to.
-    async fn step(&self, view: &NodeView, done: &[Step]) -> anyhow::Result<u64> {
+    async fn step(&self, view: &Target, done: &[Step]) -> anyhow::Result<u64> {
         self.move_leadership_off(view.id, done).await?;
         self.say(&format!("node {}: restarting on the new binary", view.id));
-        match control::ask(self.dir, &ControlRequest::Restart { node: view.id, exe: self.exe.clone() }).await {
-            Ok(_) => {}
-            Err(ControlError::Failed { reason, .. }) => bail!("it did not start on the new binary: {reason}"),
-            Err(e) => bail!("{e}"),
+        match &self.driver {
+            Driver::Local { dir } => {
+                match control::ask(dir, &ControlRequest::Restart { node: view.id, exe: self.exe.clone() }).await {
+                    Ok(_) => {}
+                    Err(ControlError::Failed { reason, .. }) => bail!("it did not start on the new binary: {reason}"),
+                    Err(e) => bail!("{e}"),
+                }
+            }
+            Driver::Commands { restart, limit, .. } => {
+                run_command(restart, view.id, &self.exe, *limit).await.context("the restart command failed")?
+            }
         }
         self.catch_up(view.id, Some(self.hash)).await
+    }
+
+    /// Puts node `view` back on what it ran.
+    async fn roll_back(&self, view: &Target) -> anyhow::Result<()> {
+        match &self.driver {
+            Driver::Local { dir } => {
+                let exe = view.old_exe.clone().context("internal: no old executable")?;
+                match control::ask(dir, &ControlRequest::Restart { node: view.id, exe }).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => bail!("{e}"),
+                }
+            }
+            Driver::Commands { rollback, limit, .. } => {
+                run_command(rollback, view.id, &self.exe, *limit).await.context("the rollback command failed")
+            }
+        }
     }
 
     /// Hands leadership to another voter (one already upgraded if any) when `node` leads.
@@ -325,37 +402,55 @@ impl Upgrade<'_> {
     }
 
     /// Rolls node `view` back onto the binary it ran, and says where the upgrade stopped.
-    async fn stop(&self, view: &NodeView, failure: anyhow::Error, done: &[Step], rest: &[NodeView]) -> anyhow::Error {
+    async fn stop(&self, view: &Target, failure: anyhow::Error, done: &[Step], rest: &[Target]) -> anyhow::Error {
         let id = view.id;
-        self.say(&format!("node {id}: failed on the new binary; rolling it back to {}", view.exe.display()));
+        let before = view.old_exe.as_ref().map_or("the binary it ran".to_string(), |e| e.display().to_string());
+        self.say(&format!("node {id}: failed on the new binary; rolling it back to {before}"));
         let rollback = async {
-            match control::ask(self.dir, &ControlRequest::Restart { node: id, exe: view.exe.clone() }).await {
-                Ok(_) => {}
-                Err(e) => bail!("{e}"),
-            }
+            self.roll_back(view).await?;
             self.catch_up(id, None).await
         }
         .await;
         let upgraded: Vec<String> = done.iter().map(|s| s.node.to_string()).collect();
         let old: Vec<String> = std::iter::once(id).chain(rest.iter().map(|v| v.id)).map(|n| n.to_string()).collect();
+        let log = view.log.as_ref().map_or(String::new(), |l| format!(" Its log: {}", l.display()));
         match rollback {
             Ok(applied) => anyhow::anyhow!(
-                "upgrade stopped at node {id}: {failure:#}. Node {id} was rolled back to {} and caught up \
-                 (applied index {applied}). On {}: node(s) [{}]; still on their old binary: node(s) [{}]. \
-                 Its log: {}",
-                view.exe.display(),
+                "upgrade stopped at node {id}: {failure:#}. Node {id} was rolled back to {before} and caught up \
+                 (applied index {applied}). On {}: node(s) [{}]; still on their old binary: node(s) [{}].{log}",
                 short(&self.hash),
                 upgraded.join(", "),
                 old.join(", "),
-                view.log.display()
             ),
             Err(e) => anyhow::anyhow!(
-                "upgrade stopped at node {id}: {failure:#}. Rolling it back to {} FAILED too: {e:#}. \
-                 Node {id} may be down; see {}",
-                view.exe.display(),
-                view.log.display()
+                "upgrade stopped at node {id}: {failure:#}. Rolling it back to {before} FAILED too: {e:#}. \
+                 Node {id} may be down.{log}"
             ),
         }
+    }
+}
+
+/// Runs `template` with `{id}` replaced under `sh -c`, bounded by `limit`; its output goes
+/// to ours, and a non-zero exit is an error.
+async fn run_command(template: &str, id: u64, exe: &Path, limit: Duration) -> anyhow::Result<()> {
+    use std::os::fd::AsFd;
+    let command = template.replace("{id}", &id.to_string());
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .env("ASPEN_UPGRADE_NODE", id.to_string())
+        .env("ASPEN_UPGRADE_EXE", exe)
+        .stdin(std::process::Stdio::null())
+        // Our stdout may be JSON; the command's output goes with our messages.
+        .stdout(std::process::Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    match tokio::time::timeout(limit, child.wait()).await {
+        Err(_) => bail!("{command:?} did not finish within {limit:?}"),
+        Ok(Err(e)) => bail!("{command:?}: {e}"),
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => bail!("{command:?} exited ({status})"),
     }
 }
 
@@ -411,6 +506,24 @@ pub async fn builds(ctx: &Ctx, client: &Client) -> anyhow::Result<()> {
             ),
             Err(e) => println!("node {id}: cannot tell ({e:#})"),
         }
+    }
+    Ok(())
+}
+
+/// `cluster restart-node`: asks the `cluster up` of DIR to restart node ID on EXE.
+pub async fn restart_node(ctx: &Ctx, dir: &Path, id: u64, exe: &Path) -> anyhow::Result<()> {
+    let dir = std::path::absolute(dir).with_context(|| format!("bad directory {}", dir.display()))?;
+    let exe = std::path::absolute(exe).with_context(|| format!("bad path {}", exe.display()))?;
+    let nodes = match control::ask(&dir, &ControlRequest::Restart { node: id, exe: exe.clone() }).await {
+        Ok(nodes) => nodes,
+        Err(ControlError::Failed { reason, .. }) => bail!("node {id} did not serve on {}: {reason}", exe.display()),
+        Err(e) => bail!("{e}"),
+    };
+    let node = nodes.iter().find(|n| n.id == id);
+    if ctx.json {
+        output::print_json(&json!({"node": id, "exe": exe.display().to_string(), "pid": node.and_then(|n| n.pid)}))?;
+    } else {
+        println!("node {id} serves on {}", exe.display());
     }
     Ok(())
 }
