@@ -159,6 +159,11 @@ async fn upgrade(up: &ClusterUp, artifact: &Path) -> std::process::Output {
     aspen(up, &["--json", "cluster", "upgrade", "--data-dir", &dir, "--artifact", &artifact]).await
 }
 
+/// Each member's executable hash, in node order.
+async fn builds_of(up: &ClusterUp) -> Vec<String> {
+    builds(up).await.into_iter().map(|(_, h)| h).collect()
+}
+
 /// Each member's executable hash, from `cluster builds`.
 async fn builds(up: &ClusterUp) -> Vec<(u64, String)> {
     let out = aspen(up, &["--json", "cluster", "builds"]).await;
@@ -362,4 +367,31 @@ async fn restart_and_rollback_commands_drive_the_upgrade_of_nodes_something_else
     assert_eq!(builds(&up).await.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(), vec![blake3_of(&next); 3]);
     let (acked, _) = writer.finish().await;
     assert_all_present(&up, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_is_brought_back_on_the_new_binary_first() {
+    let scratch = tempfile::tempdir().unwrap();
+    let up = ClusterUp::start(&scratch.path().join("cluster"), 3).unwrap();
+    let client = cluster_client(&up).await;
+    let leader = client.status().await.unwrap().leader.unwrap();
+    let out = aspen(&up, &["--json", "cluster", "builds"]).await;
+    let builds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let victim = builds["nodes"].as_array().unwrap().iter().find(|n| n["node"] != leader).unwrap().clone();
+    let pid = libc::pid_t::try_from(victim["pid"].as_u64().unwrap()).unwrap();
+    // SAFETY: kill(2) of a node process of this test's cluster.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let victim = victim["node"].as_u64().unwrap();
+    client.put("written/while-down", "yes").await.unwrap();
+
+    let next = next_binary(scratch.path());
+    let out = upgrade(&up, &next).await;
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), up.output());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["nodes"][0]["node"], victim, "the node that was down goes first: {report}");
+    assert!(report["nodes"].as_array().unwrap().iter().all(|s| s["outcome"] == "upgraded"), "{report}");
+    assert_eq!(builds_of(&up).await, vec![blake3_of(&next); 3]);
+    client.close().await;
 }

@@ -231,18 +231,42 @@ impl Upgrade<'_> {
         pending.sort_by_key(|v| v.id);
         let mut steps: Vec<Step> = Vec::new();
         while !pending.is_empty() {
-            // Followers first: the leader goes last, so leadership moves at most once.
+            // A node that does not answer first (restarting it costs nothing), then followers;
+            // the leader goes last, so leadership moves at most once.
             let status = self.client.status().await.context("cannot read the cluster's status")?;
-            let next = pending.iter().position(|v| Some(v.id) != status.leader).unwrap_or(0);
+            let mut builds = Vec::new();
+            for target in &pending {
+                builds.push(self.build_of(target.id, &status).await);
+            }
+            let next = builds
+                .iter()
+                .position(|b| b.is_err())
+                .or_else(|| pending.iter().position(|v| Some(v.id) != status.leader))
+                .unwrap_or(0);
             let view = pending.remove(next);
+            let build = builds.swap_remove(next);
             let started = Instant::now();
-            let build = self.build_of(view.id, &status).await;
             if build.as_ref().is_ok_and(|b| b.exe_blake3 == Some(self.hash)) {
                 self.say(&format!("node {}: already runs {}", view.id, short(&self.hash)));
                 steps.push(Step { node: view.id, outcome: "already", seconds: 0.0, applied: None });
                 continue;
             }
-            match self.step(&view, &steps).await {
+            // Nothing is restarted yet: a refusal here needs no rollback.
+            let ready = async {
+                self.wait_quorum_without(view.id).await?;
+                self.move_leadership_off(view.id, &steps).await
+            }
+            .await;
+            if let Err(e) = ready {
+                let upgraded: Vec<String> = steps.iter().map(|s| s.node.to_string()).collect();
+                bail!(
+                    "upgrade stopped before node {}: {e:#}. On {}: node(s) [{}]",
+                    view.id,
+                    short(&self.hash),
+                    upgraded.join(", ")
+                );
+            }
+            match self.step(&view).await {
                 Ok(applied) => {
                     let seconds = started.elapsed().as_secs_f64();
                     self.say(&format!(
@@ -274,8 +298,7 @@ impl Upgrade<'_> {
     }
 
     /// Moves node `view` onto the new binary; returns the index it caught up to.
-    async fn step(&self, view: &Target, done: &[Step]) -> anyhow::Result<u64> {
-        self.move_leadership_off(view.id, done).await?;
+    async fn step(&self, view: &Target) -> anyhow::Result<u64> {
         self.say(&format!("node {}: restarting on the new binary", view.id));
         match &self.driver {
             Driver::Local { dir } => {
@@ -305,6 +328,46 @@ impl Upgrade<'_> {
             Driver::Commands { rollback, limit, .. } => {
                 run_command(rollback, view.id, &self.exe, *limit).await.context("the rollback command failed")
             }
+        }
+    }
+
+    /// Waits until the voters other than `id` that answer and follow a leader are a majority
+    /// of all voters, so taking `id` down keeps the cluster serving. Refuses after the
+    /// catch-up time, before anything was restarted.
+    async fn wait_quorum_without(&self, id: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.catch_up;
+        loop {
+            let status = self.client.status().await.context("cannot read the cluster's status")?;
+            let voters: Vec<u64> = status.members.iter().filter(|m| m.voter).map(|m| m.node_id).collect();
+            let mut up = 0;
+            let mut down = Vec::new();
+            for voter in voters.iter().copied().filter(|v| *v != id) {
+                let answer = async {
+                    let node = self.node_client(voter, &status).await?;
+                    let own = node.status().await.map_err(anyhow::Error::from);
+                    node.close().await;
+                    own
+                }
+                .await;
+                match answer {
+                    Ok(own) if own.leader.is_some() => up += 1,
+                    Ok(_) => down.push(format!("node {voter} knows no leader")),
+                    Err(e) => down.push(format!("node {voter}: {e:#}")),
+                }
+            }
+            // A node outside the voters (a learner) can go down freely.
+            if !voters.contains(&id) || up > voters.len() / 2 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "taking node {id} down would leave {up} of {} voters serving, not a majority ({}); \
+                     nothing was restarted for it",
+                    voters.len(),
+                    down.join("; ")
+                );
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 
