@@ -76,6 +76,10 @@ pub enum BenchCommand {
     /// CI with a worker in this process: push to job start (p50), the throughput of JOBS
     /// trivial shell jobs from one push, and the scheduler's overhead per job.
     Ci(crate::cmd::bench_ci::BenchCiArgs),
+    /// Rolling upgrades of a 3-node `cluster up` while writers put all along: each round's
+    /// time, writes per second before and during, the longest time without an acknowledged
+    /// write, and the writes that failed.
+    Upgrade(crate::cmd::bench_upgrade::BenchUpgradeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -177,6 +181,7 @@ pub async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<()> {
             }
             with_bench_cluster(|ticket, _| crate::cmd::bench_ci::run(ctx, &args, ticket)).await
         }
+        BenchCommand::Upgrade(args) => crate::cmd::bench_upgrade::run(&args).await,
     }
 }
 

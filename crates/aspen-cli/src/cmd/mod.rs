@@ -7,6 +7,7 @@ pub mod bench_cache;
 pub mod bench_ci;
 pub mod bench_forge;
 pub mod bench_fs;
+pub mod bench_upgrade;
 pub mod bench_vm;
 pub mod blob;
 pub mod cache;
