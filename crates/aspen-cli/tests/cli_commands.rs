@@ -1,7 +1,6 @@
 //! The `aspen` binary end to end: `cluster up` in a scratch directory, then the documented
 //! commands against it, checking what a user sees (stdout, stderr, exit status).
 
-use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -62,15 +61,6 @@ fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(dir, &all)).expect("valid JSON")
 }
 
-/// A base port with the two ports after it free on 127.0.0.1.
-fn free_base_port() -> u16 {
-    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10;
-    (0..2_000u16)
-        .map(|i| start.wrapping_add(i * 7) % 40_000 + 20_000)
-        .find(|base| (0..3).all(|i| UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok()))
-        .expect("three free consecutive ports")
-}
-
 fn signal(child: &Child, sig: libc::c_int) {
     let pid = libc::pid_t::try_from(child.id()).expect("pid");
     // SAFETY: signalling a child we spawned and have not reaped.
@@ -108,7 +98,7 @@ struct ClusterUp {
 impl ClusterUp {
     fn start() -> ClusterUp {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_base_port().to_string();
+        let port = aspen_testkit::cluster_up::free_base_port(3).expect("three free consecutive ports").to_string();
         let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
         let child = command(dir.path(), &["cluster", "up", "--base-port", &port])
             .stdin(Stdio::null())

@@ -8,11 +8,9 @@
 //! bounded by [`PATIENCE`]. Every process is started in its own process group and killed
 //! with it when the test ends, passes or panics.
 
-use std::net::{Ipv4Addr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bound on every wait in these tests.
@@ -129,24 +127,12 @@ struct LocalCluster {
     dir: tempfile::TempDir,
 }
 
-/// A base port whose next two ports are free too; each call in this process starts
-/// elsewhere, so tests running side by side do not pick the same ports.
-fn free_base_port() -> u16 {
-    static CALLS: AtomicU16 = AtomicU16::new(0);
-    let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let start = 30_000 + (std::process::id() % 1_000) as u16 * 16 + call * 211;
-    (0..1_000u16)
-        .map(|i| 30_000 + (start.wrapping_add(i * 5) % 30_000))
-        .find(|base| (0..3).all(|i| UdpSocket::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok()))
-        .expect("three free consecutive ports")
-}
-
 impl LocalCluster {
     fn start() -> LocalCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ticket = dir.path().join(".aspen/cluster/cluster.ticket");
         for _ in 0..CLUSTER_START_ATTEMPTS {
-            let port = free_base_port().to_string();
+            let port = aspen_testkit::cluster_up::free_base_port(3).expect("three free consecutive ports").to_string();
             let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
             let mut cmd = aspen(dir.path(), &["cluster", "up", "--base-port", &port]);
             cmd.stdout(log.try_clone().expect("log")).stderr(log);
