@@ -45,6 +45,9 @@ echo "vm-slice: bundle of commit $(cat "$dir/COMMIT") unpacked in $(($(date +%s)
 # The nodes: the bundle's aspen. Loopback, not the testkit's network namespaces (it makes
 # them with `ip netns`, which busybox's `ip` lacks). Their data directories go to the guest's
 # /tmp, in memory.
+# The guest is emulated (TCG), and shares the host with other jobs: the testkit stretches
+# its Raft timings, init and waits by ASPEN_TESTKIT_SLOWNESS.
+export ASPEN_TESTKIT_SLOWNESS="${ASPEN_TESTKIT_SLOWNESS:-5}"
 export ASPEN_BIN="$dir/bin/aspen" ASPEN_TESTKIT_NETNS=0 TMPDIR=/tmp RUST_BACKTRACE=1
 "$dir/bin/cluster" --list "$@"
 "$dir/bin/cluster" --test-threads 1 "$@"

@@ -47,9 +47,26 @@ pub struct TestCluster {
     pub token: Token,
 }
 
+/// How many times slower than a plain host this one runs: `ASPEN_TESTKIT_SLOWNESS` (1 to 20,
+/// default 1). An emulated guest (QEMU TCG, as CI's vm job) sets it, and the testkit's Raft
+/// timings, init and waits stretch by that factor; what tests decide stays the same.
+pub fn slowness() -> u32 {
+    std::env::var("ASPEN_TESTKIT_SLOWNESS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 20)
+}
+
+/// The client settings of test clients: the defaults, stretched by the [`slowness`].
+pub fn client_config() -> ClientConfig {
+    let n = slowness();
+    let mut config = ClientConfig::with_request_timeout(ClientConfig::default().request_timeout * n);
+    config.read_attempt_timeout *= n;
+    config.connect_timeout *= n;
+    config
+}
+
 /// Fast elections keep fault tests short; the bounds in tests stay generous anyway.
 pub fn fast_raft_args() -> Vec<String> {
-    ["--heartbeat-ms", "50", "--election-timeout-ms", "400"].iter().map(|s| s.to_string()).collect()
+    let n = slowness();
+    args(&["--heartbeat-ms", &(50 * n).to_string(), "--election-timeout-ms", &(400 * n).to_string()])
 }
 
 /// Owned strings from string slices, for node arguments.
@@ -86,7 +103,7 @@ impl TestCluster {
         nodes.start_all().await.expect("start nodes");
         let first_addr =
             ClusterTicket::decode(&nodes.node_ticket(0).expect("node ticket")).expect("ticket").nodes.remove(0);
-        let first = Client::for_node(first_addr, ClientConfig::default()).await.expect("client for node 0");
+        let first = Client::for_node(first_addr, client_config()).await.expect("client for node 0");
         let members = (1..n)
             .map(|i| {
                 let t = ClusterTicket::decode(&nodes.node_ticket(i).expect("node ticket")).expect("ticket");
@@ -126,13 +143,13 @@ impl TestCluster {
 
     /// A client bound to node `i` only (no failover).
     pub async fn node_client(&self, i: usize) -> Client {
-        self.for_node(self.node_addr(i), ClientConfig::default()).await
+        self.for_node(self.node_addr(i), client_config()).await
     }
 
     /// A client over every running node, with failover.
     pub async fn client(&self) -> Client {
         let nodes = (0..self.nodes.len()).filter(|i| self.nodes.is_running(*i)).map(|i| self.node_addr(i)).collect();
-        self.over(nodes, ClientConfig::default()).await
+        self.over(nodes, client_config()).await
     }
 
     /// A bearer token granting exactly `caps` for an hour, delegated from the root token.
@@ -151,7 +168,7 @@ impl TestCluster {
     /// A client bound to node `i` presenting a token that grants exactly `caps`.
     pub async fn client_with_caps(&self, i: usize, caps: Vec<Capability>) -> Client {
         let token = self.token_with(caps);
-        Client::for_node_with_token(self.node_addr(i), ClientConfig::default(), Some(token)).await.expect("client")
+        Client::for_node_with_token(self.node_addr(i), client_config(), Some(token)).await.expect("client")
     }
 
     /// Index of the current leader, as seen by a running node.
@@ -204,18 +221,20 @@ impl TestCluster {
     }
 }
 
-/// Polls `check` every 100 ms until it yields a value; panics after [`CONVERGE`].
+/// Polls `check` every 100 ms until it yields a value; panics after [`CONVERGE`] (times the
+/// [`slowness`]).
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let limit = CONVERGE * slowness();
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {CONVERGE:?} waiting until {what}");
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
