@@ -117,11 +117,11 @@ substituters =
 sandbox = false")
 fi
 mkdir -p "$DOGFOOD_TARGET_DIR"
-ASPEN_TICKET_FILE=$ticket "${worker_env[@]}" "$aspen_bin" ci worker --id shell-1 --executors "$executors" \
+ASPEN_TICKET_FILE=$ticket "${worker_env[@]}" "$aspen_bin" ci worker --id "shell-$$" --executors "$executors" \
   --capacity 1 --work-dir "$DOGFOOD_WORK/worker-shell" --cache "$DOGFOOD_CACHE" \
   --pass-env "$DOGFOOD_PASS_ENV" >"$DOGFOOD_WORK/worker-shell.log" 2>&1 &
 started $!
-note "worker shell-1 ($executors), jobs build into $DOGFOOD_TARGET_DIR; log $DOGFOOD_WORK/worker-shell.log"
+note "worker shell-$$ ($executors), jobs build into $DOGFOOD_TARGET_DIR; log $DOGFOOD_WORK/worker-shell.log"
 if command -v qemu-system-x86_64 >/dev/null; then
   image=$DOGFOOD_VM_IMAGE
   if [ -z "$image" ]; then
@@ -134,14 +134,23 @@ if command -v qemu-system-x86_64 >/dev/null; then
       "$aspen_bin" vm image build --out "$image" --agent "$agent" >/dev/null
     fi
   fi
-  ASPEN_TICKET_FILE=$ticket "$aspen_bin" ci worker --id vm-1 --executors vm --capacity 1 \
+  ASPEN_TICKET_FILE=$ticket "$aspen_bin" ci worker --id "vm-$$" --executors vm --capacity 1 \
     --work-dir "$DOGFOOD_WORK/worker-vm" --vm-image "$image" --hypervisor "$DOGFOOD_HYPERVISOR" \
     >"$DOGFOOD_WORK/worker-vm.log" 2>&1 &
   started $!
-  note "worker vm-1 (vm, $DOGFOOD_HYPERVISOR, image $image); log $DOGFOOD_WORK/worker-vm.log"
+  note "worker vm-$$ (vm, $DOGFOOD_HYPERVISOR, image $image); log $DOGFOOD_WORK/worker-vm.log"
 else
   note "no qemu-system-x86_64: no vm worker, so vm jobs wait (apt-get install qemu-system-x86)"
 fi
+# A worker that cannot register (its id taken, no cluster) exits at once: say so now, not
+# after the pipeline's time limit.
+sleep 2
+for log in "$DOGFOOD_WORK"/worker-*.log; do
+  if grep -q '^error' "$log"; then
+    cat "$log" >&2
+    die "a worker exited; see $log"
+  fi
+done
 took "cluster and workers"
 
 # ---- 2. push ----------------------------------------------------------------------------
