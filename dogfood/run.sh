@@ -117,8 +117,10 @@ substituters =
 sandbox = false")
 fi
 mkdir -p "$DOGFOOD_TARGET_DIR"
+# Jobs state what they need (the `cluster` job: 16 GiB); the worker offers this machine's.
+memory_mib=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)
 ASPEN_TICKET_FILE=$ticket "${worker_env[@]}" "$aspen_bin" ci worker --id "shell-$$" --executors "$executors" \
-  --capacity 1 --work-dir "$DOGFOOD_WORK/worker-shell" --cache "$DOGFOOD_CACHE" \
+  --capacity 1 --max-memory-mib "$memory_mib" --work-dir "$DOGFOOD_WORK/worker-shell" --cache "$DOGFOOD_CACHE" \
   --pass-env "$DOGFOOD_PASS_ENV" >"$DOGFOOD_WORK/worker-shell.log" 2>&1 &
 started $!
 note "worker shell-$$ ($executors), jobs build into $DOGFOOD_TARGET_DIR; log $DOGFOOD_WORK/worker-shell.log"
@@ -155,6 +157,11 @@ took "cluster and workers"
 
 # ---- 2. push ----------------------------------------------------------------------------
 begin "2. push $DOGFOOD_REPO to the forge"
+# An earlier loop's unfinished runs would hold the workers: this push supersedes them.
+for old in $(a --json ci runs --repo "$DOGFOOD_REPO_NAME" --limit 50 \
+  | jq -r '.[] | select(.state == "pending" or .state == "queued" or .state == "running") | .run'); do
+  a ci cancel "$old" >/dev/null && note "cancelled run $old of an earlier loop"
+done
 before=$(a --json ci runs --repo "$DOGFOOD_REPO_NAME" --limit 1 | jq '[.[].run] | max // 0')
 commit=$(git -C "$DOGFOOD_REPO" rev-parse HEAD)
 ASPEN_TICKET_FILE=$ticket git -C "$DOGFOOD_REPO" push --quiet --force \

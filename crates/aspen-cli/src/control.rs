@@ -38,6 +38,23 @@ pub struct ControlResponse {
     pub nodes: Vec<NodeView>,
 }
 
+/// Longest socket path bound or connected to as it is; a socket address holds 108 bytes.
+const MAX_DIRECT_PATH: usize = 100;
+
+/// The path to bind or connect to for `<dir>/control.sock`. A deep directory (a CI job's
+/// scratch dir) is reached through `/proc/self/fd/N/`, N an open handle on it that the
+/// caller keeps until the bind or connect is done.
+fn socket_path(dir: &Path) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(CONTROL_SOCKET);
+    if path.as_os_str().len() <= MAX_DIRECT_PATH {
+        return Ok((path, None));
+    }
+    let handle = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}/{CONTROL_SOCKET}", handle.as_raw_fd()));
+    Ok((short, Some(handle)))
+}
+
 /// Binds `<dir>/control.sock`, replacing a socket left by an earlier run.
 pub fn bind(dir: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
@@ -47,7 +64,8 @@ pub fn bind(dir: &Path) -> anyhow::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot remove the old {}", path.display())),
     }
-    let listener = UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let (address, _handle) = socket_path(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    let listener = UnixListener::bind(&address).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", path.display()))?;
     Ok(listener)
@@ -95,13 +113,17 @@ fn answer(cluster: &LocalCluster, error: Option<String>) -> ControlResponse {
 /// carrying the supervisor's reason and the nodes as they are afterwards.
 pub async fn ask(dir: &Path, request: &ControlRequest) -> Result<Vec<NodeView>, ControlError> {
     let path = dir.join(CONTROL_SOCKET);
-    let mut stream = UnixStream::connect(&path).await.map_err(|e| {
+    let unreachable = |e: std::io::Error| {
         ControlError::Unreachable(format!(
             "cannot reach the supervisor at {} ({e}); is `aspen cluster up --data-dir {}` running?",
             path.display(),
             dir.display()
         ))
-    })?;
+    };
+    let (address, handle) = socket_path(dir).map_err(unreachable)?;
+    let connected = UnixStream::connect(&address).await;
+    drop(handle);
+    let mut stream = connected.map_err(unreachable)?;
     let mut text = serde_json::to_string(request).map_err(|e| ControlError::Unreachable(e.to_string()))?;
     text.push('\n');
     // A restart stops the node (up to STOP_GRACE) and waits for it to serve.
@@ -139,5 +161,31 @@ pub async fn nodes(dir: &Path) -> anyhow::Result<Vec<NodeView>> {
     match ask(dir, &ControlRequest::Nodes).await {
         Ok(nodes) => Ok(nodes),
         Err(e) => bail!("{e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket address holds 108 bytes; a CI job's scratch directory is deeper than that.
+    #[tokio::test]
+    async fn a_supervisor_in_a_deep_directory_is_reached() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("a-rather-long-directory-name/".repeat(4)).join("cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(dir.join(CONTROL_SOCKET).as_os_str().len() > 108);
+        let listener = bind(&dir).unwrap();
+        assert!(dir.join(CONTROL_SOCKET).exists(), "the socket is in the cluster's directory");
+        let answer = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            BufReader::new(read).read_line(&mut line).await.unwrap();
+            assert_eq!(serde_json::from_str::<ControlRequest>(line.trim()).unwrap(), ControlRequest::Nodes);
+            write.write_all(b"{\"error\":null,\"nodes\":[]}\n").await.unwrap();
+        });
+        assert_eq!(nodes(&dir).await.unwrap(), Vec::new());
+        answer.await.unwrap();
     }
 }
