@@ -288,7 +288,7 @@ struct RuntimeDir {
 impl RuntimeDir {
     fn create() -> Result<RuntimeDir, VmError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
+        let path = runtime_base().join(format!(
             "{RUNTIME_PREFIX}{}.{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
@@ -313,9 +313,28 @@ impl Drop for RuntimeDir {
     }
 }
 
+/// Where runtime directories go: the temp dir, unless its path leaves too little of a socket
+/// address's 108 bytes for `<dir>/aspen-vm.<pid>.<n>/fs<i>.sock` (a CI job's deep scratch
+/// dir as TMPDIR); then /tmp.
+fn runtime_base() -> PathBuf {
+    const LONGEST: &str = "aspen-vm.4294967295.18446744073709551615/fs99.sock";
+    let base = std::env::temp_dir();
+    if base.join(LONGEST).as_os_str().len() <= 100 { base } else { PathBuf::from("/tmp") }
+}
+
 /// Removes runtime directories whose runner process is gone (killed while its VM booted).
 pub fn sweep_orphaned_runtime_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+    let mut bases = vec![std::env::temp_dir()];
+    if runtime_base() != bases[0] {
+        bases.push(runtime_base());
+    }
+    for base in bases {
+        sweep_in(&base);
+    }
+}
+
+fn sweep_in(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
         return;
     };
     for entry in entries.flatten() {

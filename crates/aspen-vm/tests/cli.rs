@@ -107,6 +107,20 @@ fn aspen_vm_run_passes_the_exit_code_and_returns_output_files() {
     assert_eq!(output.stdout, b"hi\n");
     assert_eq!(std::fs::read_to_string(out.path().join("report.txt")).unwrap(), "report\n");
 
+    // A TMPDIR too deep for a socket address (a CI job's scratch dir) still runs a VM, and
+    // leaves nothing behind there.
+    let deep = out.path().join("a-rather-long-directory-name/".repeat(3)).join("tmp");
+    std::fs::create_dir_all(&deep).unwrap();
+    let output = Command::new(aspen_bin())
+        .args(["vm", "run", "--hypervisor", "qemu-tcg", "--memory-mib", "256", "--image"])
+        .arg(image.kernel.parent().unwrap())
+        .args(["--", "true"])
+        .env("TMPDIR", &deep)
+        .output()
+        .expect("aspen vm run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read_dir(&deep).unwrap().count(), 0, "nothing is left in TMPDIR");
+
     let output = Command::new(aspen_bin())
         .args(["vm", "run", "--share", "bad-share-spec", "--", "true"])
         .output()
