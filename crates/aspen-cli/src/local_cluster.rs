@@ -37,7 +37,8 @@ pub const NODE_LOG_FILE: &str = "node.log";
 pub const CLUSTER_TICKET_FILE: &str = "cluster.ticket";
 /// Most nodes a local cluster may have.
 pub const MAX_LOCAL_NODES: u32 = 64;
-/// File naming the executable a node last served on, when not the cluster's own.
+/// File naming the executable a node last served on after a restart through the control
+/// socket; a node without one runs the executable that runs `cluster up`.
 pub const NODE_EXE_FILE: &str = "exe";
 /// Log lines quoted when a node fails to start.
 const LOG_TAIL_LINES: usize = 20;
