@@ -106,7 +106,11 @@ pub struct RunningNode {
     router: iroh::protocol::Router,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ready_file: std::path::PathBuf,
+    closed: aspen_raft::storage::Closed,
 }
+
+/// How long [`RunningNode::shutdown`] waits for the last holder of the storage files.
+const STORAGE_RELEASE_LIMIT: Duration = Duration::from_secs(30);
 
 impl RunningNode {
     pub fn node_id(&self) -> u64 {
@@ -134,20 +138,40 @@ impl RunningNode {
         self.services.clone()
     }
 
-    /// Stops serving: background duties, apps, protocols, Raft, the endpoint.
+    /// Stops serving: background duties, apps, protocols, Raft, the endpoint. Returns once
+    /// the storage files are closed (or after [`STORAGE_RELEASE_LIMIT`], with a warning),
+    /// so the same process can start a node on the data dir again.
     pub async fn shutdown(self) {
+        let RunningNode { state, cluster, apps, services, router, tasks, ready_file, closed } = self;
         crate::notify::notify("STOPPING=1");
-        let _ = std::fs::remove_file(&self.ready_file);
-        for task in &self.tasks {
+        let _ = std::fs::remove_file(&ready_file);
+        for task in &tasks {
             task.abort();
         }
-        for app in self.apps.all() {
+        // An aborted task's future is dropped (with what it holds) before its handle resolves.
+        for task in tasks {
+            let _ = task.await;
+        }
+        for app in apps.all() {
             app.shutdown().await;
         }
-        let _ = self.router.shutdown().await;
-        let _ = self.state.raft.shutdown().await;
-        self.state.endpoint.close().await;
-        tracing::info!(node_id = self.state.node_id, "node stopped");
+        let _ = router.shutdown().await;
+        let _ = state.raft.shutdown().await;
+        state.endpoint.close().await;
+        let node_id = state.node_id;
+        drop((state, cluster, apps, services));
+        // Per-stream tasks, blocking storage steps and the log flusher may still hold the
+        // files for a moment; they end now that the endpoint and Raft are closed.
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(STORAGE_RELEASE_LIMIT, closed.wait()).await {
+            Ok(()) => tracing::info!(node_id, released_ms = started.elapsed().as_millis() as u64, "node stopped"),
+            Err(_) => tracing::warn!(
+                node_id,
+                "node stopped, but its storage files are still held after {}s; starting a node on this data dir \
+                 in this process will fail until the holder lets go",
+                STORAGE_RELEASE_LIMIT.as_secs()
+            ),
+        }
     }
 }
 
@@ -187,7 +211,8 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
         Some(path) => aspen_net::identity::read_secret_key(path)?,
         None => aspen_net::identity::load_or_create_secret_key(&data_dir.join("node.key"))?,
     };
-    let aspen_raft::Storage { log, state_machine: sm, reader, hub, security } = aspen_raft::open_storage(&data_dir)?;
+    let aspen_raft::Storage { log, state_machine: sm, reader, hub, security, closed } =
+        aspen_raft::open_storage(&data_dir)?;
     hub.set_history_limit(args.watch_history);
     let incoming_snapshot = sm.incoming_snapshot_path();
 
@@ -292,7 +317,7 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
     write_atomic(&ready_file, own.encode().as_bytes())?;
     crate::notify::notify("READY=1");
     tracing::info!(node_id, "node ready");
-    Ok(RunningNode { state, cluster, apps: registry, services, router, tasks, ready_file })
+    Ok(RunningNode { state, cluster, apps: registry, services, router, tasks, ready_file, closed })
 }
 
 /// Triggers a snapshot (and so a log purge) whenever `every` bytes of log were appended

@@ -17,6 +17,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
+use super::db::Db;
 use super::tables::{self, LOG, RAFT_META};
 use super::{durable_commit, io_err};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
@@ -35,7 +36,7 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn start(db: Arc<Database>, fsyncs: Arc<AtomicU64>) -> Self {
+    fn start(db: Arc<Db>, fsyncs: Arc<AtomicU64>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<FlushWork>();
         let spawned = std::thread::Builder::new().name("aspen-log-flush".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
@@ -73,9 +74,9 @@ impl Flusher {
 
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
     /// The state machine's file, made durable before any purge.
-    state_db: Arc<Database>,
+    state_db: Arc<Db>,
     flusher: Arc<Flusher>,
     /// Latest committed log id openraft told us; persisted with the next append.
     committed: Arc<std::sync::Mutex<Option<LogId>>>,
@@ -85,7 +86,7 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<Database>, state_db: Arc<Database>) -> Self {
+    pub(super) fn new(db: Arc<Db>, state_db: Arc<Db>) -> Self {
         let appends = Arc::new(AtomicU64::new(0));
         let flusher = Arc::new(Flusher::start(db.clone(), appends.clone()));
         LogStore { db, state_db, flusher, committed: Default::default(), appends, appended_bytes: Default::default() }

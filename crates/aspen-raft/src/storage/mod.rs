@@ -17,6 +17,7 @@
 //! Purging the log first makes the state machine durable, so a purge never drops an
 //! entry the durable state machine still needs.
 
+mod db;
 mod log_store;
 mod reader;
 mod redb_kv;
@@ -28,6 +29,8 @@ pub(crate) mod tables;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use db::Closed;
+use db::Db;
 pub use log_store::LogStore;
 pub use reader::{KvReader, ScanOptions};
 pub(crate) use redb_kv::{SecurityChanges, read_cluster_root};
@@ -51,14 +54,11 @@ pub const STATE_FILE: &str = "state.redb";
 /// The single file of the first storage layout, which this version does not read.
 const OLD_SINGLE_FILE: &str = "aspen.redb";
 
-fn open_db(
-    path: &Path,
-    ensure: fn(&redb::Database) -> Result<(), redb::Error>,
-) -> Result<Arc<redb::Database>, OpenError> {
+fn open_db(path: &Path, ensure: fn(&redb::Database) -> Result<(), redb::Error>) -> Result<Arc<Db>, OpenError> {
     let fail = |reason: String| OpenError::Database { path: path.display().to_string(), reason };
     let db = redb::Database::create(path).map_err(|e| fail(e.to_string()))?;
     ensure(&db).map_err(|e| fail(e.to_string()))?;
-    Ok(Arc::new(db))
+    Ok(Arc::new(Db::new(db)))
 }
 
 /// A node's opened storage and the views of it the node serves from.
@@ -68,6 +68,8 @@ pub struct Storage {
     pub reader: KvReader,
     pub hub: Arc<WatchHub>,
     pub security: Arc<SecurityView>,
+    /// Fires once both files are closed: every holder of the storage dropped it.
+    pub closed: Closed,
 }
 
 /// Opens (or creates) the node's storage under `data_dir`.
@@ -98,9 +100,10 @@ pub fn open_storage(data_dir: &Path) -> Result<Storage, OpenError> {
         path: data_dir.join(STATE_FILE).display().to_string(),
         reason: e.to_string(),
     })?;
+    let closed = Closed::of(&[&log_db, &state_db]);
     let log = LogStore::new(log_db, state_db.clone());
     let state_machine = StateMachine::new(state_db, snap_dir, hub.clone(), security.clone());
-    Ok(Storage { log, state_machine, reader, hub, security })
+    Ok(Storage { log, state_machine, reader, hub, security, closed })
 }
 
 /// An empty durable commit: persists every earlier non-durable commit of the file.

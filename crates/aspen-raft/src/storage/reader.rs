@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 use aspen_core::error::AspenError;
 use aspen_core::limits::{MAX_SCAN_SNAPSHOTS, SCAN_SNAPSHOT_IDLE_MS};
 use aspen_core::types::{KeyValue, KvEntry, LeaseId, LeaseRecord};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 
+use super::db::Db;
 use super::redb_kv::read_u64;
 use super::tables::{self, KV, LEASES, SM_META};
 
 #[derive(Clone)]
 pub struct KvReader {
-    db: Arc<Database>,
+    db: Arc<Db>,
     /// Read transactions kept for scans whose pages all read one revision.
     snapshots: Arc<Mutex<HashMap<u64, Snapshot>>>,
 }
@@ -46,7 +47,7 @@ fn st(e: impl std::fmt::Display) -> AspenError {
 }
 
 impl KvReader {
-    pub(super) fn new(db: Arc<Database>) -> Self {
+    pub(super) fn new(db: Arc<Db>) -> Self {
         KvReader { db, snapshots: Arc::default() }
     }
 
@@ -248,7 +249,7 @@ mod tests {
             max in 1usize..6,
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let db = Arc::new(Database::create(dir.path().join("state.redb")).unwrap());
+            let db = Arc::new(Db::new(redb::Database::create(dir.path().join("state.redb")).unwrap()));
             tables::ensure_state_tables(&db).unwrap();
             let mut model = MemStore::new();
             let mut clock = 0u64;

@@ -15,6 +15,7 @@ use openraft::{EntryPayload, StoredMembership as OrStoredMembership};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::SecurityView;
+use super::db::Db;
 use super::io_err;
 use super::redb_kv::{RedbKv, read_u64};
 use super::snapshot::{
@@ -31,7 +32,7 @@ use crate::watch::WatchHub;
 pub const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct StateMachine {
-    db: Arc<Database>,
+    db: Arc<Db>,
     snap_dir: PathBuf,
     hub: Arc<WatchHub>,
     security: Arc<SecurityView>,
@@ -39,7 +40,7 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub(super) fn new(db: Arc<Database>, snap_dir: PathBuf, hub: Arc<WatchHub>, security: Arc<SecurityView>) -> Self {
+    pub(super) fn new(db: Arc<Db>, snap_dir: PathBuf, hub: Arc<WatchHub>, security: Arc<SecurityView>) -> Self {
         StateMachine { db, snap_dir, hub, security, last_durable: std::time::Instant::now() }
     }
 
@@ -188,7 +189,7 @@ fn install_snapshot_file(db: &Database, file: std::fs::File, meta: &SnapshotMeta
 }
 
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
+    db: Arc<Db>,
     snap_dir: PathBuf,
 }
 
