@@ -357,6 +357,19 @@ impl AspenFs {
         Ok(())
     }
 
+    /// A new handle on `ino`'s buffer when it is open. The count goes up under the state
+    /// lock, which the last close also holds to free the buffer: a handle never names a
+    /// freed buffer.
+    fn share_open(&self, ino: u64) -> Option<FileHandle> {
+        let mut st = self.state();
+        let open = st.open.get(&ino)?.clone();
+        open.lock().expect("open file lock").handles += 1;
+        st.next_fh += 1;
+        let fh = st.next_fh;
+        st.handles.insert(fh, Handle::File(ino));
+        Some(FileHandle(fh))
+    }
+
     fn new_handle(&self, handle: Handle) -> FileHandle {
         let mut st = self.state();
         st.next_fh += 1;
@@ -367,17 +380,15 @@ impl AspenFs {
 
     /// Opens `ino`'s buffer (loading it unless `truncate`) and returns a handle on it.
     fn open_file(&self, ino: u64, truncate: bool) -> Result<FileHandle, FsError> {
-        let existing = self.state().open.get(&ino).cloned();
-        if let Some(open) = existing {
-            let mut file = open.lock().expect("open file lock");
-            file.handles += 1;
+        if let Some(fh) = self.share_open(ino) {
             if truncate {
+                let (_, open) = self.file_of(fh)?;
+                let mut file = open.lock().expect("open file lock");
                 file.content = Content::empty();
                 file.dirty = true;
                 file.mtime_ns = now_ns();
             }
-            drop(file);
-            return Ok(self.new_handle(Handle::File(ino)));
+            return Ok(fh);
         }
         let path = self.state().path(ino)?;
         let Some(found) = self.block(self.store.lookup(&path))? else { return Err(FsError::NotFound) };
@@ -508,19 +519,22 @@ impl AspenFs {
         mtime: Option<u64>,
     ) -> Result<Stat, FsError> {
         let stat = (|| -> Result<Stat, FsError> {
-            let path = self.state().path(ino_n)?;
-            let found = match self.state().open.contains_key(&ino_n) {
-                true => None,
-                false => Some(self.block(self.store.lookup(&path))?.ok_or(FsError::NotFound)?),
+            // A file changes through a handle on its buffer, held until the change is
+            // written: the buffer it shares when open (also once unlinked), else one loaded
+            // for this. Without the handle, a close racing this call could free the buffer.
+            let (fh, path, found) = match self.share_open(ino_n) {
+                Some(fh) => (Some(fh), Vec::new(), None),
+                None => {
+                    let path = self.state().path(ino_n)?;
+                    let found = self.block(self.store.lookup(&path))?.ok_or(FsError::NotFound)?;
+                    match found.record {
+                        Some(Record::File { .. }) => (Some(self.open_file(ino_n, false)?), path, None),
+                        _ => (None, path, Some(found)),
+                    }
+                }
             };
-            if let Some(Found { record: Some(Record::File { .. }), .. }) | None = &found {
-                // A file: change it through an open buffer (this one, or one made for this).
-                let fh = match found {
-                    None => None,
-                    Some(_) => Some(self.open_file(ino_n, false)?),
-                };
-                let open = self.state().open.get(&ino_n).cloned().ok_or(FsError::NotFound);
-                let result = open.and_then(|open| {
+            if let Some(fh) = fh {
+                let result = self.file_of(fh).and_then(|(_, open)| {
                     {
                         let mut file = open.lock().expect("open file lock");
                         if let Some(size) = size {
@@ -538,10 +552,8 @@ impl AspenFs {
                     self.write_back(ino_n)?;
                     Ok(Self::open_stat(&open.lock().expect("open file lock")))
                 });
-                if let Some(fh) = fh {
-                    self.close_handle(fh)?;
-                }
-                return result;
+                let closed = self.close_handle(fh);
+                return result.and_then(|stat| closed.map(|()| stat));
             }
             let found = found.expect("looked up");
             match found.record {

@@ -157,6 +157,35 @@ fn files_round_trip_and_each_path_is_a_key() {
     assert_eq!(kept, "other");
     drop(open);
     assert_eq!(env.key("fs/t/hello.txt"), None);
+    // An unlinked file still open changes size through its descriptor.
+    let mut open = std::fs::File::options().read(true).write(true).create_new(true).open(root.join("gone")).unwrap();
+    open.write_all(b"hello world").unwrap();
+    std::fs::remove_file(root.join("gone")).unwrap();
+    open.set_len(5).unwrap();
+    assert_eq!(open.metadata().unwrap().len(), 5);
+    let mut kept = String::new();
+    open.seek(SeekFrom::Start(0)).unwrap();
+    open.read_to_string(&mut kept).unwrap();
+    assert_eq!(kept, "hello");
+    drop(open);
+    assert_eq!(env.key("fs/t/gone"), None);
+
+    // A copy as `git clone` makes one from a local path: create exclusively, write, close,
+    // then set the times by path at once, while the close's release may still be in flight.
+    std::fs::create_dir(root.join("copies")).unwrap();
+    for i in 0..50 {
+        let path = root.join(format!("copies/{i}"));
+        let mut f = std::fs::File::options().write(true).create_new(true).open(&path).unwrap();
+        f.write_all(format!("copy {i}").as_bytes()).unwrap();
+        drop(f);
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let times = libc::utimbuf { actime: 1_600_000_000, modtime: 1_600_000_000 + i };
+        // SAFETY: a NUL-terminated path and a valid utimbuf, both live for the call.
+        let rc = unsafe { libc::utime(c_path.as_ptr(), &times) };
+        assert_eq!(rc, 0, "utime of copy {i}: {}", std::io::Error::last_os_error());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.mtime(), meta.len()), (1_600_000_000 + i, format!("copy {i}").len() as u64));
+    }
 
     // A file larger than a KV value goes into chunks (blobs) and reads back by range.
     let big: Vec<u8> = (0..9 * 1024 * 1024 + 123u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
