@@ -21,7 +21,9 @@
 //!   runs get secrets and run every executor);
 //! - `secret/<repo>:<NAME>`: a job secret's value, sealed with the cluster's secrets key
 //!   (`aspen_app::secrets`, the key as associated data); only a node opens it, for a worker
-//!   running a trusted job that names it.
+//!   running a trusted job that names it;
+//! - `worker/<id>`: a [`WorkerProfile`], what a live worker offers, on its session lease (it
+//!   goes when the worker does); `ci show` says of a queued job that no live worker takes.
 //!
 //! Jobs wait in the coordination work pool [`POOL`] (`_aspen/coord/work/ci/`) as tasks whose
 //! payload is a [`TaskSpec`]. Every record here is postcard and frozen: fields are only added
@@ -111,6 +113,12 @@ pub fn secret_key(repo: &str, name: &str) -> Vec<u8> {
 }
 pub fn secrets_prefix(repo: &str) -> Vec<u8> {
     format!("{CI_PREFIX}secret/{repo}:").into_bytes()
+}
+pub fn worker_key(id: &str) -> Vec<u8> {
+    format!("{CI_PREFIX}worker/{id}").into_bytes()
+}
+pub fn worker_prefix() -> Vec<u8> {
+    format!("{CI_PREFIX}worker/").into_bytes()
 }
 /// Longest secret value, in bytes.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
@@ -330,6 +338,31 @@ pub struct TaskSpec {
     pub executor: Option<ExecutorKind>,
     pub cpus: u32,
     pub memory_mib: u64,
+}
+
+/// What a live worker offers the jobs it claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerProfile {
+    pub executors: Vec<ExecutorKind>,
+    /// Jobs at once.
+    pub capacity: u32,
+    /// The most cpus and memory one job may ask of it.
+    pub max_cpus: u32,
+    pub max_memory_mib: u64,
+    pub started_ms: u64,
+}
+
+impl WorkerProfile {
+    /// Whether this worker claims a task asking for `spec`.
+    pub fn takes(&self, spec: &TaskSpec) -> bool {
+        match spec.executor {
+            // Evaluating a pipeline needs only git and Nickel: every worker does it.
+            None => true,
+            Some(kind) => {
+                self.executors.contains(&kind) && spec.cpus <= self.max_cpus && spec.memory_mib <= self.max_memory_mib
+            }
+        }
+    }
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AspenError> {

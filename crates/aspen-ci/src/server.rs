@@ -106,12 +106,16 @@ impl CiHandler {
                 if let Some(repo) = &repo {
                     rights::require(caps, READ, repo)?;
                 }
-                let runs = service.list(repo.as_deref(), before, limit).await?;
-                CiResponse::Runs(
-                    runs.into_iter().filter(|v| rights::allows(caps, READ, &v.run.repo)).map(info).collect(),
-                )
+                let mut runs = service.list(repo.as_deref(), before, limit).await?;
+                runs.retain(|v| rights::allows(caps, READ, &v.run.repo));
+                service.note_waiting(&mut runs).await;
+                CiResponse::Runs(runs.into_iter().map(info).collect())
             }
-            CiRequest::ShowRun { run } => CiResponse::Run(info(self.readable_run(caps, run).await?)),
+            CiRequest::ShowRun { run } => {
+                let mut views = vec![self.readable_run(caps, run).await?];
+                service.note_waiting(&mut views).await;
+                CiResponse::Run(info(views.remove(0)))
+            }
             CiRequest::Trigger { repo, ref_name, force } => {
                 rights::require(caps, RUN, &repo)?;
                 if service.repo_config(&repo).await?.is_none() {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aspen_ci_pipeline::ExecutorKind;
 use aspen_coord::WorkPool;
 use aspen_core::AspenError;
 use aspen_forge::records::{EVENT_PREFIX, PushEvent, REVISION_EVENT_PREFIX, RevisionEvent};
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plan::{self, Action};
 pub use crate::protocol::PruneReport;
-use crate::records::{self, JobRecord, POOL, RepoConfig, RunRecord, State, TaskSpec, Trigger};
+use crate::records::{self, JobRecord, POOL, RepoConfig, RunRecord, State, TaskSpec, Trigger, WorkerProfile};
 
 /// Attempts of a transaction whose compares keep failing because others moved the keys.
 const CONTENDED_ROUNDS: usize = 20;
@@ -313,6 +314,66 @@ impl CiService {
         let Some((_, run)) = self.run(number).await? else { return Ok(None) };
         let jobs = self.jobs_kv(number).await?.into_iter().map(|(n, (_, j))| (n, j)).collect();
         Ok(Some(RunView { number, run, jobs }))
+    }
+
+    /// Says of each queued job in `views` that no live worker takes, why: what it asks and
+    /// what the live workers offer (or that none runs). Only shown, never stored. Says
+    /// nothing when it cannot tell: a live worker that published no offer (an older one, or
+    /// one just starting), or a failed read.
+    pub async fn note_waiting(&self, views: &mut [RunView]) {
+        let queued = |j: &JobRecord| j.state == State::Queued;
+        if !views.iter().any(|v| v.jobs.values().any(queued)) {
+            return;
+        }
+        let offers = match self.live_offers().await {
+            Ok(Some(offers)) => offers,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("ci: reading the workers' offers: {e}");
+                return;
+            }
+        };
+        for job in views.iter_mut().flat_map(|v| v.jobs.values_mut()).filter(|j| queued(j)) {
+            let Ok(def) = job.def() else { continue };
+            let spec = TaskSpec {
+                run: 0,
+                job: None,
+                attempt: job.attempt,
+                executor: Some(job.executor),
+                cpus: def.resources.cpus,
+                memory_mib: def.resources.memory_mib,
+            };
+            if offers.iter().any(|(_, p)| p.takes(&spec)) {
+                continue;
+            }
+            let note = waiting_note(&spec, &offers);
+            job.message = Some(match job.message.take() {
+                Some(before) => format!("{before}; {note}"),
+                None => note,
+            });
+        }
+    }
+
+    /// What each live worker of the pool offers, by id; `None` when one of them published
+    /// no offer on its current lease.
+    async fn live_offers(&self) -> Result<Option<Vec<(String, WorkerProfile)>>, AspenError> {
+        let live = self.pool.list_workers().await.map_err(coord_error)?;
+        let prefix = records::worker_prefix();
+        let (kvs, _) = self.kv.scan_all(&prefix, ReadConsistency::Linearizable).await.map_err(kv_error)?;
+        let mut published = BTreeMap::new();
+        for kv in kvs {
+            let id = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+            let profile: WorkerProfile = records::decode("a worker's offer", &kv.key, &kv.value)?;
+            published.insert(id, (kv.lease, profile));
+        }
+        let mut offers = Vec::new();
+        for worker in live {
+            match published.remove(&worker.id) {
+                Some((lease, profile)) if lease == worker.lease => offers.push((worker.id, profile)),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(offers))
     }
 
     /// Runs of `repo` (or of every repository), newest first, numbered below `before`.
@@ -945,4 +1006,26 @@ async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
         () = stop.cancelled() => true,
         () = tokio::time::sleep(d) => false,
     }
+}
+
+/// Why no live worker takes a job asking for `spec`.
+fn waiting_note(spec: &TaskSpec, offers: &[(String, WorkerProfile)]) -> String {
+    let kind = |k: &ExecutorKind| format!("{k:?}").to_lowercase();
+    let asks = format!(
+        "{} job with {} cpus and {} MiB",
+        spec.executor.as_ref().map(kind).unwrap_or_else(|| "an evaluation".into()),
+        spec.cpus,
+        spec.memory_mib
+    );
+    if offers.is_empty() {
+        return format!("waiting: no worker is running (it is a {asks})");
+    }
+    let offered: Vec<String> = offers
+        .iter()
+        .map(|(id, p)| {
+            let kinds: Vec<String> = p.executors.iter().map(kind).collect();
+            format!("{id}: {} up to {} cpus and {} MiB", kinds.join(","), p.max_cpus, p.max_memory_mib)
+        })
+        .collect();
+    format!("waiting: no live worker takes a {asks} ({})", offered.join("; "))
 }

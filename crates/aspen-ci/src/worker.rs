@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::CiClient;
 use crate::executor::{self, ExecEnd, ExecJob, ExecutorSettings};
 use crate::mask::Masker;
-use crate::records::{self, Artifact, JobRecord, POOL, Reuse, RunRecord, State, TaskSpec, Trigger};
+use crate::records::{self, Artifact, JobRecord, POOL, Reuse, RunRecord, State, TaskSpec, Trigger, WorkerProfile};
 use crate::service::now_ms;
 
 /// Most bytes of one job attempt's log kept in the KV (for `--follow`); the whole log is
@@ -99,14 +99,14 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Whether this worker can run what `spec` asks for.
-    pub fn accepts(&self, spec: &TaskSpec) -> bool {
-        match spec.executor {
-            // Evaluating a pipeline needs only git and Nickel: every worker does it.
-            None => true,
-            Some(kind) => {
-                self.executors.contains(&kind) && spec.cpus <= self.max_cpus && spec.memory_mib <= self.max_memory_mib
-            }
+    /// What this worker offers, as it publishes it.
+    pub fn profile(&self) -> WorkerProfile {
+        WorkerProfile {
+            executors: self.executors.clone(),
+            capacity: self.capacity.try_into().unwrap_or(u32::MAX),
+            max_cpus: self.max_cpus,
+            max_memory_mib: self.max_memory_mib,
+            started_ms: now_ms(),
         }
     }
 }
@@ -159,6 +159,13 @@ pub async fn run(client: &Client, config: WorkerConfig, stop: CancellationToken)
     let session = Session::new_manual(kv.clone(), config.session_ttl).await.map_err(coord_error)?;
     let worker = Worker::register(&session, POOL, &config.id, config.capacity).await.map_err(coord_error)?;
     tracing::info!(id = %config.id, capacity = config.capacity, executors = ?config.executors, "ci worker registered");
+    // What it offers, for `ci show` to say when no live worker takes a queued job.
+    let profile = TxnOp::Put {
+        key: records::worker_key(&config.id),
+        value: records::encode(&config.profile())?,
+        lease: Some(session.lease()),
+    };
+    kv.txn(Txn { compare: vec![], success: vec![profile], failure: vec![] }).await.map_err(kv_error)?;
     let shared = Arc::new(Shared {
         blobs: BlobClient::new(client),
         cache: CacheClient::new(client),
@@ -173,8 +180,8 @@ pub async fn run(client: &Client, config: WorkerConfig, stop: CancellationToken)
     let keepalive = tokio::spawn(shared.clone().keep_alive());
     let mut jobs = tokio::task::JoinSet::new();
     let accept = {
-        let config = shared.config.clone();
-        move |_: &str, payload: &[u8]| postcard::from_bytes::<TaskSpec>(payload).is_ok_and(|spec| config.accepts(&spec))
+        let profile = shared.config.profile();
+        move |_: &str, payload: &[u8]| postcard::from_bytes::<TaskSpec>(payload).is_ok_and(|spec| profile.takes(&spec))
     };
     let result = loop {
         let task = tokio::select! {

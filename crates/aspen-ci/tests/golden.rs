@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use aspen_ci::protocol::{CiRequest, CiResponse, RunInfo};
-use aspen_ci::records::{self, Artifact, JobRecord, RepoConfig, Reuse, RunRecord, State, TaskSpec, Trigger};
+use aspen_ci::records::{
+    self, Artifact, JobRecord, RepoConfig, Reuse, RunRecord, State, TaskSpec, Trigger, WorkerProfile,
+};
 use aspen_ci_pipeline::ExecutorKind;
 use aspen_core::AspenError;
 use aspen_core::golden::{check_file, sample};
@@ -208,6 +210,16 @@ fn ci_records_keep_their_bytes() {
                 memory_mib: 512,
             },
         ),
+        sample(
+            "WorkerProfile",
+            &WorkerProfile {
+                executors: vec![ExecutorKind::Shell, ExecutorKind::Vm],
+                capacity: 2,
+                max_cpus: 4,
+                max_memory_mib: 8192,
+                started_ms: 1_700_000_000_000,
+            },
+        ),
     ];
     samples.extend(states.iter().map(|s| sample(format!("State.{}", state_name(*s)), s)));
     samples.extend(triggers.iter().map(|t| sample(format!("Trigger.{}", trigger_name(t)), t)));
@@ -226,4 +238,5 @@ fn ci_keys_keep_their_shape() {
     assert_eq!(records::cursor_key("patch"), b"_aspen/ci/cursor/patch");
     assert_eq!(records::trust_key("team/app", "ab"), b"_aspen/ci/trust/team/app:ab");
     assert_eq!(records::secret_key("team/app", "TOKEN"), b"_aspen/ci/secret/team/app:TOKEN");
+    assert_eq!(records::worker_key("w1"), b"_aspen/ci/worker/w1");
 }

@@ -204,7 +204,7 @@ async fn a_push_runs_a_dag_and_an_unchanged_job_is_skipped_until_forced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_time_limits_bad_pipelines_and_cancelling_end_runs_as_they_should() {
     let c = TestCluster::start(3).await;
-    for repo in ["t/fail", "t/slow", "t/bad", "t/cancel", "t/loop"] {
+    for repo in ["t/fail", "t/slow", "t/bad", "t/cancel", "t/loop", "t/big"] {
         enable(&c, repo).await;
     }
     let env = Env::new(&c);
@@ -293,6 +293,29 @@ async fn failures_time_limits_bad_pipelines_and_cancelling_end_runs_as_they_shou
     assert!(gone.is_ok(), "the cancelled job's process is gone");
     let log = String::from_utf8(ci.read_log(run, "long").await.unwrap()).unwrap();
     assert!(!log.contains("not reached"), "{log}");
+
+    // A job that asks more than any live worker offers waits, and says so.
+    let _big = env
+        .push_repo("t/big", r#"{ jobs = { huge = { executor = 'shell, run = "true", resources = { cpus = 64 } } } }"#);
+    let (run, message) = tokio::time::timeout(RUN_BOUND, async {
+        loop {
+            if let Some(r) = ci.runs(Some("t/big"), None, 1).await.unwrap().into_iter().next()
+                && let Some((_, huge)) = r.jobs.iter().find(|(n, _)| n == "huge")
+                && huge.state == State::Queued
+                && let Some(message) = &huge.message
+            {
+                return (r.number, message.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the job is queued, with a note");
+    assert!(message.contains("no live worker takes a shell job with 64 cpus"), "{message}");
+    assert!(message.contains("w1: shell"), "the note says what the live worker offers: {message}");
+    ci.cancel(run).await.unwrap();
+    let big = ended_run(&ci, "t/big", run - 1, &worker).await;
+    assert_eq!(job(&big, "huge").state, State::Cancelled, "{big:?}");
 }
 
 /// Whether a `sleep ARG` process runs on this machine.
