@@ -502,16 +502,5 @@ pub fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
 /// A port on 127.0.0.1 from which `count` consecutive ports were free over UDP and TCP a
 /// moment ago, for `cluster up --base-port`.
 pub fn free_base_port(count: u16) -> anyhow::Result<u16> {
-    let free = |port: u16| {
-        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-            && std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-    };
-    for _ in 0..200 {
-        // Let the kernel pick a start, so concurrent callers spread out.
-        let start = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
-        if start.checked_add(count).is_some() && (0..count).all(|i| free(start + i)) {
-            return Ok(start);
-        }
-    }
-    bail!("cannot find {count} consecutive free ports")
+    Ok(aspen_net::ports::free_base_port(count)?)
 }

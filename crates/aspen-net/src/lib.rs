@@ -9,6 +9,7 @@ pub mod clock;
 pub mod endpoint;
 pub mod frame;
 pub mod identity;
+pub mod ports;
 pub mod ticket;
 pub mod token;
 

@@ -2,7 +2,6 @@
 //! processes, in a directory of its own. Stopped (SIGINT, as Ctrl-C) on drop; the nodes die
 //! with it in any case, since the supervisor asks the kernel to signal them if it dies.
 
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -29,20 +28,7 @@ pub struct ClusterUp {
 /// `count` consecutive ports on 127.0.0.1, each free over UDP (a node's endpoint) and TCP
 /// (its cache gateway) a moment ago.
 pub fn free_base_port(count: u16) -> anyhow::Result<u16> {
-    // Tests of one process ask in turn; each asks from further along.
-    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10 + call.wrapping_mul(97);
-    (0..2_000u16)
-        .map(|i| start.wrapping_add(i * 7) % 40_000 + 20_000)
-        .find(|base| {
-            (0..count).all(|i| {
-                let port = base + i;
-                UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-                    && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-            })
-        })
-        .with_context(|| format!("no {count} free consecutive ports"))
+    Ok(aspen_net::ports::free_base_port(count)?)
 }
 
 impl ClusterUp {
