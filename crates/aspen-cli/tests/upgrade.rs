@@ -395,3 +395,68 @@ async fn a_node_that_is_down_is_brought_back_on_the_new_binary_first() {
     assert_eq!(builds_of(&up).await, vec![blake3_of(&next); 3]);
     client.close().await;
 }
+
+/// Processes stopped with SIGSTOP, continued when dropped (also when the test fails).
+struct Frozen(Vec<libc::pid_t>);
+
+impl Frozen {
+    fn stop(pids: Vec<libc::pid_t>) -> Frozen {
+        for pid in &pids {
+            // SAFETY: kill(2) of a node process of this test's cluster.
+            unsafe {
+                libc::kill(*pid, libc::SIGSTOP);
+            }
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: as in `stop`.
+            unsafe {
+                libc::kill(*pid, libc::SIGCONT);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_most_nodes_not_answering_the_upgrade_restarts_nothing_and_says_why() {
+    let scratch = tempfile::tempdir().unwrap();
+    let up = ClusterUp::start(&scratch.path().join("cluster"), 3).unwrap();
+    let out = aspen(&up, &["--json", "cluster", "builds"]).await;
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let before = builds(&up).await;
+    // Nodes 2 and 3 stop answering (frozen, so the supervisor still counts them as running):
+    // taking either down for its restart could not keep a majority, so none is taken.
+    let pids = listed["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["node"] != 1)
+        .map(|n| libc::pid_t::try_from(n["pid"].as_u64().unwrap()).unwrap())
+        .collect();
+    let frozen = Frozen::stop(pids);
+    let next = next_binary(scratch.path());
+    let (dir, artifact) = (up.dir().display().to_string(), next.display().to_string());
+    let args =
+        ["--timeout", "3s", "cluster", "upgrade", "--data-dir", &dir, "--artifact", &artifact, "--catch-up", "2s"];
+    let out = aspen(&up, &args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("upgrade stopped before node 2")
+            && stderr.contains("not a majority")
+            && stderr.contains("nothing was restarted")
+            && stderr.contains("no node was upgraded"),
+        "{stderr}"
+    );
+    drop(frozen);
+    // Nothing moved, and the cluster serves again once the nodes answer.
+    assert_eq!(builds(&up).await, before);
+    let client = cluster_client(&up).await;
+    eventually("the cluster takes writes again", || async { client.put("after/refusal", "yes").await.ok() }).await;
+    client.close().await;
+}

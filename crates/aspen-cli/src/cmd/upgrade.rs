@@ -104,7 +104,7 @@ pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> anyhow::Result<()> {
             (Driver::Local { dir: dir.clone() }, Some(targets), ticket, token)
         }
     };
-    let config = ClientConfig::default();
+    let config = ctx.client_config();
     let first = Client::over_nodes_as(ticket.nodes.clone(), config, token.clone(), None)
         .await
         .context("cannot connect to the cluster")?;
@@ -259,12 +259,11 @@ impl Upgrade<'_> {
             .await;
             if let Err(e) = ready {
                 let upgraded: Vec<String> = steps.iter().map(|s| s.node.to_string()).collect();
-                bail!(
-                    "upgrade stopped before node {}: {e:#}. On {}: node(s) [{}]",
-                    view.id,
-                    short(&self.hash),
-                    upgraded.join(", ")
-                );
+                let on_new = match upgraded.is_empty() {
+                    true => "no node was upgraded".to_string(),
+                    false => format!("on {}: node(s) [{}]", short(&self.hash), upgraded.join(", ")),
+                };
+                bail!("upgrade stopped before node {}: {e:#}. {on_new}", view.id);
             }
             match self.step(&view).await {
                 Ok(applied) => {
