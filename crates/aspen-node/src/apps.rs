@@ -67,6 +67,7 @@ pub struct AppProtocol {
     name: String,
     handler: Arc<dyn AppHandler>,
     cluster: Arc<NodeCluster>,
+    drain: crate::drain::Drain,
 }
 
 impl std::fmt::Debug for AppProtocol {
@@ -76,8 +77,13 @@ impl std::fmt::Debug for AppProtocol {
 }
 
 impl AppProtocol {
-    pub fn new(name: String, handler: Arc<dyn AppHandler>, cluster: Arc<NodeCluster>) -> Self {
-        AppProtocol { name, handler, cluster }
+    pub fn new(
+        name: String,
+        handler: Arc<dyn AppHandler>,
+        cluster: Arc<NodeCluster>,
+        drain: crate::drain::Drain,
+    ) -> Self {
+        AppProtocol { name, handler, cluster, drain }
     }
 
     /// Reads the token on the connection's first stream and answers whether it is taken.
@@ -128,7 +134,8 @@ impl ProtocolHandler for AppProtocol {
                 Err(_) => return Ok(()),
             };
             let caller = Caller::new(auth.clone(), cluster.clone());
-            tokio::spawn(self.handler.clone().serve(caller, send, recv));
+            // Counted, so a stopping node lets it finish (within its drain limit).
+            self.drain.spawn(self.handler.clone().serve(caller, send, recv));
         }
     }
 }

@@ -12,6 +12,7 @@ mod batcher;
 mod bootstrap;
 mod build;
 mod cluster;
+mod drain;
 mod forward;
 mod leases;
 mod local_kv;

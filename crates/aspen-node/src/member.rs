@@ -65,6 +65,8 @@ impl MemberService {
                 let is_write = !aspen_client_retry_safe(&request);
                 let span = tracing::debug_span!("forwarded", op = name, from);
                 let response = match request {
+                    // Not started: the forwarding node's client sends it elsewhere.
+                    _ if self.state.drain.is_stopping() => ClientResponse::Error(crate::drain::Drain::refusal()),
                     aspen_core::api::ClientRequest::Watch { .. }
                     | aspen_core::api::ClientRequest::Forwarded(_)
                     | aspen_core::api::ClientRequest::Authenticate { .. } => {
@@ -106,7 +108,7 @@ impl ProtocolHandler for MemberService {
                 Err(_) => return Ok(()),
             };
             let this = self.clone();
-            tokio::spawn(async move { this.serve_stream(remote, send, recv).await });
+            self.state.drain.spawn(async move { this.serve_stream(remote, send, recv).await });
         }
     }
 }

@@ -111,6 +111,10 @@ pub struct RunningNode {
 
 /// How long [`RunningNode::shutdown`] waits for the last holder of the storage files.
 const STORAGE_RELEASE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a stopping node lets the requests in flight finish.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long a stopping node waits for its connections' close to be acknowledged.
+const CLOSE_LIMIT: Duration = Duration::from_millis(500);
 
 impl RunningNode {
     pub fn node_id(&self) -> u64 {
@@ -138,30 +142,14 @@ impl RunningNode {
         self.services.clone()
     }
 
-    /// Stops serving: background duties, apps, protocols, Raft, the endpoint. Returns once
+    /// Stops serving: background duties, apps, Raft, protocols, the endpoint. Returns once
     /// the storage files are closed (or after [`STORAGE_RELEASE_LIMIT`], with a warning),
     /// so the same process can start a node on the data dir again.
     pub async fn shutdown(self) {
-        let RunningNode { state, cluster, apps, services, router, tasks, ready_file, closed } = self;
-        crate::notify::notify("STOPPING=1");
-        let _ = std::fs::remove_file(&ready_file);
-        for task in &tasks {
-            task.abort();
-        }
-        // An aborted task's future is dropped (with what it holds) before its handle resolves.
-        for task in tasks {
-            let _ = task.await;
-        }
-        for app in apps.all() {
-            app.shutdown().await;
-        }
-        let _ = router.shutdown().await;
-        let _ = state.raft.shutdown().await;
-        state.endpoint.close().await;
-        let node_id = state.node_id;
-        drop((state, cluster, apps, services));
-        // Per-stream tasks, blocking storage steps and the log flusher may still hold the
-        // files for a moment; they end now that the endpoint and Raft are closed.
+        let (node_id, closed) = self.stop_serving().await;
+        // Per-stream tasks, blocking storage steps, the log flusher and connections still
+        // closing may hold the files for a moment; they end now that Raft and the endpoint
+        // are closed.
         let started = std::time::Instant::now();
         match tokio::time::timeout(STORAGE_RELEASE_LIMIT, closed.wait()).await {
             Ok(()) => tracing::info!(node_id, released_ms = started.elapsed().as_millis() as u64, "node stopped"),
@@ -172,6 +160,41 @@ impl RunningNode {
                 STORAGE_RELEASE_LIMIT.as_secs()
             ),
         }
+    }
+
+    /// Everything [`Self::shutdown`] does but wait for the storage files: for a process
+    /// that exits next, which closes them.
+    async fn stop_serving(self) -> (u64, aspen_raft::storage::Closed) {
+        let RunningNode { state, cluster, apps, services, router, tasks, ready_file, closed } = self;
+        crate::notify::notify("STOPPING=1");
+        let _ = std::fs::remove_file(&ready_file);
+        // Requests in flight finish; new ones are sent to another node.
+        if !state.drain.stop(DRAIN_LIMIT).await {
+            tracing::info!("streams still open after {DRAIN_LIMIT:?} (follows, transfers); stopping under them");
+        }
+        for task in &tasks {
+            task.abort();
+        }
+        // An aborted task's future is dropped (with what it holds) before its handle resolves.
+        for task in tasks {
+            let _ = task.await;
+        }
+        for app in apps.all() {
+            app.shutdown().await;
+        }
+        // Raft first: a node on its way out starts no elections.
+        let _ = state.raft.shutdown().await;
+        // Closing connections waits for peers to acknowledge; one already gone would hold
+        // the stop for the QUIC probe timeout (about 3 s). Past the bound, the close goes
+        // on in the background.
+        if tokio::time::timeout(CLOSE_LIMIT, router.shutdown()).await.is_err()
+            || tokio::time::timeout(CLOSE_LIMIT, state.endpoint.close()).await.is_err()
+        {
+            tracing::debug!("connections still closing after {CLOSE_LIMIT:?}; not waiting for them");
+        }
+        let node_id = state.node_id;
+        drop((state, cluster, apps, services));
+        (node_id, closed)
     }
 }
 
@@ -191,7 +214,9 @@ pub async fn run(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<()> 
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    node.shutdown().await;
+    // The process exits next, which closes the storage files: no wait for them.
+    let (node_id, _) = node.stop_serving().await;
+    tracing::info!(node_id, "node stopped");
     Ok(())
 }
 
@@ -252,6 +277,7 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
         endpoint: endpoint.clone(),
         apps: apps.iter().map(|a| a.info()).collect(),
         root_token_file: args.root_token_path(),
+        drain: crate::drain::Drain::default(),
     });
     let cluster = NodeCluster::new(&state);
     let registry = Arc::new(AppRegistry::default());
@@ -290,8 +316,10 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
         for (alpn, protocol) in handler.protocols() {
             router = router.accept(alpn, protocol);
         }
-        router =
-            router.accept(info.alpn.clone(), AppProtocol::new(info.name.clone(), handler.clone(), cluster.clone()));
+        router = router.accept(
+            info.alpn.clone(),
+            AppProtocol::new(info.name.clone(), handler.clone(), cluster.clone(), state.drain.clone()),
+        );
         tracing::info!(app = %info.name, alpn = %String::from_utf8_lossy(&info.alpn), "app started");
         handlers.insert(info.name, handler);
     }

@@ -35,6 +35,8 @@ pub struct NodeState {
     pub apps: Vec<AppInfo>,
     /// Where initializing a cluster writes the root token.
     pub root_token_file: std::path::PathBuf,
+    /// The streams being served, and whether the node is stopping.
+    pub drain: crate::drain::Drain,
 }
 
 /// Where a request should be served.

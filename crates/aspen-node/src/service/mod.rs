@@ -12,9 +12,11 @@ use aspen_core::api::{ClientRequest, ClientResponse};
 use aspen_core::error::AspenError;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use crate::cluster::NodeCluster;
+use crate::drain::Drain;
 use crate::ops::{Placement, dispatch, placement, respond};
 use crate::state::NodeState;
 
@@ -35,7 +37,14 @@ impl ClientService {
         ClientService { state, cluster }
     }
 
-    async fn serve_stream(&self, auth: &ConnAuth, mut send: SendStream, mut recv: RecvStream) {
+    /// Serves one request; `in_flight` counts it for a stopping node's drain.
+    async fn serve_stream(
+        &self,
+        auth: &ConnAuth,
+        in_flight: TaskTrackerToken,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
         let request = match aspen_net::read_frame::<ClientRequest>(&mut recv).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
@@ -49,6 +58,10 @@ impl ClientService {
                 return;
             }
         };
+        if self.state.drain.is_stopping() {
+            respond(&mut send, ClientResponse::Error(Drain::refusal()), request.name(), false).await;
+            return;
+        }
         if let ClientRequest::Authenticate { token } = &request {
             let response = match auth.present(&*self.cluster, token) {
                 Ok(()) => ClientResponse::Done,
@@ -67,6 +80,8 @@ impl ClientService {
         let span = tracing::debug_span!("request", op = name);
         let response = match request {
             ClientRequest::Watch { prefix, start_revision } => {
+                // A watch lasts as long as its client wants: no stop waits for it.
+                drop(in_flight);
                 watch::serve(&self.state, send, recv, prefix, start_revision).await;
                 return;
             }
@@ -111,7 +126,8 @@ impl ProtocolHandler for ClientService {
             };
             let this = self.clone();
             let auth = auth.clone();
-            tokio::spawn(async move { this.serve_stream(&auth, send, recv).await });
+            let in_flight = self.state.drain.token();
+            tokio::spawn(async move { this.serve_stream(&auth, in_flight, send, recv).await });
         }
     }
 }
