@@ -318,7 +318,7 @@ impl ProtocolHandler for MemberBlobs {
         self.inner.accept(connection).await
     }
 
-    async fn shutdown(&self) {
-        self.inner.shutdown().await;
-    }
+    /// Nothing: the blob app's own shutdown, which the node runs before the protocols',
+    /// closes the store (closing it twice logged an error on every stop).
+    async fn shutdown(&self) {}
 }
