@@ -29,12 +29,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ports_are_free_and_calls_spread_out() {
+    fn calls_spread_out_over_the_unprivileged_range() {
         let a = free_base_port(3).unwrap();
         let b = free_base_port(3).unwrap();
         assert_ne!(a, b, "a second call starts further along");
-        for port in a..a + 3 {
-            UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).expect("free over UDP");
+        // Whether they are still free is not checked: another process may take them now.
+        for base in [a, b] {
+            assert!((20_000..60_000).contains(&base), "{base}");
         }
     }
 }

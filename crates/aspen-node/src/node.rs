@@ -184,12 +184,10 @@ impl RunningNode {
         }
         // Raft first: a node on its way out starts no elections.
         let _ = state.raft.shutdown().await;
-        // Closing connections waits for peers to acknowledge; one already gone would hold
-        // the stop for the QUIC probe timeout (about 3 s). Past the bound, the close goes
-        // on in the background.
-        if tokio::time::timeout(CLOSE_LIMIT, router.shutdown()).await.is_err()
-            || tokio::time::timeout(CLOSE_LIMIT, state.endpoint.close()).await.is_err()
-        {
+        // The router shuts the protocols down and closes the endpoint, which waits for peers
+        // to acknowledge; one already gone would hold the stop for the QUIC probe timeout
+        // (about 3 s). Past the bound, the close goes on in the background.
+        if tokio::time::timeout(CLOSE_LIMIT, router.shutdown()).await.is_err() {
             tracing::debug!("connections still closing after {CLOSE_LIMIT:?}; not waiting for them");
         }
         let node_id = state.node_id;
@@ -274,7 +272,6 @@ pub async fn start(args: NodeArgs, apps: Vec<Arc<dyn App>>) -> anyhow::Result<Ru
         hub,
         security,
         data_dir: data_dir.clone(),
-        endpoint: endpoint.clone(),
         apps: apps.iter().map(|a| a.info()).collect(),
         root_token_file: args.root_token_path(),
         drain: crate::drain::Drain::default(),

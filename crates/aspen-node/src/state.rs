@@ -28,7 +28,6 @@ pub struct NodeState {
     /// The replicated root key and revocations, as this node has applied them.
     pub security: Arc<aspen_raft::SecurityView>,
     pub data_dir: std::path::PathBuf,
-    pub endpoint: iroh::Endpoint,
     /// Raft connections and streams refused to non-members.
     pub raft_refused: Arc<std::sync::atomic::AtomicU64>,
     /// The apps this node serves (known before they start).
